@@ -1,0 +1,1 @@
+//! Converters (see submodules).

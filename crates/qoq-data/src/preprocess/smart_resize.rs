@@ -1,0 +1,61 @@
+//! Qwen2-VL / Qwen3-VL `smart_resize`: the output size of an image, a multiple of
+//! `factor` (patch 16 x merge 2 = 32) on both sides with the pixel count in
+//! [min_pixels, max_pixels], aspect ratio kept as closely as possible.
+
+/// `(height, width)` after resizing, or an error for an aspect ratio above 200.
+pub fn smart_resize(height: u32, width: u32, factor: u32, min_pixels: u64, max_pixels: u64) -> Result<(u32, u32), String> {
+    if height == 0 || width == 0 {
+        return Err(format!("image is {width}x{height}: empty"));
+    }
+    let (h, w, f) = (height as f64, width as f64, factor as f64);
+    if h.max(w) / h.min(w) > 200.0 {
+        return Err(format!("aspect ratio of a {width}x{height} image exceeds 200"));
+    }
+    // Python's round() rounds half to even.
+    let mut h_bar = (h / f).round_ties_even() * f;
+    let mut w_bar = (w / f).round_ties_even() * f;
+    if h_bar * w_bar > max_pixels as f64 {
+        let beta = (h * w / max_pixels as f64).sqrt();
+        h_bar = f.max((h / beta / f).floor() * f);
+        w_bar = f.max((w / beta / f).floor() * f);
+    } else if h_bar * w_bar < min_pixels as f64 {
+        let beta = (min_pixels as f64 / (h * w)).sqrt();
+        h_bar = (h * beta / f).ceil() * f;
+        w_bar = (w * beta / f).ceil() * f;
+    }
+    Ok((h_bar as u32, w_bar as u32))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::smart_resize;
+
+    const MIN: u64 = 65536;
+    const MAX: u64 = 16777216;
+
+    #[test]
+    fn keeps_sizes_that_already_fit() {
+        assert_eq!(smart_resize(512, 512, 32, MIN, MAX), Ok((512, 512)));
+    }
+
+    #[test]
+    fn rounds_half_to_even() {
+        // 80/32 = 2.5 -> 2 (even), 112/32 = 3.5 -> 4.
+        assert_eq!(smart_resize(80 * 8, 112 * 8, 32, 0, MAX), Ok((640, 896)));
+        assert_eq!(smart_resize(80, 112, 32, 0, MAX), Ok((64, 128)));
+    }
+
+    #[test]
+    fn scales_up_small_and_down_large() {
+        assert_eq!(smart_resize(1, 1, 32, MIN, MAX), Ok((256, 256)));
+        let (h, w) = smart_resize(3000, 2000, 32, MIN, 524288).unwrap();
+        assert!(h as u64 * w as u64 <= 524288 && h % 32 == 0 && w % 32 == 0);
+        assert_eq!((h, w), (864, 576));
+    }
+
+    #[test]
+    fn rejects_extreme_aspect_ratios() {
+        assert!(smart_resize(1, 201, 32, MIN, MAX).is_err());
+        assert!(smart_resize(0, 10, 32, MIN, MAX).is_err());
+    }
+}
