@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
 
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{DataError, Result};
@@ -235,10 +236,13 @@ impl Loader {
                 .map(|p| (p, self.plan.items[EpochPlan::global_index(p, rank, world)]))
                 .collect();
             let mut rows = self.read_refs(&refs)?;
-            for (p, r) in refs {
-                let sample = take_sample(&mut rows, r);
+            let samples: Vec<Sample> = refs.iter().map(|&(_, r)| take_sample(&mut rows, r)).collect();
+            // Checks decode media: run them on all cores.
+            let checks = self.cfg.checks;
+            let verdicts: Vec<_> = samples.par_iter().map(|s| check_sample(s, checks)).collect();
+            for (((p, r), sample), verdict) in refs.into_iter().zip(samples).zip(verdicts) {
                 self.stats.seen += 1;
-                match check_sample(&sample, self.cfg.checks) {
+                match verdict {
                     Ok(()) => self.buffer.push_back((p, sample)),
                     Err(reason) => self.stats.record(BadRow {
                         file: self.set.shards[r.shard as usize].path.clone(),

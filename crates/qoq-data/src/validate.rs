@@ -50,6 +50,14 @@ pub fn image_size(bytes: &[u8], full: bool) -> Result<(u32, u32), String> {
     }
 }
 
+/// Qwen-VL's smart_resize refuses aspect ratios above 200 (and empty images).
+fn check_aspect((w, h): (u32, u32)) -> Result<(), String> {
+    if w == 0 || h == 0 || w.max(h) as f64 / w.min(h) as f64 > 200.0 {
+        return Err(format!("{w}x{h} is empty or has an aspect ratio above 200, which Qwen-VL cannot resize"));
+    }
+    Ok(())
+}
+
 /// Checks one sample; `Err` holds the reason it cannot be used.
 pub fn check_sample(s: &Sample, checks: Checks) -> Result<(), String> {
     let full = checks == Checks::FullDecode;
@@ -68,6 +76,7 @@ pub fn check_sample(s: &Sample, checks: Checks) -> Result<(), String> {
     let mut first_size = None;
     for (i, img) in s.images.iter().enumerate() {
         let size = image_size(img, full).map_err(|e| format!("images[{i}]: {e}"))?;
+        check_aspect(size).map_err(|e| format!("images[{i}]: {e}"))?;
         first_size.get_or_insert(size);
     }
     for (v, video) in s.videos.iter().enumerate() {
@@ -77,6 +86,7 @@ pub fn check_sample(s: &Sample, checks: Checks) -> Result<(), String> {
         let mut video_size = None;
         for (f, frame) in video.iter().enumerate() {
             let size = image_size(frame, full).map_err(|e| format!("videos[{v}][{f}]: {e}"))?;
+            check_aspect(size).map_err(|e| format!("videos[{v}][{f}]: {e}"))?;
             if *video_size.get_or_insert(size) != size {
                 return Err(format!("videos[{v}][{f}] is {}x{}, frame 0 is {}x{}: frames must share one size",
                     size.0, size.1, video_size.unwrap().0, video_size.unwrap().1));
