@@ -173,7 +173,7 @@ impl ShardSet {
     /// Returns the samples in the order of `rows`.
     pub fn read_rows(&self, shard: usize, rg: usize, rows: &[usize], columns: &[&str]) -> Result<Vec<Sample>> {
         let s = &self.shards[shard];
-        let batches = read_selected(s, rg, rows, columns)?;
+        let batches = no_panic(&s.path, || read_selected(s, rg, rows, columns))?;
         let mut out = Vec::with_capacity(rows.len());
         for batch in &batches {
             out.extend(batch_to_samples(&conform_batch(&s.path, batch)?));
@@ -215,10 +215,17 @@ impl ShardSet {
     }
 }
 
+/// Runs a parquet decoding step, turning a panic inside the parquet crate (possible on
+/// corrupt input) into an error that names the file.
+fn no_panic<T>(path: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .unwrap_or_else(|_| Err(DataError::parquet(path, "the parquet decoder failed on corrupt data")))
+}
+
 fn open_shard(path: PathBuf) -> Result<Shard> {
     let file = File::open(&path).map_err(|e| DataError::io(&path, e))?;
     let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
-    let metadata = ArrowReaderMetadata::load(&file, options).map_err(|e| DataError::parquet(&path, e))?;
+    let metadata = no_panic(&path, || ArrowReaderMetadata::load(&file, options).map_err(|e| DataError::parquet(&path, e)))?;
     check_schema(&path, metadata.schema())?;
     let row_groups = metadata
         .metadata()
