@@ -13,10 +13,10 @@ pub enum DataError {
     #[error("{path}: not a readable parquet file ({detail}); re-create it, or move it out of the shard directory")]
     Parquet { path: PathBuf, detail: String },
 
-    #[error("{path}: required column `{column}` is missing; see docs/data-format.md for the schema")]
+    #[error("{path}: required column `{column}` is missing; see data/FORMAT.md for the schema")]
     MissingColumn { path: PathBuf, column: String },
 
-    #[error("{path}: column `{column}` has type {found}, expected {expected}; cast it (e.g. pyarrow `table.cast(...)`) to the schema in docs/data-format.md")]
+    #[error("{path}: column `{column}` has type {found}, expected {expected}; cast it (e.g. pyarrow `table.cast(...)`) to the schema in data/FORMAT.md")]
     ColumnType { path: PathBuf, column: String, expected: String, found: String },
 
     #[error("{path}: no *.parquet shards found; write some with `make-synthetic` or `convert-data`")]

@@ -174,6 +174,11 @@ impl Loader {
         }
     }
 
+    /// Samples read ahead and held in memory (at most one window of this rank's rows).
+    pub fn buffered(&self) -> usize {
+        self.buffer.len()
+    }
+
     pub fn bad_rows(&self) -> &BadRowStats {
         &self.stats
     }

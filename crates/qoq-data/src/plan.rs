@@ -69,10 +69,11 @@ impl EpochPlan {
         if opts.shuffle {
             rng::shuffle(&mut rng::stream(opts.seed, &[TAG_UNITS, epoch]), &mut order);
         }
-        let window = if opts.shuffle { opts.window_row_groups.max(1) } else { usize::MAX };
+        // Windows bound memory with or without shuffling: the loader reads one at a time.
+        let window = opts.window_row_groups.max(1);
         let mut items = Vec::new();
         let mut window_ends = Vec::new();
-        for (w, chunk) in order.chunks(window.min(order.len().max(1))).enumerate() {
+        for (w, chunk) in order.chunks(window).enumerate() {
             let start = items.len();
             let mut mix = rng::stream(opts.seed, &[TAG_MIX, epoch, w as u64]);
             for &u in chunk {
@@ -142,7 +143,8 @@ mod tests {
         let p = EpochPlan::build(&units(), &opts(false), 0, &|_, _| 1.0);
         assert_eq!(p.items.len(), 19);
         assert!(p.items.windows(2).all(|w| w[0] < w[1]));
-        assert_eq!(p.window_ends, vec![19]);
+        // Two row groups per window: 5 + 3 rows, then 7 + 4.
+        assert_eq!(p.window_ends, vec![8, 19]);
     }
 
     #[test]

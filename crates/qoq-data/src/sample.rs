@@ -1,5 +1,5 @@
 //! One training / evaluation example, as the loader hands it out. The parquet columns
-//! (see [`crate::schema`] and docs/data-format.md) map one-to-one onto these fields.
+//! (see [`crate::schema`] and data/FORMAT.md) map one-to-one onto these fields.
 
 use serde::{Deserialize, Serialize};
 

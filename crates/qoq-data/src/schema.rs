@@ -1,5 +1,5 @@
 //! The parquet / Arrow schema of a sample shard and the conversions between Arrow record
-//! batches and [`Sample`]s. docs/data-format.md documents the same table for users.
+//! batches and [`Sample`]s. data/FORMAT.md documents the same table for users.
 //!
 //! Readers accept the canonical types and their obvious relatives written by other tools
 //! (large strings and lists, string views, f64 instead of f32, i64 instead of i32): those

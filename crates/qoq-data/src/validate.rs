@@ -22,7 +22,7 @@ pub enum Checks {
 #[derive(Debug, Clone, PartialEq)]
 pub struct BadRow {
     pub file: PathBuf,
-    /// Row index within the file (0-based).
+    /// Row index within a parquet file (0-based), or line number of a JSONL input (1-based).
     pub row: u64,
     pub id: String,
     pub reason: String,

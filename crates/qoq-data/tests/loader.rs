@@ -61,6 +61,21 @@ fn unshuffled_pass_returns_every_row_in_file_order_unchanged() {
 }
 
 #[test]
+fn memory_holds_one_window_not_the_set() {
+    let dir = tempfile::tempdir().unwrap();
+    write_set(dir.path(), 200); // row groups of 7
+    for shuffle in [false, true] {
+        let mut loader = Loader::open(dir.path(), LoaderConfig { shuffle, window_row_groups: 2, ..cfg() }).unwrap();
+        let mut max_buffered = 0;
+        while let Some(s) = loader.next() {
+            s.unwrap();
+            max_buffered = max_buffered.max(loader.buffered() + 1);
+        }
+        assert!(max_buffered <= 14, "shuffle {shuffle}: {max_buffered} samples held at once");
+    }
+}
+
+#[test]
 fn ecg_and_masks_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = sample(0, "ecg");

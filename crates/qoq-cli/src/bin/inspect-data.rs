@@ -3,6 +3,7 @@
 //! row. Exits 0 when the set is usable, non-zero with the reason on stderr otherwise.
 //!
 //!     cargo run --release --bin inspect-data -- DIR [--preprocess] [--max-bad-fraction F]
+//!     cargo run --release --bin inspect-data -- --config configs/data/synthetic.toml --preprocess
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -11,23 +12,28 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use qoq_data::preprocess::{ImageProcessor, ImageProcessorConfig};
+use qoq_cli::config::RunConfig;
 use qoq_data::{Checks, Loader, LoaderConfig, Sample, ShardSet};
 use rayon::prelude::*;
 
 #[derive(Parser)]
 #[command(about = "Validate a directory of sample shards and summarise it")]
 struct Args {
-    /// Directory of *.parquet shards (or one parquet file).
-    dir: PathBuf,
+    /// Directory of *.parquet shards (or one parquet file); default: `data.shards` of --config.
+    dir: Option<PathBuf>,
+    /// A run configuration whose [data] and [processor] tables to use.
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// Also run Qwen3-VL preprocessing on every image and report its throughput.
     #[arg(long)]
     preprocess: bool,
     /// preprocessor_config.json to preprocess with (default: Qwen3-VL's values).
     #[arg(long)]
     processor: Option<PathBuf>,
-    /// The set is unusable when more than this fraction of rows is bad.
-    #[arg(long, default_value_t = 0.01)]
-    max_bad_fraction: f64,
+    /// The set is unusable when more than this fraction of rows is bad (default 0.01,
+    /// or `data.max_bad_fraction` of --config).
+    #[arg(long)]
+    max_bad_fraction: Option<f64>,
     /// How many bad rows to list.
     #[arg(long, default_value_t = 20)]
     show_bad: usize,
@@ -46,15 +52,23 @@ struct Counts {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let set = ShardSet::open(&args.dir).with_context(|| format!("opening {}", args.dir.display()))?;
+    let run = args.config.as_deref().map(RunConfig::from_file).transpose()?;
+    let dir = match (&args.dir, &run) {
+        (Some(d), _) => d.clone(),
+        (None, Some(r)) => r.data.shards.clone(),
+        (None, None) => bail!("give the shard directory, or --config with a [data] table"),
+    };
+    let set = ShardSet::open(&dir).with_context(|| format!("opening {}", dir.display()))?;
     let total = set.num_rows() as u64;
     let shard_count = set.shards.len();
-    let processor = match &args.processor {
-        Some(p) => ImageProcessor::new(ImageProcessorConfig::from_json_file(p)?)?,
-        None => ImageProcessor::default(),
+    let processor = match (&args.processor, &run) {
+        (Some(p), _) => ImageProcessor::new(ImageProcessorConfig::from_json_file(p)?)?,
+        (None, Some(r)) => ImageProcessor::new(r.processor())?,
+        (None, None) => ImageProcessor::default(),
     };
+    // One unshuffled pass over everything, whatever the run's sampling options are.
     let cfg = LoaderConfig {
-        max_bad_fraction: args.max_bad_fraction,
+        max_bad_fraction: args.max_bad_fraction.or(run.as_ref().map(|r| r.data.max_bad_fraction)).unwrap_or(0.01),
         checks: Checks::FullDecode,
         ..Default::default()
     };
@@ -148,10 +162,10 @@ fn main() -> Result<()> {
         println!("peak RSS: {mb:.0} MiB");
     }
     if let Some(e) = failure {
-        return Err(e).context(format!("{} is not usable", args.dir.display()));
+        return Err(e).context(format!("{} is not usable", dir.display()));
     }
     if totals.rows == 0 {
-        bail!("{} has no usable rows", args.dir.display());
+        bail!("{} has no usable rows", dir.display());
     }
     Ok(())
 }
