@@ -48,6 +48,8 @@ PY
 fi
 
 cd "$repo"
+# Only the crates that link libtorch need the CUDA build.
 LIBTORCH="$tree" CARGO_TARGET_DIR="$repo/target/cuda" \
-    cargo build --release --workspace --features qoq-policy/cuda --examples --bins
-echo "setup-cuda: built into target/cuda/release (examples: target/cuda/release/examples)"
+    cargo build --release -p qoq-policy --features cuda --examples
+echo "setup-cuda: built target/cuda/release/examples/gpu_check; on a GPU node:"
+echo "  eval \"\$(bash tools/setup-cuda.sh --print-env)\" && target/cuda/release/examples/gpu_check"

@@ -297,10 +297,13 @@ pub(crate) fn batch_to_samples(batch: &RecordBatch) -> Vec<Sample> {
         .collect()
 }
 
-/// The modality a sample's media imply, for shards written without that column.
+/// The modality a sample's domain and media imply (CT / MRI frame stacks are volumes),
+/// for converters and for shards written without that column.
 pub fn infer_modality(s: &Sample) -> &'static str {
-    if !s.videos.is_empty() {
-        "video"
+    if s.domain == "ehr" {
+        "ehr"
+    } else if !s.videos.is_empty() {
+        if matches!(s.domain.as_str(), "ct" | "mri") { "volume" } else { "video" }
     } else if !s.images.is_empty() {
         "image"
     } else if s.ecg.is_some() {

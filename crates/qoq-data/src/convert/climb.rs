@@ -59,7 +59,7 @@ pub(super) fn convert_row(row: &Row, id: String, ctx: &FileContext) -> Result<Sa
         extra: Value::Object(extra).to_string(),
         ..Default::default()
     };
-    sample.modality = super::modality_of(&sample).into();
+    sample.modality = crate::schema::infer_modality(&sample).into();
     Ok(sample)
 }
 

@@ -410,21 +410,6 @@ fn sampling_rate(row: &Row) -> std::result::Result<f32, Reason> {
     }
 }
 
-/// `image` / `video` / `volume` (videos of CT or MRI) / `ecg` / `ehr` / `text`, from the
-/// sample's media and domain.
-fn modality_of(s: &Sample) -> &'static str {
-    if s.domain == "ehr" {
-        "ehr"
-    } else if !s.videos.is_empty() {
-        if matches!(s.domain.as_str(), "ct" | "mri") { "volume" } else { "video" }
-    } else if !s.images.is_empty() {
-        "image"
-    } else if s.ecg.is_some() {
-        "ecg"
-    } else {
-        "text"
-    }
-}
 
 /// Climb: (canonical domain, dataset) of the annotation file, from `opts` or its folders.
 fn climb_names(input: &Path, folder: &Path, opts: &ConvertOptions) -> Result<(String, String)> {
