@@ -210,18 +210,23 @@ impl ImageProcessor {
             return Err(DataError::Preprocess(format!("frames differ in size: {w0}x{h0} and {}x{}", f.width(), f.height())));
         }
         let (h, w) = self.target_size(h0, w0)?;
-        // Identical frames (a still image repeated in time) are resized once.
-        let mut resized: Vec<RgbImage> = Vec::with_capacity(frames.len());
+        // Resize each distinct frame once: a still image is one frame repeated in time.
+        let mut resized: Vec<std::borrow::Cow<'_, RgbImage>> = Vec::with_capacity(frames.len());
+        let mut source: Vec<usize> = Vec::with_capacity(frames.len());
         for (i, f) in frames.iter().enumerate() {
-            if i > 0 && std::ptr::eq(*f, frames[i - 1]) {
-                resized.push(resized[i - 1].clone());
-            } else if (w, h) == (w0, h0) {
-                resized.push((*f).clone());
-            } else {
-                resized.push(resize_bicubic_aa(f, w, h));
+            match frames[..i].iter().position(|g| std::ptr::eq(*g, *f)) {
+                Some(j) => source.push(source[j]),
+                None => {
+                    source.push(resized.len());
+                    resized.push(if (w, h) == (w0, h0) {
+                        std::borrow::Cow::Borrowed(*f)
+                    } else {
+                        std::borrow::Cow::Owned(resize_bicubic_aa(f, w, h))
+                    });
+                }
             }
         }
-        let refs: Vec<&RgbImage> = resized.iter().collect();
+        let refs: Vec<&RgbImage> = source.iter().map(|&j| resized[j].as_ref()).collect();
         Ok(VisionInput {
             pixel_values: self.patchify(&refs),
             grid_thw: [(frames.len() / tp) as u32, h / c.patch_size, w / c.patch_size],
@@ -247,16 +252,23 @@ impl ImageProcessor {
                         for mw in 0..m {
                             let (py0, px0) = ((bh * m + mh) * p, (bw * m + mw) * p);
                             let dst = &mut out[row * dim..(row + 1) * dim];
-                            let mut k = 0;
+                            let block = p * p;
                             for ch in 0..3 {
                                 let lut = &self.lut[ch];
-                                for frame in &frames[t * tp..(t + 1) * tp] {
+                                let group = &frames[t * tp..(t + 1) * tp];
+                                for (ti, frame) in group.iter().enumerate() {
+                                    let at = (ch * tp + ti) * block;
+                                    // A frame repeated in time (a still image) repeats its values.
+                                    if ti > 0 && std::ptr::eq(*frame, group[ti - 1]) {
+                                        dst.copy_within(at - block..at, at);
+                                        continue;
+                                    }
                                     let raw = frame.as_raw();
                                     for py in 0..p {
                                         let base = ((py0 + py) * w as usize + px0) * 3 + ch;
-                                        for px in 0..p {
-                                            dst[k] = lut[raw[base + px * 3] as usize];
-                                            k += 1;
+                                        let line = &mut dst[at + py * p..at + (py + 1) * p];
+                                        for (px, v) in line.iter_mut().enumerate() {
+                                            *v = lut[raw[base + px * 3] as usize];
                                         }
                                     }
                                 }
