@@ -21,6 +21,7 @@ from PIL import Image, ImageDraw
 
 import transformers
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
+from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
 
 OUT = os.path.join("tests", "fixtures", "preprocess")
 rng = np.random.default_rng(20261128)
@@ -78,6 +79,34 @@ CASES = [
 ]
 
 
+# Videos: (name, frames, width, height); frames are given to the video processor as
+# already sampled (do_sample_frames=False), with its default budget (131072 .. 786432 over
+# all frames).
+VIDEOS = [
+    ("clip_4x123x77", 4, 123, 77),
+    ("clip_6x300x200", 6, 300, 200),
+    ("clip_4x640x480", 4, 640, 480),
+]
+
+
+def make_videos(cases):
+    vp = Qwen3VLVideoProcessor()
+    for name, n, w, h in VIDEOS:
+        folder = os.path.join(OUT, "videos", name)
+        os.makedirs(folder, exist_ok=True)
+        for i in range(n):
+            Image.fromarray(textured(w, h, 3, noise=1.0 + i), "RGB").save(os.path.join(folder, f"{i:05d}.png"))
+        frames = [Image.open(os.path.join(folder, f"{i:05d}.png")).convert("RGB") for i in range(n)]
+        out = vp(videos=[frames], do_sample_frames=False, cap_pixels_per_frame=False, return_tensors="pt")
+        pv = out["pixel_values_videos"].numpy().astype("<f4")
+        grid = out["video_grid_thw"].numpy().tolist()[0]
+        blob = f"video_{name}.f32.gz"
+        with gzip.GzipFile(os.path.join(OUT, blob), "wb", compresslevel=9, mtime=0) as f:
+            f.write(pv.tobytes())
+        cases.append({"video": name, "frames": n, "grid_thw": grid, "rows": pv.shape[0], "pixel_values": blob})
+        print(f"video {name} -> grid {grid}, {pv.shape}", file=sys.stderr)
+
+
 def main():
     os.makedirs(os.path.join(OUT, "images"), exist_ok=True)
     for name, img in make_images().items():
@@ -96,12 +125,14 @@ def main():
         pv = out["pixel_values"].numpy().astype("<f4")
         grid = out["image_grid_thw"].numpy().tolist()[0]
         blob = f"case{i:02d}.f32.gz"
-        with gzip.open(os.path.join(OUT, blob), "wb", compresslevel=9) as f:
+        with gzip.GzipFile(os.path.join(OUT, blob), "wb", compresslevel=9, mtime=0) as f:
             f.write(pv.tobytes())
         cases.append({"image": name, "min_pixels": min_px, "max_pixels": max_px,
                       "grid_thw": grid, "rows": pv.shape[0], "pixel_values": blob})
         print(f"{name} [{min_px}, {max_px}] -> grid {grid}, {pv.shape}", file=sys.stderr)
-    meta = {"transformers": transformers.__version__, "cases": cases,
+    video_cases = []
+    make_videos(video_cases)
+    meta = {"transformers": transformers.__version__, "cases": cases, "video_cases": video_cases,
             "made_by": "tools/make_preprocess_fixtures.py"}
     import torch, torchvision, PIL
     meta.update(torch=torch.__version__, torchvision=torchvision.__version__, pillow=PIL.__version__)

@@ -6,6 +6,20 @@ use std::path::PathBuf;
 
 use qoq_data::preprocess::{decode_rgb, ImageProcessor, ImageProcessorConfig};
 
+fn read_f32_gz(path: PathBuf) -> Vec<f32> {
+    let mut raw = Vec::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(path).unwrap()).read_to_end(&mut raw).unwrap();
+    raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> (f32, usize) {
+    assert_eq!(a.len(), b.len(), "length");
+    a.iter().zip(b).enumerate().fold((0f32, 0), |(m, at), (i, (x, y))| {
+        let d = (x - y).abs();
+        if d > m { (d, i) } else { (m, at) }
+    })
+}
+
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/preprocess")
 }
@@ -31,24 +45,36 @@ fn pixel_values_match_transformers() {
         let grid: Vec<u32> = case["grid_thw"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
         assert_eq!(out.grid_thw.to_vec(), grid, "{name}: grid_thw");
 
-        let mut raw = Vec::new();
-        flate2::read::GzDecoder::new(std::fs::File::open(dir.join(case["pixel_values"].as_str().unwrap())).unwrap())
-            .read_to_end(&mut raw)
-            .unwrap();
-        let expected: Vec<f32> = raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-        assert_eq!(out.pixel_values.len(), expected.len(), "{name}: length");
-        let (mut max_diff, mut worst) = (0f32, 0);
-        for (i, (a, b)) in out.pixel_values.iter().zip(&expected).enumerate() {
-            let d = (a - b).abs();
-            if d > max_diff {
-                max_diff = d;
-                worst = i;
-            }
-        }
+        let expected = read_f32_gz(dir.join(case["pixel_values"].as_str().unwrap()));
+        let (max_diff, worst) = max_abs_diff(&out.pixel_values, &expected);
         assert!(
             max_diff <= 1e-6,
             "{name} [{}, {}]: max |diff| {max_diff} at value {worst} (row {}, col {})",
             case["min_pixels"], case["max_pixels"], worst / 1536, worst % 1536
         );
+    }
+}
+
+#[test]
+fn video_pixel_values_match_transformers() {
+    let dir = fixtures();
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
+    let cases = meta["video_cases"].as_array().unwrap();
+    assert!(cases.len() >= 3);
+    let proc = ImageProcessor::default();
+    for case in cases {
+        let name = case["video"].as_str().unwrap();
+        let n = case["frames"].as_u64().unwrap() as usize;
+        let frames: Vec<_> = (0..n)
+            .map(|i| decode_rgb(&std::fs::read(dir.join("videos").join(name).join(format!("{i:05}.png"))).unwrap()).unwrap())
+            .collect();
+        let refs: Vec<_> = frames.iter().collect();
+        let out = proc.preprocess_video(&refs).unwrap();
+        let grid: Vec<u32> = case["grid_thw"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        assert_eq!(out.grid_thw.to_vec(), grid, "{name}: grid_thw");
+        let expected = read_f32_gz(dir.join(case["pixel_values"].as_str().unwrap()));
+        let (diff, at) = max_abs_diff(&out.pixel_values, &expected);
+        assert!(diff <= 1e-6, "{name}: max |diff| {diff} at row {}, col {}", at / 1536, at % 1536);
     }
 }

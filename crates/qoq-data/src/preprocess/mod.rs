@@ -23,7 +23,7 @@ use serde::Deserialize;
 
 pub use resize::resize_bicubic_aa;
 pub use rgb::{decode_rgb, to_rgb};
-pub use smart_resize::smart_resize;
+pub use smart_resize::{smart_resize, smart_resize_video};
 
 use crate::error::{DataError, Result};
 use crate::sample::{LabeledBox, Sample};
@@ -45,6 +45,10 @@ pub struct ImageProcessorConfig {
     pub do_resize: bool,
     /// Frames sampled uniformly from each video or volume (even, for temporal patches of 2).
     pub video_frames: usize,
+    /// Pixel budget of a whole video, all frames together (`video_preprocessor_config.json`
+    /// `size.shortest_edge` / `size.longest_edge`).
+    pub video_min_pixels: u64,
+    pub video_max_pixels: u64,
 }
 
 impl Default for ImageProcessorConfig {
@@ -61,6 +65,8 @@ impl Default for ImageProcessorConfig {
             rescale_factor: 1.0 / 255.0,
             do_resize: true,
             video_frames: 4,
+            video_min_pixels: 131_072,
+            video_max_pixels: 786_432,
         }
     }
 }
@@ -95,8 +101,11 @@ impl ImageProcessorConfig {
         if self.patch_size == 0 || self.merge_size == 0 || self.temporal_patch_size == 0 {
             return Err("patch_size, merge_size and temporal_patch_size must be positive".into());
         }
-        if self.min_pixels > self.max_pixels {
-            return Err(format!("min_pixels {} exceeds max_pixels {}", self.min_pixels, self.max_pixels));
+        if self.min_pixels > self.max_pixels || self.video_min_pixels > self.video_max_pixels {
+            return Err(format!(
+                "min_pixels must not exceed max_pixels (images: {} > {}? videos: {} > {}?)",
+                self.min_pixels, self.max_pixels, self.video_min_pixels, self.video_max_pixels
+            ));
         }
         if self.video_frames == 0 || self.video_frames % self.temporal_patch_size as usize != 0 {
             return Err(format!("video_frames {} must be a positive multiple of {}", self.video_frames, self.temporal_patch_size));
@@ -194,12 +203,27 @@ impl ImageProcessor {
     /// One image: resized, normalised and patchified with its frame repeated in time.
     pub fn preprocess_image(&self, img: &RgbImage) -> Result<VisionInput> {
         let frames = vec![img; self.config.temporal_patch_size as usize];
-        self.preprocess_frames(&frames)
+        let (h, w) = self.target_size(img.height(), img.width())?;
+        self.patchify_frames(&frames, h, w)
     }
 
     /// Frames of one video or volume (all the same size, a multiple of the temporal patch
-    /// in number), patchified with t = frames / temporal_patch_size.
-    pub fn preprocess_frames(&self, frames: &[&RgbImage]) -> Result<VisionInput> {
+    /// in number), sized with the video budget over all frames (Qwen3-VL's video
+    /// processor) and patchified with t = frames / temporal_patch_size.
+    pub fn preprocess_video(&self, frames: &[&RgbImage]) -> Result<VisionInput> {
+        let c = &self.config;
+        let first = frames.first().ok_or_else(|| DataError::Preprocess("a video without frames".into()))?;
+        let (h, w) = if c.do_resize {
+            smart_resize_video(frames.len() as u32, first.height(), first.width(), c.temporal_patch_size,
+                c.patch_size * c.merge_size, c.video_min_pixels, c.video_max_pixels)
+                .map_err(DataError::Preprocess)?
+        } else {
+            self.target_size(first.height(), first.width())?
+        };
+        self.patchify_frames(frames, h, w)
+    }
+
+    fn patchify_frames(&self, frames: &[&RgbImage], h: u32, w: u32) -> Result<VisionInput> {
         let c = &self.config;
         let tp = c.temporal_patch_size as usize;
         if frames.is_empty() || frames.len() % tp != 0 {
@@ -209,7 +233,6 @@ impl ImageProcessor {
         if let Some(f) = frames.iter().find(|f| f.dimensions() != (w0, h0)) {
             return Err(DataError::Preprocess(format!("frames differ in size: {w0}x{h0} and {}x{}", f.width(), f.height())));
         }
-        let (h, w) = self.target_size(h0, w0)?;
         // Resize each distinct frame once: a still image is one frame repeated in time.
         let mut resized: Vec<std::borrow::Cow<'_, RgbImage>> = Vec::with_capacity(frames.len());
         let mut source: Vec<usize> = Vec::with_capacity(frames.len());
@@ -304,7 +327,7 @@ impl ImageProcessor {
                 .iter()
                 .map(|i| &decoded.iter().find(|(j, _)| j == i).expect("decoded above").1)
                 .collect();
-            videos.push(self.preprocess_frames(&refs)?);
+            videos.push(self.preprocess_video(&refs)?);
         }
         let reference = images.first().or(videos.first());
         let (boxes, mask) = match reference {
@@ -382,6 +405,26 @@ mod tests {
     }
 
     #[test]
+    fn preprocessor_config_json_in_both_serialisations() {
+        let dir = tempfile::tempdir().unwrap();
+        let new = dir.path().join("new.json");
+        std::fs::write(&new, r#"{"image_processor_type": "Qwen2VLImageProcessorFast", "patch_size": 16,
+            "size": {"shortest_edge": 1024, "longest_edge": 9999}, "image_mean": [0.5, 0.5, 0.5]}"#).unwrap();
+        let c = ImageProcessorConfig::from_json_file(&new).unwrap();
+        assert_eq!((c.min_pixels, c.max_pixels, c.patch_size), (1024, 9999, 16));
+        let old = dir.path().join("old.json");
+        std::fs::write(&old, r#"{"min_pixels": 3136, "max_pixels": 12845056, "patch_size": 14}"#).unwrap();
+        let c = ImageProcessorConfig::from_json_file(&old).unwrap();
+        assert_eq!((c.min_pixels, c.max_pixels, c.patch_size), (3136, 12845056, 14));
+        let bad = dir.path().join("bad.json");
+        std::fs::write(&bad, r#"{"size": {"shortest_edge": 10, "longest_edge": 5}}"#).unwrap();
+        let err = ImageProcessorConfig::from_json_file(&bad).unwrap_err().to_string();
+        assert!(err.contains("bad.json") && err.contains("min_pixels"), "{err}");
+        std::fs::write(&bad, "{not json").unwrap();
+        assert!(ImageProcessorConfig::from_json_file(&bad).unwrap_err().to_string().contains("not JSON"));
+    }
+
+    #[test]
     fn normalisation_maps_0_and_255_to_minus_one_and_one() {
         let p = ImageProcessor::default();
         assert_eq!(p.lut[0][0], -1.0);
@@ -411,9 +454,10 @@ mod tests {
     fn video_grid_has_t_over_two() {
         let f = RgbImage::from_pixel(64, 64, image::Rgb([1, 2, 3]));
         let proc = ImageProcessor::new(ImageProcessorConfig { min_pixels: 0, ..Default::default() }).unwrap();
-        let v = proc.preprocess_frames(&[&f, &f, &f, &f]).unwrap();
+        let proc = ImageProcessor::new(ImageProcessorConfig { video_min_pixels: 0, ..proc.config }).unwrap();
+        let v = proc.preprocess_video(&[&f, &f, &f, &f]).unwrap();
         assert_eq!(v.grid_thw, [2, 4, 4]);
         assert_eq!(v.num_tokens(2), 8);
-        assert!(proc.preprocess_frames(&[&f, &f, &f]).is_err());
+        assert!(proc.preprocess_video(&[&f, &f, &f]).is_err());
     }
 }

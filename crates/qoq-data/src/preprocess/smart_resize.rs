@@ -26,9 +26,60 @@ pub fn smart_resize(height: u32, width: u32, factor: u32, min_pixels: u64, max_p
     Ok((h_bar as u32, w_bar as u32))
 }
 
+/// Qwen3-VL's video `smart_resize`: the pixel budget covers all `num_frames` frames
+/// (rounded to the temporal patch), and sides shorter than `factor` are first scaled up.
+pub fn smart_resize_video(
+    num_frames: u32,
+    height: u32,
+    width: u32,
+    temporal_factor: u32,
+    factor: u32,
+    min_pixels: u64,
+    max_pixels: u64,
+) -> Result<(u32, u32), String> {
+    if num_frames < temporal_factor {
+        return Err(format!("{num_frames} frames: need at least {temporal_factor}"));
+    }
+    if height == 0 || width == 0 {
+        return Err(format!("frames are {width}x{height}: empty"));
+    }
+    let (mut h, mut w, f) = (height as f64, width as f64, factor as f64);
+    if h < f || w < f {
+        let scale = (f / h).max(f / w);
+        h = (h * scale).trunc();
+        w = (w * scale).trunc();
+    }
+    if h.max(w) / h.min(w) > 200.0 {
+        return Err(format!("aspect ratio of {width}x{height} frames exceeds 200"));
+    }
+    let t = num_frames as f64;
+    let mut h_bar = (h / f).round_ties_even() * f;
+    let mut w_bar = (w / f).round_ties_even() * f;
+    let t_bar = (t / temporal_factor as f64).round_ties_even() * temporal_factor as f64;
+    if t_bar * h_bar * w_bar > max_pixels as f64 {
+        let beta = (t * h * w / max_pixels as f64).sqrt();
+        h_bar = f.max((h / beta / f).floor() * f);
+        w_bar = f.max((w / beta / f).floor() * f);
+    } else if t_bar * h_bar * w_bar < min_pixels as f64 {
+        let beta = (min_pixels as f64 / (t * h * w)).sqrt();
+        h_bar = (h * beta / f).ceil() * f;
+        w_bar = (w * beta / f).ceil() * f;
+    }
+    Ok((h_bar as u32, w_bar as u32))
+}
+
 #[cfg(test)]
 mod tests {
-    use super::smart_resize;
+    use super::{smart_resize, smart_resize_video};
+
+    #[test]
+    fn video_budget_covers_all_frames() {
+        // 4 frames of 512x512 = 1048576 pixels > 786432: shrink to fit.
+        let (h, w) = smart_resize_video(4, 512, 512, 2, 32, 131072, 786432).unwrap();
+        assert!(4 * h as u64 * w as u64 <= 786432 && h % 32 == 0, "{h}x{w}");
+        assert_eq!((h, w), (416, 416));
+        assert!(smart_resize_video(1, 64, 64, 2, 32, 0, 1 << 30).is_err());
+    }
 
     const MIN: u64 = 65536;
     const MAX: u64 = 16777216;
