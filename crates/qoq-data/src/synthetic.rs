@@ -160,7 +160,7 @@ fn contrast(tier: usize) -> f32 {
 
 fn chest_xray(r: &mut ChaCha8Rng, tier: usize) -> Drawn {
     let s = SIZE as f32;
-    let (phase, tilt) = (uniform(r, 0.0, 6.28), uniform(r, 0.5, 1.5));
+    let (phase, tilt) = (uniform(r, 0.0, std::f32::consts::TAU), uniform(r, 0.5, 1.5));
     // Dark thorax with two brighter lung fields and a central heart shadow.
     let mut c = Canvas::new(|x, y| {
         let lung = |cx: f32| ((x - cx) / (0.17 * s)).powi(2) + ((y - 0.48 * s) / (0.33 * s)).powi(2) < 1.0;
@@ -310,7 +310,7 @@ fn ecg(r: &mut ChaCha8Rng, tier: usize) -> Drawn {
     }
     // Plot of lead II (index 1) on ECG paper, 10 s across the image.
     let s = SIZE as f32;
-    let mut c = Canvas::new(|x, y| if (x as u32) % 25 == 0 || (y as u32) % 25 == 0 { 215.0 } else { 245.0 });
+    let mut c = Canvas::new(|x, y| if (x as u32).is_multiple_of(25) || (y as u32).is_multiple_of(25) { 215.0 } else { 245.0 });
     let lead2 = &values[SAMPLES..2 * SAMPLES];
     let mut prev = None;
     for px in 0..SIZE {

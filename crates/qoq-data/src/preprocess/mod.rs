@@ -107,10 +107,10 @@ impl ImageProcessorConfig {
                 self.min_pixels, self.max_pixels, self.video_min_pixels, self.video_max_pixels
             ));
         }
-        if self.video_frames == 0 || self.video_frames % self.temporal_patch_size as usize != 0 {
+        if self.video_frames == 0 || !self.video_frames.is_multiple_of(self.temporal_patch_size as usize) {
             return Err(format!("video_frames {} must be a positive multiple of {}", self.video_frames, self.temporal_patch_size));
         }
-        if self.image_std.iter().any(|s| *s == 0.0) || !(self.rescale_factor > 0.0) {
+        if self.image_std.contains(&0.0) || self.rescale_factor.is_nan() || self.rescale_factor <= 0.0 {
             return Err("image_std and rescale_factor must be non-zero".into());
         }
         Ok(())
@@ -176,10 +176,10 @@ impl ImageProcessor {
         // rescale (f32 tensors), then (x - mean') / std' in f32.
         let inv = (1.0 / config.rescale_factor) as f32;
         let mut lut = [[0f32; 256]; 3];
-        for c in 0..3 {
+        for (c, table) in lut.iter_mut().enumerate() {
             let (mean, std) = (config.image_mean[c] * inv, config.image_std[c] * inv);
-            for v in 0..256 {
-                lut[c][v] = (v as f32 - mean) / std;
+            for (v, out) in table.iter_mut().enumerate() {
+                *out = (v as f32 - mean) / std;
             }
         }
         Ok(Self { config, lut })
@@ -190,7 +190,7 @@ impl ImageProcessor {
         let c = &self.config;
         if !c.do_resize {
             let f = c.patch_size * c.merge_size;
-            if height % f != 0 || width % f != 0 {
+            if !height.is_multiple_of(f) || !width.is_multiple_of(f) {
                 return Err(DataError::Preprocess(format!(
                     "do_resize is off but {width}x{height} is not a multiple of {f}"
                 )));
@@ -226,7 +226,7 @@ impl ImageProcessor {
     fn patchify_frames(&self, frames: &[&RgbImage], h: u32, w: u32) -> Result<VisionInput> {
         let c = &self.config;
         let tp = c.temporal_patch_size as usize;
-        if frames.is_empty() || frames.len() % tp != 0 {
+        if frames.is_empty() || !frames.len().is_multiple_of(tp) {
             return Err(DataError::Preprocess(format!("{} frames: need a positive multiple of {tp}", frames.len())));
         }
         let (w0, h0) = frames[0].dimensions();

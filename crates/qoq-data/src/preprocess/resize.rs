@@ -208,7 +208,7 @@ mod tests {
     #[test]
     fn simd_dispatch_matches_the_portable_pass() {
         let (w, h) = (97usize, 61usize);
-        let src: Vec<u8> = (0..w * h * 3).map(|i| (i * 2654435761usize >> 7) as u8).collect();
+        let src: Vec<u8> = (0..w * h * 3).map(|i| ((i * 2654435761usize) >> 7) as u8).collect();
         for out in [20, 61, 150] {
             let ax = axis_weights(h, out);
             assert_eq!(vertical_pass(&src, w * 3, &ax), vertical_pass_generic(&src, w * 3, &ax), "{h}->{out}");
