@@ -49,6 +49,9 @@ pub mod config {
         pub domain_weights: Option<BTreeMap<String, f64>>,
         #[serde(default = "default_bad")]
         pub max_bad_fraction: f64,
+        /// Keep only rows of these splits (e.g. ["train"]); all rows when absent.
+        #[serde(default)]
+        pub splits: Option<Vec<String>>,
     }
 
     #[derive(Debug, Deserialize)]
@@ -87,6 +90,7 @@ pub mod config {
                 window_row_groups: d.window_row_groups,
                 domain_weights: d.domain_weights.clone(),
                 max_bad_fraction: d.max_bad_fraction,
+                splits: d.splits.clone(),
                 ..Default::default()
             }
         }

@@ -33,14 +33,21 @@ pub struct LoaderConfig {
     pub max_bad_fraction: f64,
     /// Stop after this many epochs (None: stream forever).
     pub epochs: Option<u64>,
-    /// Columns to decode (empty: all).
+    /// Columns to decode (empty: all). The required columns, `modality` and `split` are
+    /// always read; boxes and masks bring the media columns they are checked against.
     pub columns: Vec<String>,
+    /// Keep only rows of these splits (e.g. `["train"]`); None keeps every row.
+    pub splits: Option<Vec<String>>,
     #[serde(skip)]
     pub rank: usize,
     #[serde(skip)]
     pub world_size: usize,
     #[serde(skip)]
     pub checks: Checks,
+    /// Judge `max_bad_fraction` as rows stream (after 200 rows); off: only at each
+    /// epoch's end (`inspect-data`, so one bad shard sorting first does not decide).
+    #[serde(skip)]
+    pub abort_early: bool,
 }
 
 impl Default for LoaderConfig {
@@ -53,9 +60,11 @@ impl Default for LoaderConfig {
             max_bad_fraction: 0.01,
             epochs: Some(1),
             columns: Vec::new(),
+            splits: None,
             rank: 0,
             world_size: 1,
             checks: Checks::Headers,
+            abort_early: true,
         }
     }
 }
@@ -94,13 +103,20 @@ pub struct Loader {
     set: ShardSet,
     cfg: LoaderConfig,
     units: Vec<Unit>,
-    /// Mixing factor rho per unit (index into `units`) and row; empty without mixing.
+    /// Factor rho per unit (index into `units`) and row: domain mixing and the split
+    /// filter (0 drops a row); empty when neither is set.
     repeat: Vec<Vec<f32>>,
     plan: EpochPlan,
-    plan_epoch: u64,
+    plan_epoch: Option<u64>,
     cursor: Cursor,
     buffer: VecDeque<(u64, Sample)>,
     stats: BadRowStats,
+    /// Rows checked and rows found good in the current epoch since the last seek (an
+    /// epoch whose rows are all bad is an error, not an endless loop).
+    seen_in_epoch: u64,
+    good_in_epoch: u64,
+    /// Set after an error; `seek` clears it.
+    failed: bool,
 }
 
 impl Loader {
@@ -115,9 +131,23 @@ impl Loader {
         if !(0.0..=1.0).contains(&cfg.max_bad_fraction) {
             return Err(DataError::Config(format!("max_bad_fraction = {} must be within [0, 1]", cfg.max_bad_fraction)));
         }
+        let mut cfg = cfg;
         for c in &cfg.columns {
             if !col::ALL.contains(&c.as_str()) {
                 return Err(DataError::Config(format!("unknown column `{c}` in columns; known: {}", col::ALL.join(", "))));
+            }
+        }
+        if !cfg.columns.is_empty() {
+            // The row checks need these; boxes and masks are checked against the media.
+            let mut needed: Vec<&str> = col::REQUIRED.to_vec();
+            needed.extend([col::MODALITY, col::SPLIT]);
+            if cfg.columns.iter().any(|c| [col::BOXES, col::BOX_LABELS, col::MASK].contains(&c.as_str())) {
+                needed.extend([col::IMAGES, col::VIDEOS, col::BOXES, col::BOX_LABELS]);
+            }
+            for c in needed {
+                if !cfg.columns.iter().any(|x| x == c) {
+                    cfg.columns.push(c.to_string());
+                }
             }
         }
         let units: Vec<Unit> = set
@@ -132,20 +162,21 @@ impl Loader {
                 })
             })
             .collect();
-        let repeat = match &cfg.domain_weights {
-            Some(weights) => mixing_factors(&set, &units, weights)?,
-            None => Vec::new(),
-        };
+        let repeat = row_factors(&set, &units, cfg.domain_weights.as_ref(), cfg.splits.as_deref())?;
+        let fingerprint = fingerprint(&set, &cfg);
         let mut loader = Self {
             set,
             cfg,
             units,
             repeat,
             plan: EpochPlan { items: Vec::new(), window_ends: Vec::new() },
-            plan_epoch: u64::MAX,
-            cursor: Cursor::default(),
+            plan_epoch: None,
+            cursor: Cursor { fingerprint, ..Cursor::default() },
             buffer: VecDeque::new(),
             stats: BadRowStats::default(),
+            seen_in_epoch: 0,
+            good_in_epoch: 0,
+            failed: false,
         };
         loader.ensure_plan(0)?;
         Ok(loader)
@@ -153,7 +184,18 @@ impl Loader {
 
     /// Continue from a cursor saved earlier with [`Loader::cursor`].
     pub fn seek(&mut self, cursor: Cursor) -> Result<()> {
+        let fingerprint = self.cursor.fingerprint;
+        if cursor.fingerprint != 0 && cursor.fingerprint != fingerprint {
+            return Err(DataError::Config(
+                "the cursor was saved with other shards, seed, ranks, window, weights or splits; \
+                 resume with the settings it was saved with"
+                    .into(),
+            ));
+        }
         self.buffer.clear();
+        self.failed = false;
+        self.seen_in_epoch = 0;
+        self.good_in_epoch = 0;
         self.ensure_plan(cursor.epoch)?;
         let n = self.plan.rank_len(self.cfg.rank, self.cfg.world_size);
         if cursor.position > n {
@@ -162,14 +204,14 @@ impl Loader {
                 cursor.position, cursor.epoch, self.cfg.rank, self.cfg.world_size
             )));
         }
-        self.cursor = cursor;
+        self.cursor = Cursor { fingerprint, ..cursor };
         Ok(())
     }
 
     /// The position of the next sample this loader will yield.
     pub fn cursor(&self) -> Cursor {
         match self.buffer.front() {
-            Some(&(position, _)) => Cursor { epoch: self.cursor.epoch, position },
+            Some(&(position, _)) => Cursor { position, ..self.cursor },
             None => self.cursor,
         }
     }
@@ -193,7 +235,7 @@ impl Loader {
     }
 
     fn ensure_plan(&mut self, epoch: u64) -> Result<()> {
-        if self.plan_epoch == epoch {
+        if self.plan_epoch == Some(epoch) {
             return Ok(());
         }
         let opts = PlanOptions {
@@ -205,7 +247,7 @@ impl Loader {
         self.plan = EpochPlan::build(&self.units, &opts, epoch, &|u, row| {
             repeat.get(u).map_or(1.0, |r| r[row as usize] as f64)
         });
-        self.plan_epoch = epoch;
+        self.plan_epoch = Some(epoch);
         if self.plan.rank_len(self.cfg.rank, self.cfg.world_size) == 0 {
             return Err(DataError::invalid(
                 &self.set.dir,
@@ -232,7 +274,15 @@ impl Loader {
             let (rank, world) = (self.cfg.rank, self.cfg.world_size);
             if self.cursor.position >= self.plan.rank_len(rank, world) {
                 self.check_bad_fraction(true)?;
-                self.cursor = Cursor { epoch: self.cursor.epoch + 1, position: 0 };
+                if self.seen_in_epoch > 0 && self.good_in_epoch == 0 {
+                    return Err(DataError::invalid(
+                        &self.set.dir,
+                        format!("epoch {} gave rank {} no usable row; fix the data or the filters", self.cursor.epoch, rank),
+                    ));
+                }
+                self.seen_in_epoch = 0;
+                self.good_in_epoch = 0;
+                self.cursor = Cursor { epoch: self.cursor.epoch + 1, position: 0, ..self.cursor };
                 continue;
             }
             let positions = self.plan.window_of(self.cursor.position, rank, world);
@@ -247,8 +297,12 @@ impl Loader {
             let verdicts: Vec<_> = samples.par_iter().map(|s| check_sample(s, checks)).collect();
             for (((p, r), sample), verdict) in refs.into_iter().zip(samples).zip(verdicts) {
                 self.stats.seen += 1;
+                self.seen_in_epoch += 1;
                 match verdict {
-                    Ok(()) => self.buffer.push_back((p, sample)),
+                    Ok(()) => {
+                        self.good_in_epoch += 1;
+                        self.buffer.push_back((p, sample));
+                    }
                     Err(reason) => self.stats.record(BadRow {
                         file: self.set.shards[r.shard as usize].path.clone(),
                         row: self.row_in_file(r),
@@ -258,7 +312,12 @@ impl Loader {
                 }
             }
             self.cursor.position = positions.end;
-            self.check_bad_fraction(false)?;
+            if self.cfg.abort_early {
+                if let Err(e) = self.check_bad_fraction(false) {
+                    self.buffer.clear();
+                    return Err(e);
+                }
+            }
             if !self.buffer.is_empty() {
                 return Ok(true);
             }
@@ -327,13 +386,17 @@ impl Iterator for Loader {
     type Item = Result<Sample>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
         if self.buffer.is_empty() {
             match self.fill() {
                 Ok(true) => {}
                 Ok(false) => return None,
                 Err(e) => {
-                    // Stop for good after an error: the caller decides whether to retry.
-                    self.cfg.epochs = Some(0);
+                    // One error, then None; `seek` to a saved cursor to try again.
+                    self.failed = true;
+                    self.buffer.clear();
                     return Some(Err(e));
                 }
             }
@@ -342,15 +405,54 @@ impl Iterator for Loader {
     }
 }
 
-/// rho per row: (w_d / sum w) * N / N_d, from the `domain` column.
-fn mixing_factors(set: &ShardSet, units: &[Unit], weights: &BTreeMap<String, f64>) -> Result<Vec<Vec<f32>>> {
-    if weights.values().any(|w| !w.is_finite() || *w < 0.0) || weights.values().sum::<f64>() <= 0.0 {
-        return Err(DataError::Config("domain_weights must be finite, >= 0, and not all 0".into()));
+/// Factor rho per unit and row: (w_d / sum w) * N / N_d from the `domain` column when
+/// mixing, times 0 for rows whose `split` is filtered out. Empty when neither applies.
+fn row_factors(set: &ShardSet, units: &[Unit], weights: Option<&BTreeMap<String, f64>>, splits: Option<&[String]>) -> Result<Vec<Vec<f32>>> {
+    if weights.is_none() && splits.is_none() {
+        return Ok(Vec::new());
+    }
+    let keep: Vec<Vec<bool>> = match splits {
+        Some(splits) => set
+            .read_string_column(col::SPLIT)?
+            .into_iter()
+            .map(|rows| rows.iter().map(|s| splits.contains(s)).collect())
+            .collect(),
+        None => set.shards.iter().map(|s| vec![true; s.num_rows()]).collect(),
+    };
+    let rho: Option<(Vec<Vec<String>>, BTreeMap<String, f64>)> = match weights {
+        Some(weights) => Some(domain_rho(set, weights, &keep)?),
+        None => None,
+    };
+    let mut offsets = vec![0usize; set.shards.len()];
+    Ok(units
+        .iter()
+        .map(|u| {
+            let s = u.shard as usize;
+            let start = offsets[s];
+            offsets[s] += u.rows as usize;
+            (start..start + u.rows as usize)
+                .map(|i| {
+                    let factor = rho.as_ref().map_or(1.0, |(domains, rho)| rho.get(&domains[s][i]).copied().unwrap_or(0.0));
+                    if keep[s][i] { factor as f32 } else { 0.0 }
+                })
+                .collect()
+        })
+        .collect())
+}
+
+/// The `domain` column and rho_d = (w_d / sum w) * N / N_d over the kept rows.
+fn domain_rho(set: &ShardSet, weights: &BTreeMap<String, f64>, keep: &[Vec<bool>]) -> Result<(Vec<Vec<String>>, BTreeMap<String, f64>)> {
+    if weights.values().any(|w| !w.is_finite() || *w < 0.0) {
+        return Err(DataError::Config("domain_weights must be finite and >= 0".into()));
     }
     let domains = set.read_string_column(col::DOMAIN)?;
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
-    for d in domains.iter().flatten() {
-        *counts.entry(d.as_str()).or_default() += 1;
+    for (rows, kept) in domains.iter().zip(keep) {
+        for (d, &k) in rows.iter().zip(kept) {
+            if k {
+                *counts.entry(d.as_str()).or_default() += 1;
+            }
+        }
     }
     if let Some(d) = counts.keys().find(|d| !weights.contains_key(**d)) {
         return Err(DataError::Config(format!(
@@ -363,18 +465,38 @@ fn mixing_factors(set: &ShardSet, units: &[Unit], weights: &BTreeMap<String, f64
         return Err(DataError::Config("domain_weights give every domain in the data weight 0".into()));
     }
     let n: usize = counts.values().sum();
-    let rho: BTreeMap<&str, f64> = counts
+    let rho = counts
         .iter()
-        .map(|(d, &nd)| (*d, weights[*d] / total_weight * n as f64 / nd as f64))
+        .map(|(d, &nd)| (d.to_string(), weights[*d] / total_weight * n as f64 / nd as f64))
         .collect();
-    let mut offsets = vec![0usize; set.shards.len()];
-    Ok(units
-        .iter()
-        .map(|u| {
-            let s = u.shard as usize;
-            let start = offsets[s];
-            offsets[s] += u.rows as usize;
-            domains[s][start..start + u.rows as usize].iter().map(|d| rho[d.as_str()] as f32).collect()
-        })
-        .collect())
+    Ok((domains, rho))
+}
+
+/// FNV-1a over everything the order depends on.
+fn fingerprint(set: &ShardSet, cfg: &LoaderConfig) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for b in bytes {
+            h = (h ^ *b as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    eat(&[cfg.shuffle as u8]);
+    for v in [cfg.seed, cfg.window_row_groups as u64, cfg.rank as u64, cfg.world_size as u64] {
+        eat(&v.to_le_bytes());
+    }
+    for shard in &set.shards {
+        eat(shard.path.file_name().map(|n| n.as_encoded_bytes()).unwrap_or_default());
+        for rows in &shard.row_groups {
+            eat(&(*rows as u64).to_le_bytes());
+        }
+    }
+    for (d, w) in cfg.domain_weights.iter().flatten() {
+        eat(d.as_bytes());
+        eat(&w.to_le_bytes());
+    }
+    for s in cfg.splits.iter().flatten() {
+        eat(s.as_bytes());
+        eat(&[0]);
+    }
+    h.max(1)
 }

@@ -6,7 +6,9 @@
 //!    while rows of different shards and row groups are interleaved.
 //! 3. Optional per-domain mixing: each row is repeated floor(rho_d) times plus once more
 //!    with probability frac(rho_d), where rho_d = (w_d / sum w) * N / N_d, so the epoch
-//!    keeps about N rows with each domain's share following its weight.
+//!    keeps about N rows with each domain's share following its weight. The copies of a
+//!    row are spread over evenly spaced windows. A row with rho = 0 (a domain of weight 0,
+//!    or a split that is filtered out) is left out.
 //! 4. Rank r of W takes global positions r, r + W, r + 2W, ...: disjoint, and together
 //!    complete.
 //!
@@ -27,6 +29,10 @@ const TAG_MIX: u64 = 3;
 pub struct Cursor {
     pub epoch: u64,
     pub position: u64,
+    /// Hash of everything the order depends on (shards, row groups, seed, ranks, window,
+    /// weights, splits); a loader refuses a cursor made under other settings. 0: unchecked.
+    #[serde(default)]
+    pub fingerprint: u64,
 }
 
 /// One row: shard index, row group index within the shard, row within the row group.
@@ -70,29 +76,37 @@ impl EpochPlan {
             rng::shuffle(&mut rng::stream(opts.seed, &[TAG_UNITS, epoch]), &mut order);
         }
         // Windows bound memory with or without shuffling: the loader reads one at a time.
-        let window = opts.window_row_groups.max(1);
-        let mut items = Vec::new();
-        let mut window_ends = Vec::new();
-        for (w, chunk) in order.chunks(window).enumerate() {
-            let start = items.len();
+        let chunks: Vec<&[usize]> = order.chunks(opts.window_row_groups.max(1)).collect();
+        let n_windows = chunks.len();
+        let mut windows: Vec<Vec<RowRef>> = vec![Vec::new(); n_windows];
+        for (w, chunk) in chunks.iter().enumerate() {
             let mut mix = rng::stream(opts.seed, &[TAG_MIX, epoch, w as u64]);
-            for &u in chunk {
+            for &u in *chunk {
                 let unit = units[u];
                 for row in 0..unit.rows {
                     let rho = repeat(u, row);
                     let whole = rho.floor();
                     let copies = whole as usize + usize::from(rng::unit(&mut mix) < rho - whole);
-                    for _ in 0..copies {
-                        items.push(RowRef { shard: unit.shard, row_group: unit.row_group, row });
+                    // Copies of an upsampled row go to evenly spaced windows, so one window
+                    // (and one batch) does not hold the same prompt many times over.
+                    for k in 0..copies {
+                        let target = (w + k * n_windows / copies.max(1)) % n_windows;
+                        windows[target].push(RowRef { shard: unit.shard, row_group: unit.row_group, row });
                     }
                 }
             }
+        }
+        let mut items = Vec::with_capacity(windows.iter().map(Vec::len).sum());
+        let mut window_ends = Vec::new();
+        for (w, mut window) in windows.into_iter().enumerate() {
+            if window.is_empty() {
+                continue;
+            }
             if opts.shuffle {
-                rng::shuffle(&mut rng::stream(opts.seed, &[TAG_WINDOW, epoch, w as u64]), &mut items[start..]);
+                rng::shuffle(&mut rng::stream(opts.seed, &[TAG_WINDOW, epoch, w as u64]), &mut window);
             }
-            if items.len() > start {
-                window_ends.push(items.len());
-            }
+            items.extend(window);
+            window_ends.push(items.len());
         }
         Self { items, window_ends }
     }
@@ -194,6 +208,22 @@ mod tests {
             assert_eq!(total as usize, p.items.len());
             assert_eq!(seen.len(), p.items.len());
         }
+    }
+
+    #[test]
+    fn upsampled_copies_land_in_different_windows() {
+        let units: Vec<Unit> = (0..8).map(|g| Unit { shard: 0, row_group: g, rows: 4 }).collect();
+        // Row 0 of row group 0 repeated 4 times; all else once; 2 row groups per window.
+        let p = EpochPlan::build(&units, &opts(true), 0, &|u, r| if u == 0 && r == 0 { 4.0 } else { 1.0 });
+        let target = RowRef { shard: 0, row_group: 0, row: 0 };
+        let mut start = 0;
+        let mut per_window = Vec::new();
+        for &end in &p.window_ends {
+            per_window.push(p.items[start..end].iter().filter(|r| **r == target).count());
+            start = end;
+        }
+        assert_eq!(per_window.iter().sum::<usize>(), 4);
+        assert!(per_window.iter().all(|&c| c <= 1), "{per_window:?}");
     }
 
     #[test]

@@ -187,31 +187,32 @@ impl ShardSet {
         Ok(out)
     }
 
-    /// The values of one string column for every row of every shard (e.g. `domain`, for
-    /// mixing weights), read with projection so no media are touched.
+    /// The values of one string column (`domain`, `dataset`, `split` or `modality`) for
+    /// every row of every shard, read with projection so no media are touched. Files
+    /// without `split` give `train`; `dataset` and `modality` must be present.
     pub fn read_string_column(&self, column: &str) -> Result<Vec<Vec<String>>> {
-        self.shards
-            .iter()
-            .map(|s| {
-                let mut values = Vec::with_capacity(s.num_rows());
-                for rg in 0..s.row_groups.len() {
-                    let all: Vec<usize> = (0..s.row_groups[rg]).collect();
-                    for batch in read_selected(s, rg, &all, &[column])? {
-                        let batch = conform_batch(&s.path, &batch)?;
-                        for sample in batch_to_samples(&batch) {
-                            values.push(match column {
-                                col::DOMAIN => sample.domain,
-                                col::DATASET => sample.dataset,
-                                col::SPLIT => sample.split,
-                                col::MODALITY => sample.modality,
-                                _ => return Err(DataError::Config(format!("read_string_column: unsupported column `{column}`"))),
-                            });
-                        }
-                    }
-                }
-                Ok(values)
-            })
-            .collect()
+        let pick: fn(Sample) -> String = match column {
+            col::DOMAIN => |s| s.domain,
+            col::DATASET => |s| s.dataset,
+            col::SPLIT => |s| s.split,
+            col::MODALITY => |s| s.modality,
+            _ => return Err(DataError::Config(format!("read_string_column: unsupported column `{column}`"))),
+        };
+        let mut out = Vec::with_capacity(self.shards.len());
+        for (i, shard) in self.shards.iter().enumerate() {
+            let mut values = Vec::with_capacity(shard.num_rows());
+            if column == col::SPLIT && shard.metadata.schema().field_with_name(column).is_err() {
+                // A shard without the optional `split` column is all `train`, as when read.
+                out.push(vec!["train".to_string(); shard.num_rows()]);
+                continue;
+            }
+            for (rg, &rows) in shard.row_groups.iter().enumerate() {
+                let all: Vec<usize> = (0..rows).collect();
+                values.extend(self.read_rows(i, rg, &all, &[column])?.into_iter().map(pick));
+            }
+            out.push(values);
+        }
+        Ok(out)
     }
 }
 

@@ -148,7 +148,7 @@ fn a_cursor_from_other_data_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     write_set(dir.path(), 20);
     let mut l = Loader::open(dir.path(), cfg()).unwrap();
-    let err = l.seek(Cursor { epoch: 0, position: 999 }).unwrap_err();
+    let err = l.seek(Cursor { epoch: 0, position: 999, fingerprint: 0 }).unwrap_err();
     assert!(err.to_string().contains("past the"), "{err}");
 }
 
@@ -365,4 +365,67 @@ fn corrupting_any_byte_range_never_panics() {
             }
         }
     }
+}
+
+#[test]
+fn split_filter_keeps_only_the_named_splits() {
+    let dir = tempfile::tempdir().unwrap();
+    synthetic::write_synthetic(dir.path(), 60, 2, |_| {}).unwrap();
+    let c = LoaderConfig { shuffle: true, splits: Some(vec!["val".into()]), ..cfg() };
+    let got: Vec<Sample> = Loader::open(dir.path(), c).unwrap().map(Result::unwrap).collect();
+    assert_eq!(got.len(), 6, "every 10th synthetic row is val");
+    assert!(got.iter().all(|s| s.split == "val"));
+}
+
+#[test]
+fn a_cursor_saved_under_other_settings_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    write_set(dir.path(), 30);
+    let mut a = Loader::open(dir.path(), LoaderConfig { shuffle: true, seed: 1, ..cfg() }).unwrap();
+    a.next().unwrap().unwrap();
+    let saved = a.cursor();
+    let mut b = Loader::open(dir.path(), LoaderConfig { shuffle: true, seed: 2, ..cfg() }).unwrap();
+    let err = b.seek(saved).unwrap_err();
+    assert!(err.to_string().contains("other shards, seed"), "{err}");
+    let mut c = Loader::open(dir.path(), LoaderConfig { shuffle: true, seed: 1, rank: 0, world_size: 2, ..cfg() }).unwrap();
+    assert!(c.seek(saved).is_err(), "another world size is other settings too");
+}
+
+#[test]
+fn after_an_error_seek_lets_the_caller_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    write_with_bad_rows(dir.path());
+    let mut l = Loader::open(dir.path(), LoaderConfig { max_bad_fraction: 0.05, ..cfg() }).unwrap();
+    let start = l.cursor();
+    let results: Vec<_> = l.by_ref().collect();
+    assert!(results.last().unwrap().is_err(), "the error comes last");
+    assert!(l.next().is_none(), "nothing after the error");
+    l.seek(start).unwrap();
+    assert!(l.next().unwrap().is_ok(), "seek resets the failed state");
+}
+
+#[test]
+fn an_epoch_of_only_bad_rows_is_an_error_not_a_hang() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = ShardWriter::new(dir.path(), "allbad").unwrap();
+    for i in 0..5 {
+        let mut s = sample(i, "a");
+        s.answer.clear();
+        w.write(s).unwrap();
+    }
+    w.finish().unwrap();
+    let l = Loader::open(dir.path(), LoaderConfig { max_bad_fraction: 1.0, epochs: None, ..cfg() }).unwrap();
+    let results: Vec<_> = l.take(100).collect();
+    assert_eq!(results.len(), 1);
+    assert!(results[0].as_ref().unwrap_err().to_string().contains("no usable row"));
+}
+
+#[test]
+fn narrow_projections_still_pass_the_row_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    write_set(dir.path(), 10);
+    let c = LoaderConfig { columns: vec!["boxes".into()], ..cfg() };
+    let got: Vec<Sample> = Loader::open(dir.path(), c).unwrap().map(Result::unwrap).collect();
+    assert_eq!(got.len(), 10);
+    assert!(got.iter().all(|s| s.boxes.len() == 1 && s.images.len() == 1 && s.modality == "image"));
 }

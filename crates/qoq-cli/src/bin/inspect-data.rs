@@ -70,13 +70,17 @@ fn main() -> Result<()> {
     let cfg = LoaderConfig {
         max_bad_fraction: args.max_bad_fraction.or(run.as_ref().map(|r| r.data.max_bad_fraction)).unwrap_or(0.01),
         checks: Checks::FullDecode,
+        // Judge the whole set, not whichever shard sorts first.
+        abort_early: false,
         ..Default::default()
     };
+    let cfg_max_bad = cfg.max_bad_fraction;
     let mut loader = Loader::from_set(set, cfg)?;
     let bar = qoq_cli::progress_bar(total, "reading");
     let start = Instant::now();
     let mut counts: BTreeMap<(String, String), Counts> = BTreeMap::new();
     let (mut prep_images, mut prep_tokens, mut prep_secs) = (0u64, 0u64, 0f64);
+    let mut prep_failures: Vec<String> = Vec::new();
     let mut batch: Vec<Sample> = Vec::new();
     let mut failure = None;
     loop {
@@ -106,9 +110,13 @@ fn main() -> Result<()> {
                     .collect();
                 prep_secs += t.elapsed().as_secs_f64();
                 for (s, r) in batch.iter().zip(results) {
-                    let (images, tokens) = r.with_context(|| format!("preprocessing sample {}", s.id))?;
-                    prep_images += images;
-                    prep_tokens += tokens;
+                    match r {
+                        Ok((images, tokens)) => {
+                            prep_images += images;
+                            prep_tokens += tokens;
+                        }
+                        Err(e) => prep_failures.push(format!("id {:?}: {e}", s.id)),
+                    }
                 }
             }
             for s in batch.drain(..) {
@@ -161,8 +169,16 @@ fn main() -> Result<()> {
     if let Some(mb) = qoq_cli::peak_rss_mib() {
         println!("peak RSS: {mb:.0} MiB");
     }
+    for f in prep_failures.iter().take(args.show_bad) {
+        println!("  preprocessing failed: {f}");
+    }
     if let Some(e) = failure {
         return Err(e).context(format!("{} is not usable", dir.display()));
+    }
+    let all_bad = bad.bad + prep_failures.len() as u64;
+    let max_bad = cfg_max_bad;
+    if bad.seen > 0 && all_bad as f64 / bad.seen as f64 > max_bad {
+        bail!("{}: {all_bad} of {} rows are bad ({} fail preprocessing), more than --max-bad-fraction {max_bad}", dir.display(), bad.seen, prep_failures.len());
     }
     if totals.rows == 0 {
         bail!("{} has no usable rows", dir.display());
