@@ -17,7 +17,7 @@ tree="$cache/libtorch-$TORCH_VERSION-cu130"
 if [ "${1:-}" = "--print-env" ]; then
     cat <<'SH'
 site=$(python3 -c 'import torch, os; print(os.path.dirname(os.path.dirname(torch.__file__)))')
-export LD_LIBRARY_PATH="$site/torch/lib:$(ls -d "$site"/nvidia/*/lib "$site"/nvidia/cu13/lib 2>/dev/null | tr '\n' ':')${LD_LIBRARY_PATH:-}"
+export LD_LIBRARY_PATH="$site/torch/lib$(ls -d "$site"/nvidia/*/lib 2>/dev/null | sed 's/^/:/' | tr -d '\n')${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 SH
     exit 0
 fi

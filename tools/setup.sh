@@ -25,6 +25,14 @@ tree="$cache/libtorch-$TORCH_VERSION-cpu"
 need() { command -v "$1" >/dev/null 2>&1 || { echo "setup: '$1' is required but not on PATH; $2" >&2; exit 1; }; }
 need cargo "install the Rust toolchain (rustup) first"
 need python3 "install python3 with pip first"
+python3 -m pip --version >/dev/null 2>&1 || { echo "setup: python3 has no pip; install it (e.g. apt-get install python3-pip)" >&2; exit 1; }
+
+mkdir -p "$cache"
+# One setup at a time per cache (CI jobs and clones share it).
+exec 9>"$cache/.setup.lock"
+flock 9
+# Leftovers of a setup that was killed.
+rm -rf "$cache"/.build.* 2>/dev/null || true
 
 if [ ! -f "$tree/build-version" ]; then
     echo "setup: building a CPU libtorch $TORCH_VERSION tree in $tree (one time, ~550 MB download)"
@@ -74,5 +82,9 @@ PY
     mv "$work/tree" "$tree"
 fi
 
+if [ -e "$repo/.libtorch" ] && [ ! -L "$repo/.libtorch" ]; then
+    echo "setup: $repo/.libtorch exists and is not a link; move it away and run again" >&2
+    exit 1
+fi
 ln -sfn "$tree" "$repo/.libtorch"
 echo "setup: libtorch $(cat "$tree/build-version") at $tree (linked as .libtorch)"

@@ -7,6 +7,8 @@ fn main() {
     if let Ok(root) = std::env::var("LIBTORCH") {
         let lib = std::path::Path::new(&root).join("lib");
         let lib = lib.canonicalize().unwrap_or(lib);
+        // The link .libtorch may be re-pointed without LIBTORCH changing.
+        println!("cargo:rerun-if-changed={}", lib.display());
         println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
     }
     if std::env::var_os("CARGO_FEATURE_CUDA").is_some() {

@@ -419,7 +419,7 @@ fn row_factors(set: &ShardSet, units: &[Unit], weights: Option<&BTreeMap<String,
             .collect(),
         None => set.shards.iter().map(|s| vec![true; s.num_rows()]).collect(),
     };
-    let rho: Option<(Vec<Vec<String>>, BTreeMap<String, f64>)> = match weights {
+    let rho: Option<DomainRho> = match weights {
         Some(weights) => Some(domain_rho(set, weights, &keep)?),
         None => None,
     };
@@ -440,8 +440,11 @@ fn row_factors(set: &ShardSet, units: &[Unit], weights: Option<&BTreeMap<String,
         .collect())
 }
 
+/// Every row's domain (per shard) and each domain's rho.
+type DomainRho = (Vec<Vec<String>>, BTreeMap<String, f64>);
+
 /// The `domain` column and rho_d = (w_d / sum w) * N / N_d over the kept rows.
-fn domain_rho(set: &ShardSet, weights: &BTreeMap<String, f64>, keep: &[Vec<bool>]) -> Result<(Vec<Vec<String>>, BTreeMap<String, f64>)> {
+fn domain_rho(set: &ShardSet, weights: &BTreeMap<String, f64>, keep: &[Vec<bool>]) -> Result<DomainRho> {
     if weights.values().any(|w| !w.is_finite() || *w < 0.0) {
         return Err(DataError::Config("domain_weights must be finite and >= 0".into()));
     }

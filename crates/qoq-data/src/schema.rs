@@ -173,7 +173,15 @@ pub(crate) fn conform(path: &Path, name: &str, array: &ArrayRef) -> Result<Array
     if normalized(array.data_type()) != normalized(expected) {
         return Err(type_error());
     }
-    arrow_cast::cast(array, expected).map_err(|_| type_error())
+    // Unsafe (checked) casts: a value that does not fit (an i64 above i32::MAX) is an
+    // error, not a silent null.
+    let options = arrow_cast::CastOptions { safe: false, ..Default::default() };
+    arrow_cast::cast_with_options(array, expected, &options).map_err(|e| DataError::ColumnType {
+        path: path.to_path_buf(),
+        column: name.to_string(),
+        expected: normalized(expected),
+        found: format!("{} ({e})", array.data_type()),
+    })
 }
 
 /// Decodes the rows of a conformed batch. Columns absent from the batch (optional ones,

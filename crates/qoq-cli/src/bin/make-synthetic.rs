@@ -11,7 +11,7 @@ use clap::Parser;
 #[derive(Parser)]
 #[command(about = "Write the synthetic CLIMB-like set as parquet shards")]
 struct Args {
-    /// Output directory (created; must not already hold *.parquet files).
+    /// Output directory (created; must not already hold synthetic-*.parquet shards).
     #[arg(long)]
     out: PathBuf,
     /// Number of rows to write.
@@ -34,11 +34,14 @@ fn main() -> Result<()> {
         let existing: Vec<PathBuf> = std::fs::read_dir(&args.out)
             .with_context(|| format!("reading {}", args.out.display()))?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+            .filter(|p| {
+                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                name.starts_with("synthetic-") && name.ends_with(".parquet")
+            })
             .collect();
         if !existing.is_empty() {
             if !args.force {
-                bail!("{} already holds {} parquet shards; pass --force to replace them, or choose another --out",
+                bail!("{} already holds {} synthetic shards; pass --force to replace them, or choose another --out",
                     args.out.display(), existing.len());
             }
             for p in existing {

@@ -23,6 +23,10 @@ pub fn smart_resize(height: u32, width: u32, factor: u32, min_pixels: u64, max_p
         h_bar = (h * beta / f).ceil() * f;
         w_bar = (w * beta / f).ceil() * f;
     }
+    if h_bar < f || w_bar < f {
+        // transformers would go on with an empty image and fail later; say so here.
+        return Err(format!("a {width}x{height} image resizes to {w_bar}x{h_bar}: raise min_pixels"));
+    }
     Ok((h_bar as u32, w_bar as u32))
 }
 
@@ -108,5 +112,6 @@ mod tests {
     fn rejects_extreme_aspect_ratios() {
         assert!(smart_resize(1, 201, 32, MIN, MAX).is_err());
         assert!(smart_resize(0, 10, 32, MIN, MAX).is_err());
+        assert!(smart_resize(10, 10, 32, 0, MAX).is_err(), "rounds to 0x0 without a minimum");
     }
 }
