@@ -478,21 +478,23 @@ impl Staging {
         Ok(Self { out_dir: out_dir.to_path_buf(), dir, prefix: prefix.to_string(), created_out_dir, committed: false })
     }
 
-    /// Removes older shards of this prefix from `out_dir` and moves `staged` there.
+    /// Moves `staged` into `out_dir` (replacing same-named shards), then removes older
+    /// shards of this prefix that the new conversion did not write. A crash in between
+    /// leaves the new shards plus some stale ones, never a prefix with no shards.
     fn commit(mut self, staged: &[PathBuf]) -> Result<Vec<PathBuf>> {
-        let entries = std::fs::read_dir(&self.out_dir).map_err(|e| DataError::io(&self.out_dir, e))?;
-        for entry in entries {
-            let path = entry.map_err(|e| DataError::io(&self.out_dir, e))?.path();
-            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            if self.is_own_shard(&name) {
-                std::fs::remove_file(&path).map_err(|e| DataError::io(&path, e))?;
-            }
-        }
         let mut files = Vec::with_capacity(staged.len());
         for from in staged {
             let to = self.out_dir.join(from.file_name().unwrap_or_default());
             std::fs::rename(from, &to).map_err(|e| DataError::io(&to, e))?;
             files.push(to);
+        }
+        let entries = std::fs::read_dir(&self.out_dir).map_err(|e| DataError::io(&self.out_dir, e))?;
+        for entry in entries {
+            let path = entry.map_err(|e| DataError::io(&self.out_dir, e))?.path();
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            if self.is_own_shard(&name) && !files.contains(&path) {
+                std::fs::remove_file(&path).map_err(|e| DataError::io(&path, e))?;
+            }
         }
         self.committed = true;
         Ok(files)
