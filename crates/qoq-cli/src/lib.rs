@@ -15,6 +15,40 @@ pub fn progress_bar(total: u64, what: &str) -> ProgressBar {
     bar
 }
 
+/// What preprocessing one sample produced, without keeping its pixel values (~6 MB per
+/// 512x512 image).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PreparedCounts {
+    /// Images and videos.
+    pub inputs: usize,
+    /// Visual tokens after merging.
+    pub tokens: usize,
+    /// f32 values of pixel_values.
+    pub values: usize,
+}
+
+/// Preprocesses `batch` on all threads, keeping only the counts, in input order.
+pub fn prepare_counts(
+    processor: &qoq_data::preprocess::ImageProcessor,
+    batch: &[qoq_data::Sample],
+) -> Vec<qoq_data::Result<PreparedCounts>> {
+    use rayon::prelude::*;
+    let merge = processor.config.merge_size;
+    batch
+        .par_iter()
+        .map(|s| {
+            processor.prepare(s).map(|m| {
+                let inputs = m.images.iter().chain(&m.videos);
+                PreparedCounts {
+                    inputs: inputs.clone().count(),
+                    tokens: inputs.clone().map(|v| v.num_tokens(merge)).sum(),
+                    values: inputs.map(|v| v.pixel_values.len()).sum(),
+                }
+            })
+        })
+        .collect()
+}
+
 /// Peak resident set size of this process in MiB (Linux `VmHWM`), if known.
 pub fn peak_rss_mib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;

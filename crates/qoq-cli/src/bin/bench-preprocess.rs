@@ -11,7 +11,6 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use qoq_data::preprocess::ImageProcessor;
 use qoq_data::{Loader, LoaderConfig, Sample};
-use rayon::prelude::*;
 
 #[derive(Parser)]
 struct Args {
@@ -40,18 +39,10 @@ fn main() -> Result<()> {
         let limit = args.limit.unwrap_or(usize::MAX);
         let mut taken = 0;
         let mut flush = |batch: &mut Vec<Sample>| -> Result<()> {
-            let counts: Vec<(usize, usize)> = batch
-                .par_iter()
-                .map(|s| {
-                    processor.prepare(s).map(|m| {
-                        let inputs = m.images.iter().chain(&m.videos);
-                        (inputs.clone().count(), inputs.map(|v| v.pixel_values.len()).sum())
-                    })
-                })
-                .collect::<Result<_, _>>()?;
-            for (n, v) in counts {
-                images += n;
-                values += v;
+            for counts in qoq_cli::prepare_counts(&processor, batch) {
+                let counts = counts?;
+                images += counts.inputs;
+                values += counts.values;
             }
             batch.clear();
             Ok(())

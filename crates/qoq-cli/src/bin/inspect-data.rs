@@ -14,7 +14,6 @@ use clap::Parser;
 use qoq_data::preprocess::{ImageProcessor, ImageProcessorConfig};
 use qoq_cli::config::RunConfig;
 use qoq_data::{Checks, Loader, LoaderConfig, Sample, ShardSet};
-use rayon::prelude::*;
 
 #[derive(Parser)]
 #[command(about = "Validate a directory of sample shards and summarise it")]
@@ -97,23 +96,13 @@ fn main() -> Result<()> {
         if batch.len() >= 64 || (done && !batch.is_empty()) {
             if args.preprocess {
                 let t = Instant::now();
-                // Keep only the counts: pixel values are ~6 MB per 512x512 image.
-                let merge = processor.config.merge_size;
-                let results: Vec<_> = batch
-                    .par_iter()
-                    .map(|s| {
-                        processor.prepare(s).map(|m| {
-                            let inputs = m.images.iter().chain(&m.videos);
-                            (inputs.clone().count() as u64, inputs.map(|v| v.num_tokens(merge) as u64).sum::<u64>())
-                        })
-                    })
-                    .collect();
+                let results = qoq_cli::prepare_counts(&processor, &batch);
                 prep_secs += t.elapsed().as_secs_f64();
                 for (s, r) in batch.iter().zip(results) {
                     match r {
-                        Ok((images, tokens)) => {
-                            prep_images += images;
-                            prep_tokens += tokens;
+                        Ok(c) => {
+                            prep_images += c.inputs as u64;
+                            prep_tokens += c.tokens as u64;
                         }
                         Err(e) => prep_failures.push(format!("id {:?}: {e}", s.id)),
                     }
