@@ -60,33 +60,12 @@ pub fn peak_rss_mib() -> Option<f64> {
 /// The `[data]` and `[processor]` tables of a run configuration (configs/data/*.toml; the
 /// trainer's configs carry the same tables). Unknown keys are errors naming the key.
 pub mod config {
-    use std::collections::BTreeMap;
     use std::path::{Path, PathBuf};
 
-    use anyhow::{Context, Result};
+    use anyhow::{anyhow, Context, Result};
     use qoq_data::preprocess::ImageProcessorConfig;
     use qoq_data::LoaderConfig;
     use serde::Deserialize;
-
-    #[derive(Debug, Deserialize)]
-    #[serde(deny_unknown_fields)]
-    pub struct DataConfig {
-        /// Shard directory, relative to the working directory.
-        pub shards: PathBuf,
-        #[serde(default)]
-        pub shuffle: bool,
-        #[serde(default)]
-        pub seed: u64,
-        #[serde(default = "default_window")]
-        pub window_row_groups: usize,
-        #[serde(default)]
-        pub domain_weights: Option<BTreeMap<String, f64>>,
-        #[serde(default = "default_bad")]
-        pub max_bad_fraction: f64,
-        /// Keep only rows of these splits (e.g. ["train"]); all rows when absent.
-        #[serde(default)]
-        pub splits: Option<Vec<String>>,
-    }
 
     #[derive(Debug, Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -96,37 +75,35 @@ pub mod config {
         pub video_frames: Option<usize>,
     }
 
-    #[derive(Debug, Deserialize)]
-    #[serde(deny_unknown_fields)]
+    #[derive(Debug)]
     pub struct RunConfig {
-        pub data: DataConfig,
+        /// `data.shards`: the shard directory, relative to the working directory.
+        pub shards: PathBuf,
+        /// The rest of `[data]`: `LoaderConfig`'s own fields, with its defaults.
+        pub loader: LoaderConfig,
         pub processor: Option<ProcessorConfig>,
     }
 
-    fn default_window() -> usize {
-        4
-    }
-    fn default_bad() -> f64 {
-        0.01
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct RawRunConfig {
+        data: toml::Table,
+        processor: Option<ProcessorConfig>,
     }
 
     impl RunConfig {
         pub fn from_file(path: &Path) -> Result<Self> {
             let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-            toml::from_str(&text).with_context(|| format!("{}: invalid configuration", path.display()))
-        }
-
-        pub fn loader(&self) -> LoaderConfig {
-            let d = &self.data;
-            LoaderConfig {
-                shuffle: d.shuffle,
-                seed: d.seed,
-                window_row_groups: d.window_row_groups,
-                domain_weights: d.domain_weights.clone(),
-                max_bad_fraction: d.max_bad_fraction,
-                splits: d.splits.clone(),
-                ..Default::default()
-            }
+            let invalid = || format!("{}: invalid configuration", path.display());
+            let raw: RawRunConfig = toml::from_str(&text).with_context(invalid)?;
+            let mut data = raw.data;
+            let shards = match data.remove("shards") {
+                Some(toml::Value::String(s)) => PathBuf::from(s),
+                Some(other) => return Err(anyhow!("`data.shards` must be a path string, found {}", other.type_str())).with_context(invalid),
+                None => return Err(anyhow!("missing key `data.shards` (the shard directory)")).with_context(invalid),
+            };
+            let loader: LoaderConfig = data.try_into().map_err(|e| anyhow!("[data]: {e}")).with_context(invalid)?;
+            Ok(Self { shards, loader, processor: raw.processor })
         }
 
         pub fn processor(&self) -> ImageProcessorConfig {
@@ -137,6 +114,35 @@ pub mod config {
                 c.video_frames = p.video_frames.unwrap_or(c.video_frames);
             }
             c
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::config::RunConfig;
+
+    fn parse(text: &str) -> anyhow::Result<RunConfig> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run.toml");
+        std::fs::write(&path, text).unwrap();
+        RunConfig::from_file(&path)
+    }
+
+    #[test]
+    fn data_table_takes_loader_defaults_and_rejects_unknown_keys() {
+        let c = parse("[data]\nshards = \"d\"\nseed = 3\nsplits = [\"train\"]\n").unwrap();
+        let defaults = qoq_data::LoaderConfig::default();
+        assert_eq!(c.shards, std::path::PathBuf::from("d"));
+        assert_eq!((c.loader.seed, c.loader.window_row_groups, c.loader.max_bad_fraction), (3, defaults.window_row_groups, defaults.max_bad_fraction));
+        assert_eq!(c.loader.splits, Some(vec!["train".to_string()]));
+        let err = format!("{:#}", parse("[data]\nshards = \"d\"\nshufle = true\n").unwrap_err());
+        assert!(err.contains("shufle") && err.contains("run.toml"), "{err}");
+        let err = format!("{:#}", parse("[data]\nseed = 1\n").unwrap_err());
+        assert!(err.contains("data.shards"), "{err}");
+        for shipped in ["synthetic", "climb"] {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../configs/data/{shipped}.toml"));
+            RunConfig::from_file(&path).unwrap_or_else(|e| panic!("{shipped}: {e:#}"));
         }
     }
 }

@@ -54,7 +54,7 @@ fn main() -> Result<()> {
     let run = args.config.as_deref().map(RunConfig::from_file).transpose()?;
     let dir = match (&args.dir, &run) {
         (Some(d), _) => d.clone(),
-        (None, Some(r)) => r.data.shards.clone(),
+        (None, Some(r)) => r.shards.clone(),
         (None, None) => bail!("give the shard directory, or --config with a [data] table"),
     };
     let set = ShardSet::open(&dir).with_context(|| format!("opening {}", dir.display()))?;
@@ -67,7 +67,7 @@ fn main() -> Result<()> {
     };
     // One unshuffled pass over everything, whatever the run's sampling options are.
     let cfg = LoaderConfig {
-        max_bad_fraction: args.max_bad_fraction.or(run.as_ref().map(|r| r.data.max_bad_fraction)).unwrap_or(0.01),
+        max_bad_fraction: args.max_bad_fraction.or(run.as_ref().map(|r| r.loader.max_bad_fraction)).unwrap_or(0.01),
         checks: Checks::FullDecode,
         // Judge the whole set, not whichever shard sorts first.
         abort_early: false,
