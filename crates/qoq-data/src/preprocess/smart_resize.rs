@@ -11,23 +11,29 @@ pub fn smart_resize(height: u32, width: u32, factor: u32, min_pixels: u64, max_p
     if h.max(w) / h.min(w) > 200.0 {
         return Err(format!("aspect ratio of a {width}x{height} image exceeds 200"));
     }
-    // Python's round() rounds half to even.
-    let mut h_bar = (h / f).round_ties_even() * f;
-    let mut w_bar = (w / f).round_ties_even() * f;
-    if h_bar * w_bar > max_pixels as f64 {
-        let beta = (h * w / max_pixels as f64).sqrt();
-        h_bar = f.max((h / beta / f).floor() * f);
-        w_bar = f.max((w / beta / f).floor() * f);
-    } else if h_bar * w_bar < min_pixels as f64 {
-        let beta = (min_pixels as f64 / (h * w)).sqrt();
-        h_bar = (h * beta / f).ceil() * f;
-        w_bar = (w * beta / f).ceil() * f;
-    }
+    let (h_bar, w_bar) = fit(h, w, 1.0, 1.0, f, min_pixels, max_pixels);
     if h_bar < f || w_bar < f {
         // transformers would go on with an empty image and fail later; say so here.
         return Err(format!("a {width}x{height} image resizes to {w_bar}x{h_bar}: raise min_pixels"));
     }
     Ok((h_bar as u32, w_bar as u32))
+}
+
+/// The rounding and budget rule both variants share: sides rounded (half to even) to
+/// multiples of `f`; if `t_bar` frames of that size exceed `max_pixels`, scale the `t`
+/// real frames down into it (floor, at least `f`); if below `min_pixels`, up (ceil).
+fn fit(h: f64, w: f64, t: f64, t_bar: f64, f: f64, min_pixels: u64, max_pixels: u64) -> (f64, f64) {
+    let h_bar = (h / f).round_ties_even() * f;
+    let w_bar = (w / f).round_ties_even() * f;
+    if t_bar * h_bar * w_bar > max_pixels as f64 {
+        let beta = (t * h * w / max_pixels as f64).sqrt();
+        (f.max((h / beta / f).floor() * f), f.max((w / beta / f).floor() * f))
+    } else if t_bar * h_bar * w_bar < min_pixels as f64 {
+        let beta = (min_pixels as f64 / (t * h * w)).sqrt();
+        ((h * beta / f).ceil() * f, (w * beta / f).ceil() * f)
+    } else {
+        (h_bar, w_bar)
+    }
 }
 
 /// Qwen3-VL's video `smart_resize`: the pixel budget covers all `num_frames` frames
@@ -57,18 +63,9 @@ pub fn smart_resize_video(
         return Err(format!("aspect ratio of {width}x{height} frames exceeds 200"));
     }
     let t = num_frames as f64;
-    let mut h_bar = (h / f).round_ties_even() * f;
-    let mut w_bar = (w / f).round_ties_even() * f;
+    // Python's round() rounds half to even.
     let t_bar = (t / temporal_factor as f64).round_ties_even() * temporal_factor as f64;
-    if t_bar * h_bar * w_bar > max_pixels as f64 {
-        let beta = (t * h * w / max_pixels as f64).sqrt();
-        h_bar = f.max((h / beta / f).floor() * f);
-        w_bar = f.max((w / beta / f).floor() * f);
-    } else if t_bar * h_bar * w_bar < min_pixels as f64 {
-        let beta = (min_pixels as f64 / (t * h * w)).sqrt();
-        h_bar = (h * beta / f).ceil() * f;
-        w_bar = (w * beta / f).ceil() * f;
-    }
+    let (h_bar, w_bar) = fit(h, w, t, t_bar, f, min_pixels, max_pixels);
     Ok((h_bar as u32, w_bar as u32))
 }
 
