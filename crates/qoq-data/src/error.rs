@@ -13,6 +13,9 @@ pub enum DataError {
     #[error("{path}: not a readable parquet file ({detail}); re-create it, or move it out of the shard directory")]
     Parquet { path: PathBuf, detail: String },
 
+    #[error("{path}: writing the shard failed ({detail}); nothing under this name is complete, check the disk and run again")]
+    Write { path: PathBuf, detail: String },
+
     #[error("{path}: required column `{column}` is missing; see data/FORMAT.md for the schema")]
     MissingColumn { path: PathBuf, column: String },
 
@@ -44,6 +47,9 @@ impl DataError {
     }
     pub(crate) fn parquet(path: impl Into<PathBuf>, detail: impl ToString) -> Self {
         DataError::Parquet { path: path.into(), detail: detail.to_string() }
+    }
+    pub(crate) fn write(path: impl Into<PathBuf>, detail: impl ToString) -> Self {
+        DataError::Write { path: path.into(), detail: detail.to_string() }
     }
     pub(crate) fn invalid(path: impl Into<PathBuf>, detail: impl Into<String>) -> Self {
         DataError::Invalid { path: path.into(), detail: detail.into() }

@@ -82,16 +82,16 @@ impl ShardWriter {
                     .set_max_row_group_row_count(Some(self.rows_per_row_group))
                     .build();
                 let writer = ArrowWriter::try_new(file, sample_schema(), Some(props))
-                    .map_err(|e| DataError::parquet(&tmp_path, e))?;
+                    .map_err(|e| DataError::write(&tmp_path, e))?;
                 self.current = Some((writer, tmp_path, final_path, 0));
             }
             let (writer, tmp_path, _, rows) = self.current.as_mut().expect("opened above");
             let room = (self.rows_per_file - *rows).min(self.rows_per_row_group);
             let take = room.min(self.pending.len());
             let chunk: Vec<Sample> = self.pending.drain(..take).collect();
-            let batch = samples_to_batch(&chunk).map_err(|e| DataError::parquet(&*tmp_path, e))?;
-            writer.write(&batch).map_err(|e| DataError::parquet(&*tmp_path, e))?;
-            writer.flush().map_err(|e| DataError::parquet(&*tmp_path, e))?;
+            let batch = samples_to_batch(&chunk).map_err(|e| DataError::write(&*tmp_path, e))?;
+            writer.write(&batch).map_err(|e| DataError::write(&*tmp_path, e))?;
+            writer.flush().map_err(|e| DataError::write(&*tmp_path, e))?;
             *rows += take;
             if *rows >= self.rows_per_file {
                 self.close_file()?;
@@ -102,7 +102,7 @@ impl ShardWriter {
 
     fn close_file(&mut self) -> Result<()> {
         if let Some((writer, tmp_path, final_path, _)) = self.current.take() {
-            writer.close().map_err(|e| DataError::parquet(&tmp_path, e))?;
+            writer.close().map_err(|e| DataError::write(&tmp_path, e))?;
             std::fs::rename(&tmp_path, &final_path).map_err(|e| DataError::io(&final_path, e))?;
             self.written.push(final_path);
         }
