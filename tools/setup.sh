@@ -11,7 +11,9 @@
 # and linked into the checkout as ./.libtorch (git-ignored), which .cargo/config.toml
 # points LIBTORCH at. After this, plain `cargo build/test/run` work with no exports.
 #
-# GPU builds use the full wheel instead: see tools/setup-cuda.sh.
+# `--cuda` builds the full tree instead (every library of the wheel, CUDA included, in
+# .../libtorch-2.11.0-cu130), links nothing into the checkout and prints the tree's path
+# as its last line: tools/setup-cuda.sh uses it.
 set -euo pipefail
 
 TORCH_VERSION=2.11.0
@@ -20,7 +22,9 @@ CUPTI_VERSION=13.0.85
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cache=${QOQ_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/qoq-med}
-tree="$cache/libtorch-$TORCH_VERSION-cpu"
+variant=cpu
+[ "${1:-}" = "--cuda" ] && variant=cu130
+tree="$cache/libtorch-$TORCH_VERSION-$variant"
 
 need() { command -v "$1" >/dev/null 2>&1 || { echo "setup: '$1' is required but not on PATH; $2" >&2; exit 1; }; }
 need cargo "install the Rust toolchain (rustup) first"
@@ -35,17 +39,15 @@ flock 9
 rm -rf "$cache"/.build.* 2>/dev/null || true
 
 if [ ! -f "$tree/build-version" ]; then
-    echo "setup: building a CPU libtorch $TORCH_VERSION tree in $tree (one time, ~550 MB download)"
-    mkdir -p "$cache"
+    echo "setup: building a $variant libtorch $TORCH_VERSION tree in $tree (one time, ~550 MB download)" >&2
     work=$(mktemp -d "$cache/.build.XXXXXX")
     trap 'rm -rf "$work"' EXIT
-    python3 -m pip download --quiet --no-deps --dest "$work/wheels" \
-        "torch==$TORCH_VERSION" \
-        "nvidia-cuda-runtime==$CUDART_VERSION" \
-        "nvidia-cuda-cupti==$CUPTI_VERSION"
-    python3 - "$work" <<'PY'
+    wheels=("torch==$TORCH_VERSION")
+    [ "$variant" = cpu ] && wheels+=("nvidia-cuda-runtime==$CUDART_VERSION" "nvidia-cuda-cupti==$CUPTI_VERSION")
+    python3 -m pip download --quiet --no-deps --dest "$work/wheels" "${wheels[@]}"
+    python3 - "$work" "$variant" <<'PY'
 import glob, os, shutil, sys, zipfile
-work = sys.argv[1]
+work, variant = sys.argv[1], sys.argv[2]
 out = os.path.join(work, "tree")
 os.makedirs(os.path.join(out, "lib"))
 keep_libs = ("libtorch_cpu.so", "libtorch.so", "libc10.so", "libshm.so",
@@ -57,7 +59,7 @@ with zipfile.ZipFile(torch_whl) as z:
             z.extract(name, work)
         elif name.startswith("torch/lib/"):
             base = os.path.basename(name)
-            if base in keep_libs or base.startswith("libgomp"):
+            if variant != "cpu" or base in keep_libs or base.startswith("libgomp"):
                 z.extract(name, work)
 shutil.move(os.path.join(work, "torch", "include"), os.path.join(out, "include"))
 for f in glob.glob(os.path.join(work, "torch", "lib", "*")):
@@ -71,8 +73,8 @@ for whl in glob.glob(os.path.join(work, "wheels", "nvidia_cuda_*.whl")):
                     shutil.copyfileobj(src, dst)
 for f in os.listdir(os.path.join(out, "lib")):
     os.chmod(os.path.join(out, "lib", f), 0o755)
-missing = [l for l in keep_libs + ("libcudart.so.13", "libcupti.so.13")
-           if not os.path.exists(os.path.join(out, "lib", l))]
+expected = keep_libs + (("libcudart.so.13", "libcupti.so.13") if variant == "cpu" else ("libtorch_cuda.so",))
+missing = [l for l in expected if not os.path.exists(os.path.join(out, "lib", l))]
 if missing:
     sys.exit(f"setup: the wheels lacked {missing}; is the torch version right?")
 PY
@@ -82,6 +84,10 @@ PY
     mv "$work/tree" "$tree"
 fi
 
+if [ "$variant" != cpu ]; then
+    echo "$tree"
+    exit 0
+fi
 if [ -e "$repo/.libtorch" ] && [ ! -L "$repo/.libtorch" ]; then
     echo "setup: $repo/.libtorch exists and is not a link; move it away and run again" >&2
     exit 1
