@@ -1,4 +1,7 @@
-//! Shared pieces of the command-line tools: progress bars and memory readings.
+//! Shared pieces of the command-line tools: progress bars, memory readings, run
+//! configuration, and the `score` tool's input handling ([`scoring`]).
+
+pub mod scoring;
 
 use indicatif::{ProgressBar, ProgressStyle};
 

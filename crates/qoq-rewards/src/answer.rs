@@ -1,0 +1,233 @@
+//! The final answer: the last closed `\boxed{...}`, its label set, and the text outside
+//! `<think>` blocks.
+//!
+//! Every scan here is a single pass over the bytes, so adversarial responses (megabytes of
+//! `\boxed{`, deeply nested braces) cost linear time and memory proportional to the number
+//! of boxes still open, never quadratic time.
+
+use std::collections::HashSet;
+
+const BOXED: &[u8] = b"\\boxed{";
+
+/// Content of the last `\boxed{...}` whose braces close, trimmed; `None` when no box closes.
+///
+/// "Last" is by opening position, as in the original (`rfind`): in `\boxed{a \boxed{b}}` it
+/// is `b`. Unlike the original, an unterminated final box does not hide an earlier closed
+/// one, and LaTeX-escaped braces `\{` `\}` (and `\\`) do not count for matching.
+///
+/// ```
+/// use qoq_rewards::answer::last_boxed;
+/// assert_eq!(last_boxed(r"\boxed{a} then \boxed{b, {c}}"), Some("b, {c}"));
+/// assert_eq!(last_boxed(r"\boxed{a} \boxed{unterminated"), Some("a"));
+/// assert_eq!(last_boxed("no box"), None);
+/// ```
+pub fn last_boxed(text: &str) -> Option<&str> {
+    let bytes = text.as_bytes();
+    // Open boxes as (brace depth outside the box, content start); plain braces only move
+    // `depth`, so memory grows with open boxes, not with nesting.
+    let mut open: Vec<(usize, usize)> = Vec::new();
+    let mut depth = 0usize;
+    let mut best: Option<(usize, usize)> = None;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' if bytes[i..].starts_with(BOXED) => {
+                open.push((depth, i + BOXED.len()));
+                depth += 1;
+                i += BOXED.len();
+                continue;
+            }
+            // `\{`, `\}` and `\\` are escapes, not grouping.
+            b'\\' if matches!(bytes.get(i + 1), Some(b'{' | b'}' | b'\\')) => {
+                i += 2;
+                continue;
+            }
+            b'{' => depth += 1,
+            b'}' if depth > 0 => {
+                depth -= 1;
+                if let Some(&(box_depth, start)) = open.last() {
+                    if box_depth == depth {
+                        open.pop();
+                        if best.is_none_or(|(s, _)| start > s) {
+                            best = Some((start, i));
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    // Both ends sit next to ASCII bytes, so they are char boundaries.
+    best.map(|(s, e)| text[s..e].trim())
+}
+
+/// The response with `<think>...</think>` blocks removed.
+///
+/// A leading `</think>` with no opener (chat templates that open the block in the prompt)
+/// drops everything before it; an unclosed `<think>` drops everything after it.
+pub fn strip_think(text: &str) -> String {
+    const OPEN: &str = "<think>";
+    const CLOSE: &str = "</think>";
+    let mut rest = text;
+    if let Some(close) = rest.find(CLOSE) {
+        if rest.find(OPEN).is_none_or(|open| open > close) {
+            rest = &rest[close + CLOSE.len()..];
+        }
+    }
+    let mut out = String::with_capacity(rest.len());
+    while let Some(open) = rest.find(OPEN) {
+        out.push_str(&rest[..open]);
+        match rest[open..].find(CLOSE) {
+            Some(close) => rest = &rest[open + close + CLOSE.len()..],
+            None => return out,
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// How label text is compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LabelOptions {
+    /// Lowercase, collapse whitespace runs to one space, and unwrap `\text{..}`-style
+    /// wrappers before splitting. `false` compares the trimmed labels exactly, like the
+    /// original (case-sensitive).
+    pub normalize: bool,
+}
+
+impl Default for LabelOptions {
+    fn default() -> Self {
+        Self { normalize: true }
+    }
+}
+
+/// Separators in the order the spec tries them: the first one present splits the text.
+pub const SEPARATORS: [&str; 5] = [", ", " and ", " & ", ",", "&"];
+
+/// The label set of an answer: split on the first separator present, trim, drop empties.
+///
+/// ```
+/// use qoq_rewards::answer::{label_set, LabelOptions};
+/// let labels = label_set("Pneumonia and  Effusion", LabelOptions::default());
+/// assert!(labels.contains("pneumonia") && labels.contains("effusion"));
+/// ```
+pub fn label_set(text: &str, options: LabelOptions) -> HashSet<String> {
+    let text = if options.normalize { normalize(text) } else { text.to_string() };
+    let parts: Vec<&str> = match SEPARATORS.iter().find(|sep| text.contains(*sep)) {
+        Some(sep) => text.split(sep).collect(),
+        None => vec![text.as_str()],
+    };
+    parts.into_iter().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect()
+}
+
+/// LaTeX wrappers whose content is the label itself (`\boxed{\text{Pneumonia}}`).
+const TEXT_WRAPPERS: [&str; 6] = ["\\text{", "\\textbf{", "\\textit{", "\\textrm{", "\\mathrm{", "\\mathbf{"];
+
+/// Lowercase, unwrap [`TEXT_WRAPPERS`], collapse whitespace runs, trim.
+pub fn normalize(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    // For each open brace: whether it belongs to a wrapper (its `}` is dropped too).
+    let mut braces: Vec<bool> = Vec::new();
+    let mut pending_space = false;
+    let mut rest = text;
+    while let Some(c) = rest.chars().next() {
+        if c == '\\' {
+            if let Some(w) = TEXT_WRAPPERS.iter().find(|w| rest.starts_with(*w)) {
+                braces.push(true);
+                rest = &rest[w.len()..];
+                continue;
+            }
+        }
+        rest = &rest[c.len_utf8()..];
+        match c {
+            '{' => braces.push(false),
+            '}' if braces.last() == Some(&true) => {
+                braces.pop();
+                continue;
+            }
+            '}' => {
+                braces.pop();
+            }
+            _ => {}
+        }
+        if c.is_whitespace() {
+            pending_space = !out.is_empty();
+            continue;
+        }
+        if pending_space {
+            out.push(' ');
+            pending_space = false;
+        }
+        out.extend(c.to_lowercase());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_closed_box_by_opening_position() {
+        assert_eq!(last_boxed(r"\boxed{a \boxed{b}}"), Some("b"));
+        assert_eq!(last_boxed(r"\boxed{x}\boxed{y}"), Some("y"));
+        assert_eq!(last_boxed(r"\boxed{ spaced }"), Some("spaced"));
+        assert_eq!(last_boxed(r"\boxed{}"), Some(""));
+        assert_eq!(last_boxed(r"\boxed{a}\boxed{b"), Some("a"));
+        assert_eq!(last_boxed(r"\boxed{a}\boxed{{b}"), Some("a"));
+        assert_eq!(last_boxed(r"}}} \boxed{a}"), Some("a"));
+        assert_eq!(last_boxed(r"\boxed{\{x\}}"), Some(r"\{x\}"));
+        assert_eq!(last_boxed(r"\boxed{a \} b}"), Some(r"a \} b"));
+        assert_eq!(last_boxed(r"\boxed{\\}"), Some(r"\\"));
+        assert_eq!(last_boxed(r"\boxed"), None);
+        assert_eq!(last_boxed(r"\boxed{"), None);
+        assert_eq!(last_boxed("é \\boxed{ü} ö"), Some("ü"));
+    }
+
+    #[test]
+    fn pathological_inputs_are_linear() {
+        let many = r"\boxed{".repeat(500_000);
+        assert_eq!(last_boxed(&many), None);
+        let nested = format!("{}{}", "{".repeat(1_000_000), "}".repeat(1_000_000));
+        assert_eq!(last_boxed(&format!(r"\boxed{{{nested}}}")).map(str::len), Some(nested.len()));
+        let repeated = r"\boxed{}".repeat(100_000);
+        assert_eq!(last_boxed(&repeated), Some(""));
+    }
+
+    #[test]
+    fn think_blocks_are_removed() {
+        assert_eq!(strip_think("<think>a</think>b<think>c</think>d"), "bd");
+        assert_eq!(strip_think("reasoning</think>answer"), "answer");
+        assert_eq!(strip_think("x<think>never closed"), "x");
+        assert_eq!(strip_think("plain"), "plain");
+    }
+
+    #[test]
+    fn separators_in_spec_order() {
+        let exact = LabelOptions { normalize: false };
+        let set = |t: &str| {
+            let mut v: Vec<String> = label_set(t, exact).into_iter().collect();
+            v.sort();
+            v
+        };
+        assert_eq!(set("a, b and c"), ["a", "b and c"]);
+        assert_eq!(set("a and b & c"), ["a", "b & c"]);
+        assert_eq!(set("a & b,c"), ["a", "b,c"]);
+        assert_eq!(set("a,b&c"), ["a", "b&c"]);
+        assert_eq!(set("a&b"), ["a", "b"]);
+        assert_eq!(set("a, , b,"), ["a", "b,"]);
+        assert_eq!(set("  "), Vec::<String>::new());
+        assert_eq!(set("Pneumonia"), ["Pneumonia"]);
+    }
+
+    #[test]
+    fn normalisation() {
+        assert_eq!(normalize("  Left\tLower \n Lobe  "), "left lower lobe");
+        assert_eq!(normalize(r"\text{Pneumonia}, \textbf{Edema}"), "pneumonia, edema");
+        assert_eq!(normalize(r"\text{a {b}}"), "a {b}");
+        assert_eq!(normalize("ÄB"), "äb");
+        let n = LabelOptions::default();
+        assert_eq!(label_set("A AND B", n), label_set("b, a", n));
+    }
+}
