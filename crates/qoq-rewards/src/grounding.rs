@@ -1,9 +1,9 @@
 //! Grounding reward: IoU of the predicted evidence boxes against ground-truth boxes or a
 //! segmentation mask (drpo.md section 3, "IoU").
 //!
-//! Coordinates are pixels of the resized image the model saw. A [`Mask`] keeps a summed-area
-//! table, so each predicted box costs O(1) however large the mask is; the table is built
-//! once per sample and shared by every response of its group.
+//! Coordinates are pixels of the resized image the model saw. A [`Mask`] is decoded once
+//! per sample into row runs and shared by every response of its group; a predicted box
+//! then costs a binary search per box row, never a pass over the mask's pixels.
 
 use std::path::Path;
 
@@ -115,32 +115,50 @@ pub fn box_iou(a: &BBox, b: &BBox, image_size: Option<(u32, u32)>) -> f64 {
     }
 }
 
-/// A binary segmentation mask with a summed-area table.
+/// A binary segmentation mask stored as horizontal runs of region pixels, row by row.
+///
+/// Segmentation masks are blobs, a run or two per row, so a 512x512 mask takes a few KB
+/// instead of the 256 KB of its pixels, and counting the region pixels inside a box costs
+/// a binary search per box row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mask {
     width: u32,
     height: u32,
-    /// `(width + 1) * (height + 1)` prefix counts: `sat[y][x]` = region pixels above-left.
-    sat: Vec<u32>,
+    /// Half-open `[start, end)` runs of region pixels, row after row.
+    runs: Vec<(u32, u32)>,
+    /// `runs[row_start[y]..row_start[y + 1]]` are the runs of row `y`.
+    row_start: Vec<u32>,
+    area: u64,
 }
 
 impl Mask {
     /// A mask of `width x height` whose region is where `is_region(x, y)` holds.
     pub fn from_fn(width: u32, height: u32, mut is_region: impl FnMut(u32, u32) -> bool) -> Result<Self, RewardError> {
-        let pixels = width as u64 * height as u64;
-        if width == 0 || height == 0 || pixels >= u32::MAX as u64 {
+        if width == 0 || height == 0 || width as u64 * height as u64 >= u32::MAX as u64 {
             return Err(RewardError::Mask(format!("a {width}x{height} mask is empty or too large")));
         }
-        let stride = width as usize + 1;
-        let mut sat = vec![0u32; stride * (height as usize + 1)];
-        for y in 0..height as usize {
-            let mut row = 0u32;
-            for x in 0..width as usize {
-                row += is_region(x as u32, y as u32) as u32;
-                sat[(y + 1) * stride + x + 1] = sat[y * stride + x + 1] + row;
+        let mut runs = Vec::new();
+        let mut row_start = Vec::with_capacity(height as usize + 1);
+        let mut area = 0u64;
+        for y in 0..height {
+            row_start.push(runs.len() as u32);
+            let mut run_start = None;
+            for x in 0..=width {
+                let inside = x < width && is_region(x, y);
+                match (inside, run_start) {
+                    (true, None) => run_start = Some(x),
+                    (false, Some(start)) => {
+                        runs.push((start, x));
+                        area += (x - start) as u64;
+                        run_start = None;
+                    }
+                    _ => {}
+                }
             }
         }
-        Ok(Self { width, height, sat })
+        row_start.push(runs.len() as u32);
+        runs.shrink_to_fit();
+        Ok(Self { width, height, runs, row_start, area })
     }
 
     /// Decode a PNG (or JPEG) mask: a pixel is in the region when any colour channel is
@@ -176,19 +194,29 @@ impl Mask {
 
     /// Region pixels in the inclusive rectangle `x1..=x2, y1..=y2` (in bounds).
     fn count(&self, x1: u32, y1: u32, x2: u32, y2: u32) -> u64 {
-        let stride = self.width as usize + 1;
-        let at = |x: u32, y: u32| self.sat[y as usize * stride + x as usize] as u64;
-        at(x2 + 1, y2 + 1) + at(x1, y1) - at(x1, y2 + 1) - at(x2 + 1, y1)
+        let mut total = 0u64;
+        for y in y1..=y2 {
+            let row = &self.runs[self.row_start[y as usize] as usize..self.row_start[y as usize + 1] as usize];
+            // Runs are sorted and disjoint: skip those ending at or before x1.
+            let first = row.partition_point(|&(_, end)| end <= x1);
+            for &(start, end) in &row[first..] {
+                if start > x2 {
+                    break;
+                }
+                total += (end.min(x2 + 1) - start.max(x1)) as u64;
+            }
+        }
+        total
     }
 
     /// Number of region pixels.
     pub fn area(&self) -> u64 {
-        self.count(0, 0, self.width - 1, self.height - 1)
+        self.area
     }
 
     /// Whether pixel `(x, y)` is in the region.
     pub fn get(&self, x: u32, y: u32) -> bool {
-        self.count(x, y, x, y) == 1
+        x < self.width && y < self.height && self.count(x, y, x, y) == 1
     }
 
     /// Nearest-neighbour resize (pixel centres), as the data pipeline resizes masks.
