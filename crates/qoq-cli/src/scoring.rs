@@ -211,7 +211,7 @@ pub fn score_records(scorer: &Scorer, records: &[ScoreRecord], masks: &MaskCache
     let items: Vec<(&str, Target<'_>)> = records
         .iter()
         .map(|r| {
-            let target = Target { answer: &r.answer, boxes: &r.gt_boxes, mask: masks.get(r), image_size: r.image_size };
+            let target = Target { answer: &r.answer, boxes: &r.gt_boxes, mask: masks.get(r) };
             (r.response.as_str(), target)
         })
         .collect();

@@ -13,7 +13,10 @@ const BOXED: &[u8] = b"\\boxed{";
 ///
 /// "Last" is by opening position, as in the original (`rfind`): in `\boxed{a \boxed{b}}` it
 /// is `b`. Unlike the original, an unterminated final box does not hide an earlier closed
-/// one, and LaTeX-escaped braces `\{` `\}` (and `\\`) do not count for matching.
+/// one, and LaTeX-escaped braces `\{` `\}` do not count for matching.
+///
+/// A doubled backslash before `boxed` (`\\boxed{x}`, as text escaped twice) still opens a
+/// box, as in the original.
 ///
 /// ```
 /// use qoq_rewards::answer::last_boxed;
@@ -37,8 +40,8 @@ pub fn last_boxed(text: &str) -> Option<&str> {
                 i += BOXED.len();
                 continue;
             }
-            // `\{`, `\}` and `\\` are escapes, not grouping.
-            b'\\' if matches!(bytes.get(i + 1), Some(b'{' | b'}' | b'\\')) => {
+            // `\{` and `\}` are escaped braces, not grouping.
+            b'\\' if matches!(bytes.get(i + 1), Some(b'{' | b'}')) => {
                 i += 2;
                 continue;
             }
@@ -118,7 +121,19 @@ pub fn label_set(text: &str, options: LabelOptions) -> HashSet<String> {
         Some(sep) => text.split(sep).collect(),
         None => vec![text.as_str()],
     };
-    parts.into_iter().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect()
+    parts.into_iter().map(|l| l.trim_matches(is_space)).filter(|l| !l.is_empty()).map(str::to_string).collect()
+}
+
+/// The labels of a ground-truth answer: those of its last closed `\boxed{}` when it has
+/// one (answers stored boxed), else of the whole text.
+pub fn answer_label_set(answer: &str, options: LabelOptions) -> HashSet<String> {
+    label_set(last_boxed(answer).unwrap_or(answer), options)
+}
+
+/// Whitespace as Python's `str.strip()` sees it: Unicode whitespace plus the ASCII
+/// separators U+001C..U+001F, so exact mode trims like the original.
+pub fn is_space(c: char) -> bool {
+    c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
 }
 
 /// LaTeX wrappers whose content is the label itself (`\boxed{\text{Pneumonia}}`).
@@ -151,7 +166,7 @@ pub fn normalize(text: &str) -> String {
             }
             _ => {}
         }
-        if c.is_whitespace() {
+        if is_space(c) {
             pending_space = !out.is_empty();
             continue;
         }
@@ -179,7 +194,7 @@ mod tests {
         assert_eq!(last_boxed(r"}}} \boxed{a}"), Some("a"));
         assert_eq!(last_boxed(r"\boxed{\{x\}}"), Some(r"\{x\}"));
         assert_eq!(last_boxed(r"\boxed{a \} b}"), Some(r"a \} b"));
-        assert_eq!(last_boxed(r"\boxed{\\}"), Some(r"\\"));
+        assert_eq!(last_boxed(r"\\boxed{x}"), Some("x"));
         assert_eq!(last_boxed(r"\boxed"), None);
         assert_eq!(last_boxed(r"\boxed{"), None);
         assert_eq!(last_boxed("é \\boxed{ü} ö"), Some("ü"));

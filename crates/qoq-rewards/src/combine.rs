@@ -183,10 +183,9 @@ pub struct Target<'a> {
     /// Labels joined by ", " (or the open-ended reference answer).
     pub answer: &'a str,
     pub boxes: &'a [BBox],
-    /// Segmentation mask at the resized image's size; used instead of `boxes` when non-empty.
+    /// Segmentation mask at the size of the resized image the model saw (see
+    /// [`Mask::resized`]); used instead of `boxes` when non-empty.
     pub mask: Option<&'a Mask>,
-    /// `(width, height)` of the resized image the model saw.
-    pub image_size: Option<(u32, u32)>,
 }
 
 /// Every component of one response's reward, each in [0, 1], and their weighted sum.
@@ -242,7 +241,7 @@ impl Scorer {
     pub fn score(&self, response: &str, target: &Target<'_>) -> Scores {
         let blocks = fenced_blocks(response);
         let boxes = predicted_boxes(&blocks, self.lenient_json);
-        let grounding = GroundingTarget { boxes: target.boxes, mask: target.mask, image_size: target.image_size };
+        let grounding = GroundingTarget { boxes: target.boxes, mask: target.mask };
         let mut s = Scores {
             f1: f1_reward(response, target.answer, self.labels),
             iou: iou_reward(&boxes, &grounding, self.iou_aggregation),

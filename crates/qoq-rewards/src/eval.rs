@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::Serialize;
 
-use crate::answer::{label_set, last_boxed, LabelOptions};
+use crate::answer::{answer_label_set, label_set, last_boxed, LabelOptions};
 
 /// One-vs-rest counts of one label in one dataset.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -152,7 +152,7 @@ impl Evaluator {
     /// Add one response: its labels are those of its last closed `\boxed{}` (none without one).
     pub fn add(&mut self, domain: &str, dataset: &str, response: &str, answer: &str) {
         let predicted = last_boxed(response).map(|b| label_set(b, self.options)).unwrap_or_default();
-        self.add_labels(domain, dataset, &predicted, &label_set(answer, self.options));
+        self.add_labels(domain, dataset, &predicted, &answer_label_set(answer, self.options));
     }
 
     /// Add one sample's predicted and true label sets.

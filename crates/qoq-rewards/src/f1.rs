@@ -3,9 +3,10 @@
 
 use std::collections::HashSet;
 
-use crate::answer::{label_set, last_boxed, LabelOptions};
+use crate::answer::{answer_label_set, label_set, last_boxed, LabelOptions};
 
-/// F1 of the response's boxed labels against `answer` (labels joined by ", ").
+/// F1 of the response's boxed labels against `answer` (labels joined by ", "; an answer
+/// stored as `\boxed{...}` is unwrapped).
 /// No closed box, or no label in common, scores 0.
 ///
 /// ```
@@ -16,7 +17,7 @@ use crate::answer::{label_set, last_boxed, LabelOptions};
 /// ```
 pub fn f1_reward(response: &str, answer: &str, options: LabelOptions) -> f64 {
     match last_boxed(response) {
-        Some(boxed) => set_f1(&label_set(boxed, options), &label_set(answer, options)),
+        Some(boxed) => set_f1(&label_set(boxed, options), &answer_label_set(answer, options)),
         None => 0.0,
     }
 }

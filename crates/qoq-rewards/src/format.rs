@@ -3,15 +3,16 @@
 use serde_json::Value;
 
 use crate::grounding::as_bbox;
-use crate::json_block::{first_fence_info, parse_block, FencedBlock, Parsed};
+use crate::json_block::{parse_block, FencedBlock, Parsed};
 
-/// Continuous format score in [0, 1] of the first fenced block:
+/// Continuous format score in [0, 1]; the first closed fenced block is the one judged
+/// (a block tagged other than `json` does not parse):
 ///
 /// | earned for                                                    | points |
 /// |---------------------------------------------------------------|--------|
 /// | a ``` fence anywhere                                           | 0.2    |
-/// | the first fence is ```json                                     | +0.1   |
-/// | its block parses as JSON (lenient reader only, if enabled)     | +0.2 (+0.1) |
+/// | a ```json fence anywhere                                       | +0.1   |
+/// | the first block parses as JSON (lenient reader only, if enabled) | +0.2 (+0.1) |
 /// | the value is a list                                           | +0.1   |
 /// | x the fraction of items that are objects with a 4-number `bbox_2d` and a `label` | +0.4 |
 ///
@@ -21,13 +22,15 @@ use crate::json_block::{first_fence_info, parse_block, FencedBlock, Parsed};
 /// assert_eq!(format_reward(r, &fenced_blocks(r), false), 1.0);
 /// ```
 pub fn format_reward(response: &str, blocks: &[FencedBlock<'_>], lenient: bool) -> f64 {
-    let Some(info) = first_fence_info(response) else { return 0.0 };
+    if !response.contains("```") {
+        return 0.0;
+    }
     let mut score = 0.2;
-    if info.eq_ignore_ascii_case("json") {
+    if response.contains("```json") {
         score += 0.1;
     }
     let Some(first) = blocks.first() else { return score };
-    let value = match parse_block(first.content, lenient) {
+    let value = match parse_block(first, lenient) {
         Some((value, Parsed::Json)) => {
             score += 0.2;
             value
@@ -96,8 +99,10 @@ mod tests {
         let single_quotes = "```json\n[{'bbox_2d': [1, 2, 3, 4], 'label': 'a'},]\n```";
         assert_eq!(score(single_quotes, false), 0.3);
         assert_eq!(score(single_quotes, true), 0.9);
-        // Only the first block is judged.
+        // Only the first block is judged; a non-JSON tag does not parse.
         assert_eq!(score("```json\nbad\n``` ```json\n[]\n```", false), 0.3);
+        assert_eq!(score("```python\n[]\n```", false), 0.2);
+        assert_eq!(score("```\nsee below\n``` ```json\n[]\n```", false), 0.3);
     }
 
     #[test]

@@ -32,8 +32,6 @@ pub struct GroundingTarget<'a> {
     pub boxes: &'a [BBox],
     /// Used instead of `boxes` when present and non-empty; its size is the image size.
     pub mask: Option<&'a Mask>,
-    /// `(width, height)` of the image; box-vs-box IoU clips predictions to it when known.
-    pub image_size: Option<(u32, u32)>,
 }
 
 /// The predicted boxes of a response: the `bbox_2d` entries of the first parseable fenced
@@ -76,7 +74,7 @@ pub fn iou_reward(predicted: &[Option<BBox>], target: &GroundingTarget<'_>, aggr
         let Some(b) = b else { return 0.0 };
         match target.mask {
             Some(mask) if mask.area() > 0 => mask.box_iou(b),
-            _ => target.boxes.iter().map(|gt| box_iou(b, gt, target.image_size)).fold(0.0, f64::max),
+            _ => target.boxes.iter().map(|gt| box_iou(b, gt)).fold(0.0, f64::max),
         }
     };
     let ious = predicted.iter().map(per_box);
@@ -86,20 +84,16 @@ pub fn iou_reward(predicted: &[Option<BBox>], target: &GroundingTarget<'_>, aggr
     }
 }
 
-/// Corners in order; clipped to `[0, w] x [0, h]` when the image size is known.
-fn normalized(b: &BBox, image_size: Option<(u32, u32)>) -> BBox {
-    let mut n = [b[0].min(b[2]), b[1].min(b[3]), b[0].max(b[2]), b[1].max(b[3])];
-    if let Some((w, h)) = image_size {
-        for (i, limit) in [w, h, w, h].into_iter().enumerate() {
-            n[i] = n[i].clamp(0.0, limit as f64);
-        }
-    }
-    n
+/// Corners in order.
+fn normalized(b: &BBox) -> BBox {
+    [b[0].min(b[2]), b[1].min(b[3]), b[0].max(b[2]), b[1].max(b[3])]
 }
 
-/// Continuous IoU of two boxes (corner order does not matter); 0 for degenerate ones.
-pub fn box_iou(a: &BBox, b: &BBox, image_size: Option<(u32, u32)>) -> f64 {
-    let (a, b) = (normalized(a, image_size), normalized(b, image_size));
+/// Continuous IoU of two boxes; 0 for degenerate ones. Corner order does not matter (the
+/// original scored reversed boxes 0 here while swapping them against masks). Boxes are
+/// not clipped to the image: the spec and the original compare them as given.
+pub fn box_iou(a: &BBox, b: &BBox) -> f64 {
+    let (a, b) = (normalized(a), normalized(b));
     let iw = a[2].min(b[2]) - a[0].max(b[0]);
     let ih = a[3].min(b[3]) - a[1].max(b[1]);
     if !(iw > 0.0 && ih > 0.0) {
@@ -272,14 +266,13 @@ mod tests {
     #[test]
     fn box_iou_values() {
         let a = [0.0, 0.0, 10.0, 10.0];
-        assert_eq!(box_iou(&a, &a, None), 1.0);
-        assert_eq!(box_iou(&a, &[5.0, 0.0, 15.0, 10.0], None), 50.0 / 150.0);
-        assert_eq!(box_iou(&a, &[10.0, 10.0, 0.0, 0.0], None), 1.0);
-        assert_eq!(box_iou(&a, &[10.0, 0.0, 20.0, 10.0], None), 0.0);
-        assert_eq!(box_iou(&a, &[3.0, 3.0, 3.0, 9.0], None), 0.0);
-        assert_eq!(box_iou(&a, &[-1e308, -1e308, 1e308, 1e308], None), 0.0);
-        // Clipped to a 10x10 image, a huge box is the whole image.
-        assert_eq!(box_iou(&a, &[-1e308, -1e308, 1e308, 1e308], Some((10, 10))), 1.0);
+        assert_eq!(box_iou(&a, &a), 1.0);
+        assert_eq!(box_iou(&a, &[5.0, 0.0, 15.0, 10.0]), 50.0 / 150.0);
+        assert_eq!(box_iou(&a, &[10.0, 10.0, 0.0, 0.0]), 1.0);
+        assert_eq!(box_iou(&a, &[10.0, 0.0, 20.0, 10.0]), 0.0);
+        assert_eq!(box_iou(&a, &[3.0, 3.0, 3.0, 9.0]), 0.0);
+        assert_eq!(box_iou(&a, &[-1e308, -1e308, 1e308, 1e308]), 0.0, "area overflows to infinity");
+        assert!(box_iou(&a, &[-1e150, -1e150, 1e150, 1e150]) < 1e-290);
     }
 
     #[test]
@@ -299,7 +292,7 @@ mod tests {
     fn aggregation_and_fallbacks() {
         let gt = [[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0]];
         let empty = Mask::from_fn(4, 4, |_, _| false).unwrap();
-        let target = GroundingTarget { boxes: &gt, mask: Some(&empty), image_size: None };
+        let target = GroundingTarget { boxes: &gt, mask: Some(&empty) };
         let pred = [Some([20.0, 20.0, 30.0, 30.0]), None, Some([0.0, 0.0, 5.0, 10.0])];
         assert_eq!(iou_reward(&pred, &target, IouAggregation::Mean), 1.5 / 3.0);
         assert_eq!(iou_reward(&pred, &target, IouAggregation::Max), 1.0);

@@ -2,8 +2,8 @@
 //! the original's `ast.literal_eval(text.replace("'", '"'))` fallback would read them.
 //!
 //! The lenient reader accepts only the JSON-shaped part of Python literal syntax: lists,
-//! dicts, double-quoted strings, numbers, `True`/`False`/`None`/JSON's `true`/`false`/`null`,
-//! and trailing commas. Tuples, sets and comments are refused. Non-finite numbers (`1e400`)
+//! dicts, double-quoted strings, numbers, `True`/`False`/`None` (not JSON's `true`/`false`/
+//! `null`, which Python does not know), and trailing commas. Tuples, sets and comments are refused. Non-finite numbers (`1e400`)
 //! become `null`, so they can never count as a coordinate.
 
 use serde_json::{Map, Number, Value};
@@ -39,12 +39,6 @@ fn info_len(after_fence: &str) -> usize {
     after_fence.bytes().take_while(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'+')).count()
 }
 
-/// The info word of the first fence, closed or not; `None` without a fence.
-pub fn first_fence_info(text: &str) -> Option<&str> {
-    let after = &text[text.find(FENCE)? + FENCE.len()..];
-    Some(&after[..info_len(after)])
-}
-
 /// How a block's content was read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Parsed {
@@ -53,9 +47,20 @@ pub enum Parsed {
     Lenient,
 }
 
+impl FencedBlock<'_> {
+    /// Untagged or tagged `json` (any case): a block tagged `python`, `text`, ... is not
+    /// read as JSON, as the original's ```(?:json)? pattern did not read it.
+    pub fn may_hold_json(&self) -> bool {
+        self.info.is_empty() || self.info.eq_ignore_ascii_case("json")
+    }
+}
+
 /// Parse one block: strict JSON, then (if `lenient`) the lenient reader.
-pub fn parse_block(content: &str, lenient: bool) -> Option<(Value, Parsed)> {
-    let trimmed = content.trim();
+pub fn parse_block(block: &FencedBlock<'_>, lenient: bool) -> Option<(Value, Parsed)> {
+    if !block.may_hold_json() {
+        return None;
+    }
+    let trimmed = block.content.trim();
     if let Ok(value) = serde_json::from_str::<Value>(trimmed) {
         return Some((value, Parsed::Json));
     }
@@ -69,10 +74,10 @@ pub fn parse_block(content: &str, lenient: bool) -> Option<(Value, Parsed)> {
 /// (and if `lenient`), the first one the lenient reader accepts. Mirrors the original's
 /// search order.
 pub fn first_parsed_value(blocks: &[FencedBlock<'_>], lenient: bool) -> Option<Value> {
-    let strict = blocks.iter().find_map(|b| serde_json::from_str::<Value>(b.content.trim()).ok());
-    match strict {
+    let candidates = || blocks.iter().filter(|b| b.may_hold_json()).map(|b| b.content.trim());
+    match candidates().find_map(|c| serde_json::from_str::<Value>(c).ok()) {
         Some(v) => Some(v),
-        None if lenient => blocks.iter().find_map(|b| parse_lenient(b.content.trim())),
+        None if lenient => candidates().find_map(parse_lenient),
         None => None,
     }
 }
@@ -238,9 +243,9 @@ impl Lenient<'_> {
             self.i += 1;
         }
         match &self.s[start..self.i] {
-            b"True" | b"true" => Some(Value::Bool(true)),
-            b"False" | b"false" => Some(Value::Bool(false)),
-            b"None" | b"null" => Some(Value::Null),
+            b"True" => Some(Value::Bool(true)),
+            b"False" => Some(Value::Bool(false)),
+            b"None" => Some(Value::Null),
             _ => None,
         }
     }
@@ -272,7 +277,7 @@ mod tests {
     fn strict_json_first_then_lenient() {
         let blocks = fenced_blocks("```{'a': 1,}``` ```[1, 2]```");
         assert_eq!(first_parsed_value(&blocks, true), Some(json!([1, 2])));
-        let blocks = fenced_blocks("```{'a': 1,}```");
+        let blocks = fenced_blocks("```{'a': 1,}``` ```python\n[3]```");
         assert_eq!(first_parsed_value(&blocks, false), None);
         assert_eq!(first_parsed_value(&blocks, true), Some(json!({"a": 1})));
     }
@@ -284,7 +289,7 @@ mod tests {
         assert_eq!(parse_lenient("[1e400, -1e400]"), Some(json!([null, null])));
         assert_eq!(parse_lenient("[1_000, +5, -2, .5]"), Some(json!([1000, 5, -2, 0.5])));
         assert_eq!(parse_lenient("{1: 'a'}"), Some(json!({"1": "a"})));
-        for bad in ["(1, 2)", "{1, 2}", "[1] # c", "--2", "[NaN]", "[inf]", "007", "[1 2]", "{'a' 1}", "'x", "", "[,]"] {
+        for bad in ["(1, 2)", "{1, 2}", "[1] # c", "--2", "[null]", "[true]", "[NaN]", "[inf]", "007", "[1 2]", "{'a' 1}", "'x", "", "[,]"] {
             assert_eq!(parse_lenient(bad), None, "{bad}");
         }
         let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));

@@ -13,8 +13,8 @@ pub fn check_invariants(data: &[u8]) {
     let mask = Mask::from_fn(32, 24, |x, y| (x + y) % 3 == 0 && x > 4).expect("fixed size");
     let targets = [
         Target { answer, ..Default::default() },
-        Target { answer, boxes: &boxes, image_size: Some((32, 24)), ..Default::default() },
-        Target { answer, boxes: &boxes, mask: Some(&mask), image_size: Some((32, 24)) },
+        Target { answer, boxes: &boxes, ..Default::default() },
+        Target { answer, boxes: &boxes, mask: Some(&mask) },
     ];
     for preset in Preset::ALL {
         for (aggregation, lenient, normalize) in
