@@ -5,7 +5,11 @@
 //! `\boxed{`, deeply nested braces) cost linear time and memory proportional to the number
 //! of boxes still open, never quadratic time.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
+use std::sync::LazyLock;
+
+use memchr::memmem::Finder;
 
 const BOXED: &[u8] = b"\\boxed{";
 
@@ -32,7 +36,9 @@ pub fn last_boxed(text: &str) -> Option<&str> {
     let mut depth = 0usize;
     let mut best: Option<(usize, usize)> = None;
     let mut i = 0;
-    while i < bytes.len() {
+    // Jump from one `\`, `{` or `}` to the next (SIMD): prose between them is skipped.
+    while let Some(skip) = memchr::memchr3(b'\\', b'{', b'}', &bytes[i..]) {
+        i += skip;
         match bytes[i] {
             b'\\' if bytes[i..].starts_with(BOXED) => {
                 open.push((depth, i + BOXED.len()));
@@ -69,25 +75,34 @@ pub fn last_boxed(text: &str) -> Option<&str> {
 ///
 /// A leading `</think>` with no opener (chat templates that open the block in the prompt)
 /// drops everything before it; an unclosed `<think>` drops everything after it.
-pub fn strip_think(text: &str) -> String {
+pub fn strip_think(text: &str) -> Cow<'_, str> {
     const OPEN: &str = "<think>";
     const CLOSE: &str = "</think>";
+    static OPEN_FINDER: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(OPEN));
+    static CLOSE_FINDER: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(CLOSE));
+    let find_open = |hay: &str| OPEN_FINDER.find(hay.as_bytes());
+    let find_close = |hay: &str| CLOSE_FINDER.find(hay.as_bytes());
     let mut rest = text;
-    if let Some(close) = rest.find(CLOSE) {
-        if rest.find(OPEN).is_none_or(|open| open > close) {
+    if let Some(close) = find_close(rest) {
+        if find_open(rest).is_none_or(|open| open > close) {
             rest = &rest[close + CLOSE.len()..];
         }
     }
+    let Some(mut open) = find_open(rest) else { return Cow::Borrowed(rest) };
     let mut out = String::with_capacity(rest.len());
-    while let Some(open) = rest.find(OPEN) {
+    loop {
         out.push_str(&rest[..open]);
-        match rest[open..].find(CLOSE) {
+        match find_close(&rest[open..]) {
             Some(close) => rest = &rest[open + close + CLOSE.len()..],
-            None => return out,
+            None => return Cow::Owned(out),
+        }
+        match find_open(rest) {
+            Some(next) => open = next,
+            None => break,
         }
     }
     out.push_str(rest);
-    out
+    Cow::Owned(out)
 }
 
 /// How label text is compared.
@@ -174,7 +189,11 @@ pub fn normalize(text: &str) -> String {
             out.push(' ');
             pending_space = false;
         }
-        out.extend(c.to_lowercase());
+        if c.is_ascii() {
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.extend(c.to_lowercase());
+        }
     }
     out
 }

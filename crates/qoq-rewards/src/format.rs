@@ -3,7 +3,7 @@
 use serde_json::Value;
 
 use crate::grounding::as_bbox;
-use crate::json_block::{parse_block, FencedBlock, Parsed};
+use crate::json_block::{find_fence, parse_block, FencedBlock, Parsed};
 
 /// Continuous format score in [0, 1]; the first closed fenced block is the one judged
 /// (a block tagged other than `json` does not parse):
@@ -22,11 +22,9 @@ use crate::json_block::{parse_block, FencedBlock, Parsed};
 /// assert_eq!(format_reward(r, &fenced_blocks(r), false), 1.0);
 /// ```
 pub fn format_reward(response: &str, blocks: &[FencedBlock<'_>], lenient: bool) -> f64 {
-    if !response.contains("```") {
-        return 0.0;
-    }
+    let Some(first_fence) = find_fence(response) else { return 0.0 };
     let mut score = 0.2;
-    if response.contains("```json") {
+    if memchr::memmem::find(&response.as_bytes()[first_fence..], b"```json").is_some() {
         score += 0.1;
     }
     let Some(first) = blocks.first() else { return score };

@@ -6,6 +6,9 @@
 //! `null`, which Python does not know), and trailing commas. Tuples, sets and comments are refused. Non-finite numbers (`1e400`)
 //! become `null`, so they can never count as a coordinate.
 
+use std::sync::LazyLock;
+
+use memchr::memmem::Finder;
 use serde_json::{Map, Number, Value};
 
 /// One fenced block: the info word after the opening fence (`json`, `python`, or empty)
@@ -23,15 +26,21 @@ const FENCE: &str = "```";
 pub fn fenced_blocks(text: &str) -> Vec<FencedBlock<'_>> {
     let mut blocks = Vec::new();
     let mut rest = text;
-    while let Some(open) = rest.find(FENCE) {
+    while let Some(open) = find_fence(rest) {
         let after = &rest[open + FENCE.len()..];
         let info_len = info_len(after);
         let body = &after[info_len..];
-        let Some(close) = body.find(FENCE) else { break };
+        let Some(close) = find_fence(body) else { break };
         blocks.push(FencedBlock { info: &after[..info_len], content: &body[..close] });
         rest = &body[close + FENCE.len()..];
     }
     blocks
+}
+
+/// Byte offset of the next ``` (SIMD substring search).
+pub fn find_fence(text: &str) -> Option<usize> {
+    static FINDER: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(FENCE));
+    FINDER.find(text.as_bytes())
 }
 
 /// Length of the info word (`json`, `c++`, ...) at the start of `after_fence`.
