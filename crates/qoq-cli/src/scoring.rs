@@ -15,6 +15,7 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Context, Result};
 use qoq_rewards::{BBox, Mask, Scorer, Scores, Target};
 use rayon::prelude::*;
+use qoq_data::convert::fields::{optional_str, required_str, type_name};
 use serde_json::{Map, Value};
 
 /// One input line.
@@ -36,11 +37,11 @@ impl ScoreRecord {
     /// Parse one JSON object; the error says which key is wrong and what is expected.
     pub fn parse(text: &str, line: usize) -> Result<Self> {
         let value: Value = serde_json::from_str(text).map_err(|e| anyhow!("not valid JSON ({e})"))?;
-        let Value::Object(obj) = value else { bail!("expected a JSON object, found {}", kind(&value)) };
+        let Value::Object(obj) = value else { bail!("expected a JSON object, found {}", type_name(&value)) };
         let id = match obj.get("id") {
             Some(Value::String(s)) => s.clone(),
             Some(Value::Number(n)) => n.to_string(),
-            Some(other) => bail!("`id` must be a string, found {}", kind(other)),
+            Some(other) => bail!("`id` must be a string, found {}", type_name(other)),
             None => bail!("missing `id`"),
         };
         Ok(Self {
@@ -57,34 +58,19 @@ impl ScoreRecord {
     }
 }
 
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "an object",
-    }
-}
-
 fn required_string(obj: &Map<String, Value>, key: &str) -> Result<String> {
-    optional_string(obj, key)?.ok_or_else(|| anyhow!("missing `{key}` (a string)"))
+    required_str(obj, key).map(str::to_string).map_err(|reason| anyhow!(reason))
 }
 
 fn optional_string(obj: &Map<String, Value>, key: &str) -> Result<Option<String>> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(other) => bail!("`{key}` must be a string, found {}", kind(other)),
-    }
+    optional_str(obj, key).map(|s| s.map(str::to_string)).map_err(|reason| anyhow!(reason))
 }
 
 fn gt_boxes(obj: &Map<String, Value>) -> Result<Vec<BBox>> {
     let items = match obj.get("gt_boxes") {
         None | Some(Value::Null) => return Ok(Vec::new()),
         Some(Value::Array(items)) => items,
-        Some(other) => bail!("`gt_boxes` must be a list of [x1, y1, x2, y2], found {}", kind(other)),
+        Some(other) => bail!("`gt_boxes` must be a list of [x1, y1, x2, y2], found {}", type_name(other)),
     };
     items
         .iter()

@@ -110,7 +110,7 @@ fn a_malformed_line_is_named_and_the_old_output_survives() {
     std::fs::write(&input, &text).unwrap();
     let o = score(&["--input", input.to_str().unwrap(), "--output", out.to_str().unwrap()]);
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("in.jsonl line 4: missing `answer`"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("in.jsonl line 4: missing key `answer`"), "{}", stderr(&o));
     assert_eq!(std::fs::read_to_string(&out).unwrap(), "previous results\n");
     let leftovers = std::fs::read_dir(tmp.path()).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().contains(".tmp")).count();
     assert_eq!(leftovers, 0);

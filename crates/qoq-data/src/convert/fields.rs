@@ -4,13 +4,13 @@
 use serde_json::{Map, Value};
 
 /// One parsed JSONL line.
-pub(super) type Row = Map<String, Value>;
+pub type Row = Map<String, Value>;
 
 /// A row-level failure reason (becomes [`crate::BadRow::reason`]).
-pub(super) type Reason = String;
+pub type Reason = String;
 
 /// JSON type name for messages (`a number`, `an object`, ...).
-pub(super) fn type_name(v: &Value) -> &'static str {
+pub fn type_name(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -22,7 +22,7 @@ pub(super) fn type_name(v: &Value) -> &'static str {
 }
 
 /// `row[key]` as a string; missing, null or another type is an error naming the key.
-pub(super) fn required_str<'a>(row: &'a Row, key: &str) -> Result<&'a str, Reason> {
+pub fn required_str<'a>(row: &'a Row, key: &str) -> Result<&'a str, Reason> {
     match row.get(key) {
         None | Some(Value::Null) => Err(format!("missing key `{key}`")),
         Some(Value::String(s)) => Ok(s),
@@ -31,7 +31,7 @@ pub(super) fn required_str<'a>(row: &'a Row, key: &str) -> Result<&'a str, Reaso
 }
 
 /// `row[key]` as a string if present and not null.
-pub(super) fn optional_str<'a>(row: &'a Row, key: &str) -> Result<Option<&'a str>, Reason> {
+pub fn optional_str<'a>(row: &'a Row, key: &str) -> Result<Option<&'a str>, Reason> {
     match row.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),

@@ -42,7 +42,7 @@
 //! ```
 
 mod climb;
-mod fields;
+pub mod fields;
 mod media;
 mod mimic;
 mod qoq_med;
