@@ -20,7 +20,19 @@ build-cuda:
 bench-preprocess:
     bash experiments/preprocess-throughput/run.sh
 
-# Regenerate the committed fixtures with the reference implementation.
+# Reward throughput beside the original QoQ-Med reward (pass the path of its medical.py).
+bench-rewards medical_py:
+    bash experiments/reward-throughput/run.sh {{medical_py}}
+
+# Fuzz the reward parsers (needs the nightly toolchain and `cargo install cargo-fuzz`).
+fuzz-rewards seconds="300":
+    cd crates/qoq-rewards/fuzz && cargo +nightly fuzz run score seeds -- -max_total_time={{seconds}} -max_len=65536
+
+# Regenerate the committed fixtures with the reference implementations.
 fixtures:
     "$(bash tools/reference-env.sh)" tools/make_preprocess_fixtures.py
     "$(bash tools/reference-env.sh)" tools/make_pandas_fixture.py
+
+# The reward parity fixtures need a copy of the original QoQ-Med medical.py.
+reward-fixtures medical_py:
+    "$(bash tools/reference-env.sh)" tools/make_reward_fixtures.py --medical-py {{medical_py}}

@@ -1,5 +1,5 @@
-//! QoQ-Med rewards, each in [0, 1] (see `shared/docs/drpo.md` section 3 and the crate
-//! README in the workspace README's "Rewards" section):
+//! QoQ-Med rewards, each in [0, 1] (definitions: drpo.md section 3; users' guide: the
+//! workspace README, "Rewards and the `score` tool"):
 //!
 //! - [`f1`]: set F1 between the labels of the last closed `\boxed{}` and the ground truth;
 //! - [`grounding`]: IoU of the ```json `bbox_2d` boxes against boxes or a segmentation mask;
