@@ -13,6 +13,16 @@
 //! assert_eq!(batch.pixel_values.size(), vec![1024, 1536]);
 //! ```
 
+pub mod config;
+mod error;
+pub mod model;
+pub mod rope;
+pub mod text;
+pub mod vision;
 mod vision_inputs;
+pub mod weights;
 
-pub use vision_inputs::{count_placeholders, PolicyError, VisionBatch};
+pub use config::Qwen3VLConfig;
+pub use error::PolicyError;
+pub use model::{DecodeState, Inputs, Qwen3VL};
+pub use vision_inputs::{count_placeholders, VisionBatch};

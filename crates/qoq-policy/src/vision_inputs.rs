@@ -4,15 +4,7 @@
 use qoq_data::preprocess::VisionInput;
 use tch::{Device, Kind, Tensor};
 
-#[derive(Debug, thiserror::Error)]
-pub enum PolicyError {
-    #[error("sample {sample}: the prompt has {found} `{token}` placeholder tokens but its media give {expected}; rebuild the prompt from the preprocessed media")]
-    PlaceholderMismatch { sample: String, token: String, found: usize, expected: usize },
-    #[error("vision inputs disagree in patch size: {0} and {1} values per row")]
-    RowWidth(usize, usize),
-    #[error("libtorch: {0}")]
-    Torch(#[from] tch::TchError),
-}
+use crate::PolicyError;
 
 /// The vision tower's inputs for a batch of images (or of videos).
 #[derive(Debug)]
