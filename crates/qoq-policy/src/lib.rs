@@ -13,6 +13,7 @@
 //! assert_eq!(batch.pixel_values.size(), vec![1024, 1536]);
 //! ```
 
+pub mod chat;
 pub mod config;
 mod error;
 pub mod model;
