@@ -22,7 +22,7 @@ mod error;
 mod loader;
 mod plan;
 pub mod preprocess;
-mod rng;
+pub mod rng;
 mod sample;
 pub mod schema;
 mod shards;

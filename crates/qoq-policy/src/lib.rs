@@ -15,6 +15,7 @@
 
 pub mod chat;
 pub mod config;
+pub mod generate;
 mod error;
 pub mod model;
 pub mod rope;
@@ -25,5 +26,6 @@ pub mod weights;
 
 pub use config::Qwen3VLConfig;
 pub use error::PolicyError;
+pub use generate::{Rollouts, SamplingConfig};
 pub use model::{DecodeState, Inputs, Qwen3VL};
 pub use vision_inputs::{count_placeholders, VisionBatch};

@@ -39,6 +39,19 @@ pub struct DecodeState {
 }
 
 impl DecodeState {
+    /// Rows `index` of the state (e.g. each prompt's row repeated G times for G samples),
+    /// so a prompt is encoded once however many responses are sampled from it.
+    pub fn select_rows(&self, index: &[i64]) -> DecodeState {
+        let device = self.key_valid.device();
+        let idx = Tensor::from_slice(index).to_device(device);
+        let pick = |t: &Option<Tensor>| t.as_ref().map(|t| t.index_select(0, &idx));
+        DecodeState {
+            caches: self.caches.iter().map(|c| LayerCache { keys: pick(&c.keys), values: pick(&c.values) }).collect(),
+            key_valid: self.key_valid.index_select(0, &idx),
+            next_position: index.iter().map(|&i| self.next_position[i as usize]).collect(),
+        }
+    }
+
     pub fn len(&self) -> i64 {
         self.key_valid.size()[1]
     }
@@ -86,7 +99,8 @@ impl Qwen3VL {
         self.vs.device()
     }
 
-    fn logits(&self, hidden: &Tensor) -> Tensor {
+    /// Vocabulary logits of final hidden states (`lm_head`, or the tied embedding).
+    pub fn logits(&self, hidden: &Tensor) -> Tensor {
         match &self.lm_head {
             Some(head) => head.forward(hidden),
             None => hidden.matmul(&self.language_model.embed_tokens.ws.tr()),
@@ -95,6 +109,14 @@ impl Qwen3VL {
 
     /// Forward the prompt; returns logits `[B, L, vocab]` and the state to decode from.
     pub fn prefill(&self, inputs: &Inputs<'_>) -> Result<(Tensor, DecodeState), PolicyError> {
+        let (hidden, state) = self.forward_hidden(inputs)?;
+        Ok((self.logits(&hidden), state))
+    }
+
+    /// Forward the prompt to the final norm: hidden states `[B, L, hidden]` and the state to
+    /// decode from. Callers that need logits at a few positions only (the last one when
+    /// generating, the response when scoring) apply [`Self::logits`] to those.
+    pub fn forward_hidden(&self, inputs: &Inputs<'_>) -> Result<(Tensor, DecodeState), PolicyError> {
         let device = self.device();
         let ids = inputs.input_ids.ok_or_else(|| PolicyError::Input("input_ids are required".into()))?.to_device(device);
         let (b, l) = ids.size2()?;
@@ -138,7 +160,7 @@ impl Qwen3VL {
         // The first generated token follows the prompt's largest position.
         let next_position =
             index.iter().zip(&mask_rows).map(|(r, m)| m.iter().filter(|&&v| v != 0).count() as i64 + r.delta).collect();
-        Ok((self.logits(&hidden), DecodeState { caches, key_valid, next_position }))
+        Ok((hidden, DecodeState { caches, key_valid, next_position }))
     }
 
     /// One decode step: `tokens` [B] -> logits `[B, vocab]`. No vision pass, no DeepStack.
