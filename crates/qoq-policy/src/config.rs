@@ -163,6 +163,56 @@ impl Qwen3VLConfig {
         Ok(config)
     }
 
+    /// `config.json` in transformers 5.x's serialisation (`rope_parameters`).
+    pub fn to_json(&self) -> Value {
+        let t = &self.text_config;
+        let v = &self.vision_config;
+        serde_json::json!({
+            "architectures": ["Qwen3VLForConditionalGeneration"],
+            "model_type": "qwen3_vl",
+            "image_token_id": self.image_token_id,
+            "video_token_id": self.video_token_id,
+            "vision_start_token_id": self.vision_start_token_id,
+            "vision_end_token_id": self.vision_end_token_id,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "text_config": {
+                "model_type": "qwen3_vl_text",
+                "vocab_size": t.vocab_size,
+                "hidden_size": t.hidden_size,
+                "intermediate_size": t.intermediate_size,
+                "num_hidden_layers": t.num_hidden_layers,
+                "num_attention_heads": t.num_attention_heads,
+                "num_key_value_heads": t.num_key_value_heads,
+                "head_dim": t.head_dim,
+                "hidden_act": "silu",
+                "rms_norm_eps": t.rms_norm_eps,
+                "attention_bias": t.attention_bias,
+                "rope_parameters": {
+                    "rope_type": "default",
+                    "rope_theta": t.rope_theta,
+                    "mrope_section": t.mrope_section,
+                    "mrope_interleaved": true,
+                },
+            },
+            "vision_config": {
+                "model_type": "qwen3_vl_vision",
+                "depth": v.depth,
+                "hidden_size": v.hidden_size,
+                "intermediate_size": v.intermediate_size,
+                "num_heads": v.num_heads,
+                "in_channels": v.in_channels,
+                "patch_size": v.patch_size,
+                "temporal_patch_size": v.temporal_patch_size,
+                "spatial_merge_size": v.spatial_merge_size,
+                "out_hidden_size": v.out_hidden_size,
+                "num_position_embeddings": v.num_position_embeddings,
+                "deepstack_visual_indexes": v.deepstack_visual_indexes,
+                "hidden_act": "gelu_pytorch_tanh",
+                "rope_parameters": { "rope_type": "axial", "rope_theta": v.rope_theta },
+            },
+        })
+    }
+
     /// The invariants the forward relies on.
     pub fn validate(&self) -> Result<(), String> {
         let t = &self.text_config;

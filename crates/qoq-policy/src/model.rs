@@ -95,6 +95,24 @@ impl Qwen3VL {
         Ok(model)
     }
 
+    /// Save as a Hugging Face checkpoint folder: `config.json` (5.x serialisation) and the
+    /// weights under their transformers names, in their current dtype; sharded above
+    /// `max_shard_bytes` (transformers' default is 5 GB). A tied model writes no `lm_head`.
+    pub fn save_pretrained(&self, dir: &Path, max_shard_bytes: u64) -> Result<(), PolicyError> {
+        let tensors: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+        crate::weights::save(&tensors, dir, max_shard_bytes)?;
+        let config = serde_json::to_string_pretty(&self.config.to_json()).expect("JSON values serialise");
+        let tmp = dir.join(".config.json.tmp");
+        let io = |e: std::io::Error| PolicyError::Checkpoint(format!("{}: {e}", dir.display()));
+        std::fs::write(&tmp, config).map_err(io)?;
+        std::fs::rename(&tmp, dir.join("config.json")).map_err(io)
+    }
+
+    /// Convert every weight to `kind` (e.g. `Kind::BFloat16` for rollouts).
+    pub fn set_kind(&mut self, kind: Kind) {
+        self.vs.set_kind(kind);
+    }
+
     fn device(&self) -> Device {
         self.vs.device()
     }
@@ -184,7 +202,7 @@ impl Qwen3VL {
 /// dtype's minimum elsewhere (as transformers; a fully masked pad row stays finite).
 fn additive_mask(allowed: &Tensor, kind: Kind) -> Tensor {
     let min = match kind {
-        Kind::BFloat16 => -3.389_531_4e38,
+        Kind::BFloat16 => -3.389_531_389_251_535_5e38,
         Kind::Half => -65504.0,
         _ => f32::MIN as f64,
     };

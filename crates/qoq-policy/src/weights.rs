@@ -93,3 +93,56 @@ pub fn load_into(vars: &HashMap<String, Tensor>, dir: &Path) -> Result<Vec<Strin
     unused.sort();
     Ok(unused)
 }
+
+/// Write `tensors` (name -> tensor) as a checkpoint folder's weights: one
+/// `model.safetensors`, or `model-0000X-of-0000Y.safetensors` shards of at most
+/// `max_shard_bytes` plus `model.safetensors.index.json`, as transformers lays them out.
+/// Files are written under temporary names and renamed at the end, so an interrupted save
+/// never leaves a half-written checkpoint under the final names.
+pub fn save(tensors: &[(String, Tensor)], dir: &Path, max_shard_bytes: u64) -> Result<(), PolicyError> {
+    let io = |e: std::io::Error| PolicyError::Checkpoint(format!("{}: {e}", dir.display()));
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let mut sorted: Vec<&(String, Tensor)> = tensors.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    let bytes = |t: &Tensor| (t.numel() * t.kind().elt_size_in_bytes()) as u64;
+    let mut shards: Vec<Vec<&(String, Tensor)>> = vec![Vec::new()];
+    let mut current = 0u64;
+    for item in sorted {
+        let size = bytes(&item.1);
+        if current > 0 && current + size > max_shard_bytes {
+            shards.push(Vec::new());
+            current = 0;
+        }
+        shards.last_mut().expect("one shard at least").push(item);
+        current += size;
+    }
+    let names: Vec<String> = if shards.len() == 1 {
+        vec![SINGLE.to_string()]
+    } else {
+        (1..=shards.len()).map(|i| format!("model-{i:05}-of-{:05}.safetensors", shards.len())).collect()
+    };
+    let mut written = Vec::new();
+    for (shard, name) in shards.iter().zip(&names) {
+        let tmp = dir.join(format!(".{name}.tmp"));
+        let list: Vec<(&str, Tensor)> = shard.iter().map(|(n, t)| (n.as_str(), t.to_device(tch::Device::Cpu).contiguous())).collect();
+        Tensor::write_safetensors(&list, &tmp)?;
+        written.push((tmp, dir.join(name)));
+    }
+    if shards.len() > 1 {
+        let mut map = serde_json::Map::new();
+        for (shard, name) in shards.iter().zip(&names) {
+            for (n, _) in shard {
+                map.insert(n.clone(), serde_json::Value::from(name.as_str()));
+            }
+        }
+        let total: u64 = tensors.iter().map(|(_, t)| bytes(t)).sum();
+        let index = serde_json::json!({ "metadata": { "total_size": total }, "weight_map": map });
+        let tmp = dir.join(format!(".{INDEX}.tmp"));
+        std::fs::write(&tmp, serde_json::to_string_pretty(&index).expect("JSON values serialise")).map_err(io)?;
+        written.push((tmp, dir.join(INDEX)));
+    }
+    for (tmp, path) in written {
+        std::fs::rename(&tmp, &path).map_err(io)?;
+    }
+    Ok(())
+}

@@ -181,3 +181,47 @@ fn broken_checkpoints_are_named() {
     let err = Qwen3VL::from_pretrained(tmp.path(), Device::Cpu).unwrap_err().to_string();
     assert!(err.contains("has shape [128, 64], the config gives [96, 64]"), "{err}");
 }
+
+#[test]
+fn save_then_load_round_trips_single_and_sharded() {
+    let model = Qwen3VL::from_pretrained(&fixtures().join("tiny-untied"), Device::Cpu).unwrap();
+    for (max_bytes, files) in [(u64::MAX, 1usize), (600_000, 3)] {
+        let tmp = tempfile::tempdir().unwrap();
+        model.save_pretrained(tmp.path(), max_bytes).unwrap();
+        let weights = qoq_policy::weights::weight_files(tmp.path()).unwrap();
+        assert_eq!(weights.len(), files);
+        let again = Qwen3VL::from_pretrained(tmp.path(), Device::Cpu).unwrap();
+        assert_eq!(again.config, model.config);
+        for (name, t) in model.vs.variables() {
+            assert!(t.equal(&again.vs.variables()[&name]), "{name}");
+        }
+    }
+    // The tied model keeps no lm_head in its file, as transformers writes it.
+    let tied = Qwen3VL::from_pretrained(&fixtures().join("tiny-tied"), Device::Cpu).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    tied.save_pretrained(tmp.path(), u64::MAX).unwrap();
+    let names: Vec<String> = Tensor::read_safetensors(tmp.path().join("model.safetensors")).unwrap().into_iter().map(|(n, _)| n).collect();
+    assert!(!names.iter().any(|n| n == "lm_head.weight") && names.len() == 98, "{}", names.len());
+}
+
+#[test]
+fn bfloat16_weights_stay_close_to_float32() {
+    let (t, _) = case("one_image");
+    let mut model = Qwen3VL::from_pretrained(&fixtures().join("tiny-untied"), Device::Cpu).unwrap();
+    model.set_kind(Kind::BFloat16);
+    let inputs = Inputs {
+        input_ids: t.get("input_ids"),
+        attention_mask: t.get("attention_mask"),
+        pixel_values: t.get("pixel_values"),
+        image_grids: grids(t.get("image_grid_thw")),
+        ..Default::default()
+    };
+    let _guard = tch::no_grad_guard();
+    let (logits, _) = model.prefill(&inputs).unwrap();
+    assert_eq!(logits.kind(), Kind::BFloat16);
+    let diff = max_diff(&logits.to_kind(Kind::Float), &t["logits"]);
+    // Logits reach ~14; bf16 keeps 8 bits of mantissa.
+    assert!(diff < 0.5, "bf16 logits differ by {diff}");
+    let agree = logits.argmax(-1, false).eq_tensor(&t["logits"].argmax(-1, false)).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
+    assert!(agree > 0.9, "bf16 argmax agrees on {agree:.2} of positions");
+}
