@@ -44,9 +44,8 @@ impl DecodeState {
     pub fn select_rows(&self, index: &[i64]) -> DecodeState {
         let device = self.key_valid.device();
         let idx = Tensor::from_slice(index).to_device(device);
-        let pick = |t: &Option<Tensor>| t.as_ref().map(|t| t.index_select(0, &idx));
         DecodeState {
-            caches: self.caches.iter().map(|c| LayerCache { keys: pick(&c.keys), values: pick(&c.values) }).collect(),
+            caches: self.caches.iter().map(|c| c.select_rows(&idx)).collect(),
             key_valid: self.key_valid.index_select(0, &idx),
             next_position: index.iter().map(|&i| self.next_position[i as usize]).collect(),
         }

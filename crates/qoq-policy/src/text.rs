@@ -28,11 +28,48 @@ impl Module for RmsNorm {
     }
 }
 
-/// One layer's cached keys and values, `[B, kv_heads, T, head_dim]`.
+/// One layer's cached keys and values: buffers `[B, kv_heads, capacity, head_dim]` of
+/// which the first `len` positions are filled. Capacity doubles when full, so appending a
+/// token costs amortised O(1) copies instead of re-concatenating the whole cache.
 #[derive(Debug, Default)]
 pub struct LayerCache {
-    pub keys: Option<Tensor>,
-    pub values: Option<Tensor>,
+    keys: Option<Tensor>,
+    values: Option<Tensor>,
+    len: i64,
+}
+
+impl LayerCache {
+    /// Append `k`, `v` `[B, kv, l, D]`; returns the filled keys and values.
+    fn append(&mut self, k: &Tensor, v: &Tensor) -> (Tensor, Tensor) {
+        let l = k.size()[2];
+        let needed = self.len + l;
+        let capacity = self.keys.as_ref().map_or(0, |t| t.size()[2]);
+        if needed > capacity {
+            let new_capacity = needed.max(2 * capacity).max(needed + 64);
+            let grow = |old: &Option<Tensor>, like: &Tensor| {
+                let mut shape = like.size();
+                shape[2] = new_capacity;
+                let buffer = Tensor::zeros(shape.as_slice(), (like.kind(), like.device()));
+                if let Some(old) = old {
+                    buffer.narrow(2, 0, self.len).copy_(&old.narrow(2, 0, self.len));
+                }
+                buffer
+            };
+            self.keys = Some(grow(&self.keys, k));
+            self.values = Some(grow(&self.values, v));
+        }
+        let (keys, values) = (self.keys.as_ref().expect("allocated above"), self.values.as_ref().expect("allocated above"));
+        keys.narrow(2, self.len, l).copy_(k);
+        values.narrow(2, self.len, l).copy_(v);
+        self.len = needed;
+        (keys.narrow(2, 0, needed), values.narrow(2, 0, needed))
+    }
+
+    /// Rows `index` of the cache (for G samples per prompt).
+    pub fn select_rows(&self, index: &Tensor) -> LayerCache {
+        let pick = |t: &Option<Tensor>| t.as_ref().map(|t| t.index_select(0, index));
+        LayerCache { keys: pick(&self.keys), values: pick(&self.values), len: self.len }
+    }
 }
 
 #[derive(Debug)]
@@ -76,18 +113,14 @@ impl Attention {
         let (cos, sin) = (cos.unsqueeze(1), sin.unsqueeze(1));
         let q = apply_rotary(&q, &cos, &sin);
         let k = apply_rotary(&k, &cos, &sin);
-        let (k, v) = match (cache.keys.take(), cache.values.take()) {
-            (Some(pk), Some(pv)) => (Tensor::cat(&[pk, k], 2), Tensor::cat(&[pv, v], 2)),
-            _ => (k, v),
-        };
-        cache.keys = Some(k.shallow_clone());
-        cache.values = Some(v.shallow_clone());
+        // With autograd on (scoring for the policy gradient) keep the graph: no in-place cache.
+        let (k, v) = if k.requires_grad() { (k, v) } else { cache.append(&k, &v) };
         let groups = self.heads / self.kv_heads;
         let k = repeat_kv(&k, groups);
         let v = repeat_kv(&v, groups);
         let scale = (self.head_dim as f64).powf(-0.5);
-        let weights = (q.matmul(&k.transpose(2, 3)) * scale + mask).softmax(-1, Kind::Float).to_kind(q.kind());
-        let out = weights.matmul(&v).transpose(1, 2).reshape([b, l, self.heads * self.head_dim]);
+        let out = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), 0.0, false, scale, false);
+        let out = out.transpose(1, 2).reshape([b, l, self.heads * self.head_dim]);
         self.o_proj.forward(&out)
     }
 }
