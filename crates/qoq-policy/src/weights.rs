@@ -1,11 +1,10 @@
 //! Checkpoint weights: `model.safetensors`, or `model-0000X-of-0000Y.safetensors` shards
-//! named by `model.safetensors.index.json`. Files are memory-mapped and each tensor is
-//! copied once, straight into its variable, so loading holds about one model in memory.
+//! named by `model.safetensors.index.json`. Each tensor is read from the file straight
+//! into its variable, so loading holds about one model in memory.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use safetensors::{Dtype, SafeTensors};
 use tch::{Kind, Tensor};
 
 use crate::PolicyError;
@@ -32,51 +31,102 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, PolicyError> {
     Ok(files.into_iter().map(|f| dir.join(f)).collect())
 }
 
-fn kind_of(dtype: Dtype) -> Option<Kind> {
+/// One tensor of a safetensors file: dtype, shape and byte range in the file.
+struct Entry {
+    kind: Kind,
+    shape: Vec<i64>,
+    start: u64,
+    end: u64,
+}
+
+fn kind_of(dtype: &str) -> Option<Kind> {
     Some(match dtype {
-        Dtype::F32 => Kind::Float,
-        Dtype::BF16 => Kind::BFloat16,
-        Dtype::F16 => Kind::Half,
-        Dtype::F64 => Kind::Double,
-        Dtype::I64 => Kind::Int64,
+        "F32" => Kind::Float,
+        "BF16" => Kind::BFloat16,
+        "F16" => Kind::Half,
+        "F64" => Kind::Double,
+        "I64" => Kind::Int64,
         _ => return None,
     })
+}
+
+/// The header of a safetensors file: `[u64 LE header length][JSON]`, data after it.
+fn read_header(file: &std::fs::File, path: &Path) -> Result<Vec<(String, Entry)>, PolicyError> {
+    use std::os::unix::fs::FileExt;
+    let bad = |why: String| PolicyError::Checkpoint(format!("{}: not a safetensors file ({why})", path.display()));
+    let mut len = [0u8; 8];
+    file.read_exact_at(&mut len, 0).map_err(|e| bad(e.to_string()))?;
+    let len = u64::from_le_bytes(len);
+    let file_len = file.metadata().map_err(|e| bad(e.to_string()))?.len();
+    if len > 100 << 20 || 8 + len > file_len {
+        return Err(bad(format!("header length {len} does not fit the file")));
+    }
+    let mut header = vec![0u8; len as usize];
+    file.read_exact_at(&mut header, 8).map_err(|e| bad(e.to_string()))?;
+    let json: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&header).map_err(|e| bad(format!("header is not a JSON object: {e}")))?;
+    let data_start = 8 + len;
+    let mut entries = Vec::new();
+    for (name, info) in json {
+        if name == "__metadata__" {
+            continue;
+        }
+        let dtype = info.get("dtype").and_then(|d| d.as_str()).unwrap_or("?");
+        let kind = kind_of(dtype).ok_or_else(|| bad(format!("`{name}` has unsupported dtype {dtype}")))?;
+        let shape: Option<Vec<i64>> = info.get("shape").and_then(|s| s.as_array()).map(|a| a.iter().filter_map(|d| d.as_i64()).collect());
+        let offsets: Option<Vec<u64>> = info.get("data_offsets").and_then(|s| s.as_array()).map(|a| a.iter().filter_map(|d| d.as_u64()).collect());
+        let (Some(shape), Some([start, end])) = (shape, offsets.as_deref()) else {
+            return Err(bad(format!("`{name}` lacks a shape or data_offsets")));
+        };
+        let bytes = shape.iter().product::<i64>().max(0) as u64 * kind.elt_size_in_bytes() as u64;
+        if end < start || end - start != bytes || data_start + end > file_len {
+            return Err(bad(format!("`{name}`: data_offsets {start}..{end} disagree with its shape or the file size")));
+        }
+        entries.push((name, Entry { kind, shape, start: data_start + start, end: data_start + end }));
+    }
+    entries.sort_by_key(|(_, e)| e.start);
+    Ok(entries)
 }
 
 /// Copy every variable of `vars` from the checkpoint in `dir` (converting the dtype when
 /// the file's differs). Every variable must be found with the right shape; tensors the
 /// model does not use are returned by name (a tied model ignores a stray `lm_head.weight`).
+///
+/// Bytes are read straight into each variable's memory when dtype and device allow, else
+/// through one tensor-sized buffer: peak memory is the model plus at most one tensor.
 pub fn load_into(vars: &HashMap<String, Tensor>, dir: &Path) -> Result<Vec<String>, PolicyError> {
+    use std::os::unix::fs::FileExt;
     let mut found: HashSet<String> = HashSet::new();
     let mut unused = Vec::new();
     let _guard = tch::no_grad_guard();
     for path in weight_files(dir)? {
-        let file = std::fs::File::open(&path)
-            .map_err(|e| PolicyError::Checkpoint(format!("{}: {e}", path.display())))?;
-        // SAFETY: the file is opened read-only and not modified while mapped (a checkpoint
-        // being rewritten under a running load is outside what we support).
-        let mmap = unsafe { memmap2::Mmap::map(&file) }
-            .map_err(|e| PolicyError::Checkpoint(format!("{}: cannot map ({e})", path.display())))?;
-        let tensors = SafeTensors::deserialize(&mmap)
-            .map_err(|e| PolicyError::Checkpoint(format!("{}: not a safetensors file ({e})", path.display())))?;
-        for (name, view) in tensors.tensors() {
+        let file = std::fs::File::open(&path).map_err(|e| PolicyError::Checkpoint(format!("{}: {e}", path.display())))?;
+        for (name, entry) in read_header(&file, &path)? {
             let Some(var) = vars.get(&name) else {
                 unused.push(name);
                 continue;
             };
-            let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-            if shape != var.size() {
+            if entry.shape != var.size() {
                 return Err(PolicyError::Checkpoint(format!(
-                    "{}: `{name}` has shape {shape:?}, the config gives {:?}; is config.json from the same checkpoint?",
+                    "{}: `{name}` has shape {:?}, the config gives {:?}; is config.json from the same checkpoint?",
                     path.display(),
+                    entry.shape,
                     var.size()
                 )));
             }
-            let kind = kind_of(view.dtype()).ok_or_else(|| {
-                PolicyError::Checkpoint(format!("{}: `{name}` has unsupported dtype {:?}", path.display(), view.dtype()))
-            })?;
-            let source = Tensor::f_from_data_size(view.data(), &shape, kind)?;
-            var.shallow_clone().f_copy_(&source)?;
+            let read_err = |e: std::io::Error| PolicyError::Checkpoint(format!("{}: reading `{name}`: {e}", path.display()));
+            let direct = var.device() == tch::Device::Cpu && var.kind() == entry.kind && var.is_contiguous();
+            let target = if direct { var.shallow_clone() } else { Tensor::empty(entry.shape.as_slice(), (entry.kind, tch::Device::Cpu)) };
+            let len = (entry.end - entry.start) as usize;
+            if len > 0 {
+                // SAFETY: `target` is a contiguous CPU tensor of exactly `len` bytes
+                // (shape and dtype checked above) that nothing else reads during the copy.
+                let bytes = unsafe { std::slice::from_raw_parts_mut(target.data_ptr() as *mut u8, len) };
+                file.read_exact_at(bytes, entry.start).map_err(read_err)?;
+            }
+            if !direct {
+                var.shallow_clone().f_copy_(&target)?;
+            }
             found.insert(name);
         }
     }

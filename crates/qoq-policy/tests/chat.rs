@@ -237,7 +237,7 @@ fn placeholder_mismatches_are_errors() {
     let bare = tok.encode("look<|video_pad|>").unwrap();
     let m = is_input(chat::expand_placeholders(tok, &bare, &[], std::slice::from_ref(&v)));
     assert!(m.contains("expand_text"), "{m}");
-    assert!(chat::expand_text("look<|video_pad|>", &[], &[v]).unwrap().starts_with("look<0.5 seconds><|vision_start|>"));
+    assert!(chat::expand_text("look<|video_pad|>", &[], &[v]).unwrap().starts_with("look<0.2 seconds><|vision_start|>"));
 }
 
 #[test]
