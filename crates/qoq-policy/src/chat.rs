@@ -675,7 +675,7 @@ impl VideoLayout {
         }
         let mut idx = frame_indices.to_vec();
         let last = idx[idx.len() - 1];
-        while idx.len() % temporal_patch_size != 0 {
+        while !idx.len().is_multiple_of(temporal_patch_size) {
             idx.push(last);
         }
         let timestamps = idx
@@ -1087,7 +1087,7 @@ mod tests {
     #[test]
     fn expand_text_layout_and_counts() {
         let v = VideoLayout { timestamps: vec![0.3, 1.6], tokens_per_frame: 2 };
-        let got = expand_text("a<|image_pad|>b<|vision_start|><|video_pad|><|vision_end|>c<|image_pad|>", &[1, 3], &[v.clone()]).unwrap();
+        let got = expand_text("a<|image_pad|>b<|vision_start|><|video_pad|><|vision_end|>c<|image_pad|>", &[1, 3], std::slice::from_ref(&v)).unwrap();
         assert_eq!(
             got,
             "a<|image_pad|>b<|vision_start|><0.3 seconds><|vision_start|><|video_pad|><|video_pad|><|vision_end|>\

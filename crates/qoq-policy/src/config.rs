@@ -163,6 +163,45 @@ impl Qwen3VLConfig {
         Ok(config)
     }
 
+    /// A tiny random-initialisable model over the real Qwen vocabulary and special ids,
+    /// for tests and demos (a few MB of weights, mostly the embedding).
+    pub fn tiny() -> Self {
+        Self {
+            text_config: TextConfig {
+                vocab_size: 151_936,
+                hidden_size: 32,
+                intermediate_size: 64,
+                num_hidden_layers: 2,
+                num_attention_heads: 4,
+                num_key_value_heads: 2,
+                head_dim: 16,
+                rms_norm_eps: 1e-6,
+                rope_theta: 5_000_000.0,
+                mrope_section: [3, 3, 2],
+                attention_bias: false,
+            },
+            vision_config: VisionConfig {
+                depth: 2,
+                hidden_size: 32,
+                intermediate_size: 64,
+                num_heads: 2,
+                in_channels: 3,
+                patch_size: 16,
+                temporal_patch_size: 2,
+                spatial_merge_size: 2,
+                out_hidden_size: 32,
+                num_position_embeddings: 64,
+                deepstack_visual_indexes: vec![0, 1],
+                rope_theta: 10_000.0,
+            },
+            image_token_id: 151_655,
+            video_token_id: 151_656,
+            vision_start_token_id: 151_652,
+            vision_end_token_id: 151_653,
+            tie_word_embeddings: true,
+        }
+    }
+
     /// `config.json` in transformers 5.x's serialisation (`rope_parameters`).
     pub fn to_json(&self) -> Value {
         let t = &self.text_config;

@@ -83,7 +83,7 @@ pub fn warp_logits(logits: &Tensor, config: &SamplingConfig) -> Tensor {
         // Ascending sort; drop the low tail whose cumulative mass is <= 1 - p, keep >= 1.
         let (sorted, order) = x.sort(-1, false);
         let cumulative = sorted.softmax(-1, Kind::Float).cumsum(-1, Kind::Float);
-        let mut remove = cumulative.le(1.0 - p);
+        let remove = cumulative.le(1.0 - p);
         let last = remove.size()[1] - 1;
         let _ = remove.narrow(1, last, 1).fill_(0);
         let remove = remove.scatter(1, &order, &remove.shallow_clone());

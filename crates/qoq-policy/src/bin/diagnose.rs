@@ -1,0 +1,151 @@
+//! Ask a Qwen3-VL checkpoint about one image, the way the trainer prompts it.
+//!
+//!     cargo run --release --bin diagnose -- --model DIR --image PATH --prompt TEXT \
+//!         [--max-new-tokens N] [--greedy | --temperature T --top-p P --seed S] [--dump OUT.safetensors]
+//!
+//! Builds one user turn (the image, then the prompt) with the generation prompt, generates,
+//! prints the response. Boxes in the response's ```json block (pixels of the resized image)
+//! are drawn on the original image, written next to `--dump` (or `./diagnose-boxes.png`).
+//! `--dump` also writes input_ids [L], pixel_values [N, 1536], image_grid_thw [1, 3],
+//! prefill_logits [L, vocab] and gen_tokens [generated].
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use qoq_data::preprocess::{ImageProcessor, ImageProcessorConfig};
+use qoq_policy::chat::{encode_conversation, merged_tokens, Content, Message, RenderOptions, Tokenizer};
+use qoq_policy::{Inputs, Qwen3VL, SamplingConfig};
+use tch::{Device, Kind, Tensor};
+
+#[derive(Parser)]
+#[command(about = "Generate a diagnosis for one image with a Qwen3-VL checkpoint")]
+struct Args {
+    /// Hugging Face checkpoint folder: config.json, weights, tokenizer.json, preprocessor_config.json.
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long)]
+    image: PathBuf,
+    #[arg(long)]
+    prompt: String,
+    #[arg(long, default_value_t = 512)]
+    max_new_tokens: usize,
+    /// Deterministic: always the most likely token.
+    #[arg(long, conflicts_with_all = ["temperature", "top_p"])]
+    greedy: bool,
+    #[arg(long, default_value_t = 0.7)]
+    temperature: f64,
+    #[arg(long, default_value_t = 0.8)]
+    top_p: f64,
+    #[arg(long, default_value_t = 20)]
+    top_k: i64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Write the model inputs, prefill logits and generated ids here (safetensors).
+    #[arg(long)]
+    dump: Option<PathBuf>,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let dir = &args.model;
+    let model = Qwen3VL::from_pretrained(dir, Device::Cpu).with_context(|| format!("loading the checkpoint {}", dir.display()))?;
+    let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json")).with_context(|| format!("{}: the checkpoint's tokenizer", dir.display()))?;
+    let processor_path = dir.join("preprocessor_config.json");
+    let processor_config = if processor_path.is_file() {
+        ImageProcessorConfig::from_json_file(&processor_path)?
+    } else {
+        ImageProcessorConfig::default()
+    };
+    let merge = processor_config.merge_size;
+    let processor = ImageProcessor::new(processor_config)?;
+    let image = image::open(&args.image).with_context(|| format!("cannot read the image {}", args.image.display()))?.to_rgb8();
+    let vision = processor.preprocess_image(&image)?;
+
+    let messages = [Message::user(vec![Content::Image, Content::text(args.prompt.clone())])];
+    let options = RenderOptions { add_generation_prompt: true, ..Default::default() };
+    let ids = encode_conversation(&tokenizer, &messages, &options, &[merged_tokens(vision.grid_thw, merge)], &[])?;
+    let ids: Vec<i64> = ids.into_iter().map(i64::from).collect();
+    let input_ids = Tensor::from_slice(&ids).view([1, -1]);
+    let grid = vision.grid_thw.map(i64::from);
+    let pixels = Tensor::from_slice(&vision.pixel_values).view([vision.rows() as i64, -1]);
+    let inputs = Inputs { input_ids: Some(&input_ids), pixel_values: Some(&pixels), image_grids: vec![grid], ..Default::default() };
+
+    let mut config = SamplingConfig::qwen_default(&model);
+    config.max_new_tokens = args.max_new_tokens;
+    config.seed = args.seed;
+    if args.greedy {
+        config.temperature = 0.0;
+        config.top_k = None;
+        config.top_p = None;
+    } else {
+        config.temperature = args.temperature;
+        config.top_p = Some(args.top_p);
+        config.top_k = Some(args.top_k);
+    }
+    config.stop_tokens = [tokenizer.im_end_id(), tokenizer.token_id("<|endoftext|>").unwrap_or(tokenizer.im_end_id())]
+        .map(i64::from)
+        .to_vec();
+    let rollouts = model.generate(&inputs, &config)?;
+    let tokens = &rollouts.tokens[0];
+    let shown: Vec<u32> = tokens.iter().filter(|t| !config.stop_tokens.contains(t)).map(|&t| t as u32).collect();
+    let response = tokenizer.decode(&shown, false)?;
+    println!("{response}");
+
+    let boxes_path = match &args.dump {
+        Some(dump) => dump.with_extension("boxes.png"),
+        None => PathBuf::from("diagnose-boxes.png"),
+    };
+    draw_boxes(&response, &image, vision.resized_size, &boxes_path)?;
+
+    if let Some(dump) = &args.dump {
+        let logits = {
+            let _guard = tch::no_grad_guard();
+            model.prefill(&inputs)?.0.squeeze_dim(0).to_kind(Kind::Float)
+        };
+        let tensors = [
+            ("input_ids", input_ids.squeeze_dim(0)),
+            ("pixel_values", pixels.shallow_clone()),
+            ("image_grid_thw", Tensor::from_slice(&grid).view([1, 3])),
+            ("prefill_logits", logits),
+            ("gen_tokens", Tensor::from_slice(tokens)),
+        ];
+        Tensor::write_safetensors(&tensors, dump).with_context(|| format!("writing {}", dump.display()))?;
+        eprintln!("wrote {}", dump.display());
+    }
+    Ok(())
+}
+
+/// Draw the response's boxes (resized-image pixels) on the original image, if it has any.
+fn draw_boxes(response: &str, image: &image::RgbImage, resized: (u32, u32), path: &Path) -> Result<()> {
+    let blocks = qoq_rewards::json_block::fenced_blocks(response);
+    let boxes: Vec<_> = qoq_rewards::grounding::predicted_boxes(&blocks, true).into_iter().flatten().collect();
+    if boxes.is_empty() {
+        return Ok(());
+    }
+    let (w, h) = image.dimensions();
+    if resized.0 == 0 || resized.1 == 0 {
+        bail!("the preprocessed image has no size");
+    }
+    let (sx, sy) = (w as f64 / resized.0 as f64, h as f64 / resized.1 as f64);
+    let mut out = image.clone();
+    let colour = image::Rgb([255, 40, 40]);
+    for b in &boxes {
+        let clamp = |v: f64, max: u32| (v.max(0.0) as u32).min(max.saturating_sub(1));
+        let (x1, x2) = (clamp(b[0].min(b[2]) * sx, w), clamp(b[0].max(b[2]) * sx, w));
+        let (y1, y2) = (clamp(b[1].min(b[3]) * sy, h), clamp(b[1].max(b[3]) * sy, h));
+        for x in x1..=x2 {
+            for y in [y1, y2] {
+                out.put_pixel(x, y, colour);
+            }
+        }
+        for y in y1..=y2 {
+            for x in [x1, x2] {
+                out.put_pixel(x, y, colour);
+            }
+        }
+    }
+    out.save(path).with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("{} box(es) drawn: {}", boxes.len(), path.display());
+    Ok(())
+}
