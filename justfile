@@ -33,6 +33,19 @@ fixtures:
     "$(bash tools/reference-env.sh)" tools/make_preprocess_fixtures.py
     "$(bash tools/reference-env.sh)" tools/make_pandas_fixture.py
 
+# Policy parity fixtures (tiny random Qwen3-VL checkpoints and transformers' outputs).
+policy-fixtures:
+    "$(bash tools/reference-env.sh)" tools/make_policy_fixtures.py
+
+# Chat-template fixtures need the Qwen3-VL Instruct and Thinking chat templates (see tests/fixtures/chat).
+chat-fixtures instruct thinking:
+    "$(bash tools/reference-env.sh)" tools/make_chat_fixtures.py --chat-template {{instruct}} --thinking-chat-template {{thinking}} --tokenizer-dir .qwen-tokenizer
+
+# A tiny random checkpoint with the real tokenizer (for trying `diagnose` without a download).
+tiny-checkpoint:
+    bash tools/setup.sh
+    cargo run --release -p qoq-policy --bin make-tiny-checkpoint -- --out data/tiny-qwen3-vl
+
 # The reward parity fixtures need a copy of the original QoQ-Med medical.py.
 reward-fixtures medical_py:
     "$(bash tools/reference-env.sh)" tools/make_reward_fixtures.py --medical-py {{medical_py}}
