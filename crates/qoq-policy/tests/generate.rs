@@ -2,37 +2,12 @@
 //! transformers' tokens, sampling is seeded, G samples share one prompt encoding, and the
 //! scoring pass gives back the sampling log-probs (PPO ratio 1 at the first update).
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+mod common;
 
+use common::{case, fixtures, grids, inputs};
 use qoq_policy::generate::warp_logits;
-use qoq_policy::rope::Grid;
 use qoq_policy::{Inputs, Qwen3VL, SamplingConfig};
 use tch::{Device, Kind, Tensor};
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/policy")
-}
-
-fn case(name: &str) -> HashMap<String, Tensor> {
-    Tensor::read_safetensors(fixtures().join(format!("cases/{name}.safetensors"))).unwrap().into_iter().collect()
-}
-
-fn grids(t: Option<&Tensor>) -> Vec<Grid> {
-    t.map(|t| Vec::<Vec<i64>>::try_from(t).unwrap().into_iter().map(|g| [g[0], g[1], g[2]]).collect()).unwrap_or_default()
-}
-
-fn inputs(t: &HashMap<String, Tensor>) -> Inputs<'_> {
-    Inputs {
-        input_ids: t.get("input_ids"),
-        attention_mask: t.get("attention_mask"),
-        pixel_values: t.get("pixel_values"),
-        image_grids: grids(t.get("image_grid_thw")),
-        pixel_values_videos: t.get("pixel_values_videos"),
-        video_grids: grids(t.get("video_grid_thw")),
-        ..Default::default()
-    }
-}
 
 fn model() -> Qwen3VL {
     Qwen3VL::from_pretrained(&fixtures().join("tiny-untied"), Device::Cpu).unwrap()

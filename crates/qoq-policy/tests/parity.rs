@@ -2,29 +2,16 @@
 //! (tools/make_policy_fixtures.py; every parameter randomised). fp32 prefill logits and
 //! per-step decode logits through the KV cache must agree within 1e-4 (we see ~1e-6).
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+mod common;
 
-use qoq_policy::rope::Grid;
-use qoq_policy::{Inputs, Qwen3VL};
+use std::collections::HashMap;
+use std::path::Path;
+
+use common::{case, case_meta, fixtures, grids, inputs};
+use qoq_policy::Qwen3VL;
 use tch::{Device, Kind, Tensor};
 
 const TOLERANCE: f64 = 1e-4;
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/policy")
-}
-
-fn case(name: &str) -> (HashMap<String, Tensor>, serde_json::Value) {
-    let dir = fixtures().join("cases");
-    let tensors = Tensor::read_safetensors(dir.join(format!("{name}.safetensors"))).unwrap().into_iter().collect();
-    let meta = serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{name}.json"))).unwrap()).unwrap();
-    (tensors, meta)
-}
-
-fn grids(t: Option<&Tensor>) -> Vec<Grid> {
-    t.map(|t| Vec::<Vec<i64>>::try_from(t).unwrap().into_iter().map(|g| [g[0], g[1], g[2]]).collect()).unwrap_or_default()
-}
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
     (a - b).abs().max().double_value(&[])
@@ -32,18 +19,10 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
 
 /// Prefill and 6 greedy decode steps against the fixture; returns the worst logit diff.
 fn check(name: &str, model_dir: &str) -> f64 {
-    let (t, meta) = case(name);
-    assert!(meta.is_object());
+    let t = case(name);
+    assert_eq!(case_meta(name)["model"], model_dir);
     let model = Qwen3VL::from_pretrained(&fixtures().join(model_dir), Device::Cpu).unwrap();
-    let inputs = Inputs {
-        input_ids: t.get("input_ids"),
-        attention_mask: t.get("attention_mask"),
-        pixel_values: t.get("pixel_values"),
-        image_grids: grids(t.get("image_grid_thw")),
-        pixel_values_videos: t.get("pixel_values_videos"),
-        video_grids: grids(t.get("video_grid_thw")),
-        ..Default::default()
-    };
+    let inputs = inputs(&t);
     let _guard = tch::no_grad_guard();
     let (logits, mut state) = model.prefill(&inputs).unwrap();
     let mask = t["attention_mask"].ne(0).unsqueeze(-1);
@@ -100,7 +79,7 @@ fn tied_head_and_457_config() {
 #[test]
 fn rope_positions_and_deltas_match_the_reference() {
     for name in ["one_image", "two_images", "video", "batch_left_padded"] {
-        let (t, _) = case(name);
+        let t = case(name);
         let ids = Vec::<Vec<i64>>::try_from(&t["input_ids"]).unwrap();
         let mask = Vec::<Vec<i64>>::try_from(&t["attention_mask"]).unwrap();
         let index = qoq_policy::rope::rope_index(
@@ -207,18 +186,11 @@ fn save_then_load_round_trips_single_and_sharded() {
 
 #[test]
 fn bfloat16_weights_stay_close_to_float32() {
-    let (t, _) = case("one_image");
+    let t = case("one_image");
     let mut model = Qwen3VL::from_pretrained(&fixtures().join("tiny-untied"), Device::Cpu).unwrap();
     model.set_kind(Kind::BFloat16);
-    let inputs = Inputs {
-        input_ids: t.get("input_ids"),
-        attention_mask: t.get("attention_mask"),
-        pixel_values: t.get("pixel_values"),
-        image_grids: grids(t.get("image_grid_thw")),
-        ..Default::default()
-    };
     let _guard = tch::no_grad_guard();
-    let (logits, _) = model.prefill(&inputs).unwrap();
+    let (logits, _) = model.prefill(&inputs(&t)).unwrap();
     assert_eq!(logits.kind(), Kind::BFloat16);
     let diff = max_diff(&logits.to_kind(Kind::Float), &t["logits"]);
     // Logits reach ~14; bf16 keeps 8 bits of mantissa.
