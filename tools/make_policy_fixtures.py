@@ -136,8 +136,8 @@ def load(out, name):
 rng = np.random.default_rng(20261128)
 
 
-def drawn(h, w, seed):
-    """Smooth gradients + a few shapes, uint8 RGB, h x w."""
+def drawn(h, w, seed, shapes=3):
+    """Smooth gradients + a few shapes, uint8 RGB, h x w (also used by the policy benchmark)."""
     r = np.random.default_rng(seed)
     y, x = np.mgrid[0:h, 0:w].astype(np.float32)
     a, b, c = r.uniform(1.0, 8.0, 3)
@@ -148,7 +148,7 @@ def drawn(h, w, seed):
     ], axis=-1)
     img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
     d = ImageDraw.Draw(img)
-    for _ in range(3):
+    for _ in range(shapes):
         x0, y0 = int(r.integers(0, w - 8)), int(r.integers(0, h - 8))
         x1, y1 = x0 + int(r.integers(6, w // 2)), y0 + int(r.integers(6, h // 2))
         col = tuple(int(v) for v in r.integers(0, 256, 3))
