@@ -59,6 +59,19 @@ pub struct Rollouts {
     pub stopped: Vec<bool>,
 }
 
+impl Rollouts {
+    /// The responses as text (stop tokens left out, special tokens kept).
+    pub fn texts(&self, tokenizer: &crate::chat::Tokenizer, stop_tokens: &[i64]) -> Result<Vec<String>, PolicyError> {
+        self.tokens
+            .iter()
+            .map(|t| {
+                let ids: Vec<u32> = t.iter().filter(|x| !stop_tokens.contains(x)).map(|&x| x as u32).collect();
+                tokenizer.decode(&ids, false)
+            })
+            .collect()
+    }
+}
+
 /// Temperature, top-k and top-p applied to `logits` [N, V] (transformers' warper order);
 /// removed entries are -inf. Banned tokens are removed first.
 pub fn warp_logits(logits: &Tensor, config: &SamplingConfig) -> Tensor {

@@ -198,3 +198,28 @@ fn bfloat16_weights_stay_close_to_float32() {
     let agree = logits.argmax(-1, false).eq_tensor(&t["logits"].argmax(-1, false)).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
     assert!(agree > 0.9, "bf16 argmax agrees on {agree:.2} of positions");
 }
+
+#[test]
+fn another_modality_scatters_at_its_own_placeholder() {
+    // Replace three text tokens by a placeholder id and hand their embeddings back as the
+    // "other modality": the logits must not change. A count mismatch is an error.
+    let t = case("text_only");
+    let model = Qwen3VL::from_pretrained(&fixtures().join("tiny-untied"), Device::Cpu).unwrap();
+    let _guard = tch::no_grad_guard();
+    let (expected, _) = model.prefill(&inputs(&t)).unwrap();
+    let ids = &t["input_ids"];
+    let positions = Tensor::from_slice(&[2i64, 3, 7]);
+    let embed = model.vs.variables()["model.language_model.embed_tokens.weight"].shallow_clone();
+    let values = embed.index_select(0, &ids.get(0).index_select(0, &positions));
+    let placeholder = 900i64;
+    let replaced = ids.copy();
+    let _ = replaced.get(0).index_fill_(0, &positions, placeholder);
+    let mut with_extra = inputs(&t);
+    with_extra.input_ids = Some(&replaced);
+    with_extra.extra_embeddings = vec![(placeholder, values.shallow_clone())];
+    let (logits, _) = model.prefill(&with_extra).unwrap();
+    assert!(max_diff(&logits, &expected) < 1e-6);
+    with_extra.extra_embeddings = vec![(placeholder, values.narrow(0, 0, 2))];
+    let err = model.prefill(&with_extra).unwrap_err().to_string();
+    assert!(err.contains("3 extra modality placeholder tokens but the extra modality inputs give 2"), "{err}");
+}

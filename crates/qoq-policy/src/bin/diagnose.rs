@@ -88,8 +88,7 @@ fn main() -> Result<()> {
         .to_vec();
     let rollouts = model.generate(&inputs, &config)?;
     let tokens = &rollouts.tokens[0];
-    let shown: Vec<u32> = tokens.iter().filter(|t| !config.stop_tokens.contains(t)).map(|&t| t as u32).collect();
-    let response = tokenizer.decode(&shown, false)?;
+    let response = rollouts.texts(&tokenizer, &config.stop_tokens)?.remove(0);
     println!("{response}");
 
     let boxes_path = match &args.dump {
@@ -148,4 +147,29 @@ fn draw_boxes(response: &str, image: &image::RgbImage, resized: (u32, u32), path
     out.save(path).with_context(|| format!("writing {}", path.display()))?;
     eprintln!("{} box(es) drawn: {}", boxes.len(), path.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boxes_are_scaled_back_to_the_original_image() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("boxes.png");
+        let image = image::RgbImage::new(200, 100);
+        // The model saw a 100x50 resize: the box [10, 10, 40, 30] is [20, 20, 80, 60] here.
+        let response = "```json\n[{\"bbox_2d\": [10, 10, 40, 30], \"label\": \"nodule\"}]\n```\n\\boxed{nodule}";
+        draw_boxes(response, &image, (100, 50), &path).unwrap();
+        let drawn = image::open(&path).unwrap().to_rgb8();
+        for (x, y) in [(20, 20), (80, 60), (50, 20), (20, 40), (80, 40)] {
+            assert_eq!(drawn.get_pixel(x, y).0, [255, 40, 40], "({x}, {y})");
+        }
+        assert_eq!(drawn.get_pixel(50, 40).0, [0, 0, 0], "inside stays untouched");
+        assert_eq!(drawn.get_pixel(19, 20).0, [0, 0, 0]);
+        // No boxes: no file.
+        let none = tmp.path().join("none.png");
+        draw_boxes("\\boxed{normal}", &image, (100, 50), &none).unwrap();
+        assert!(!none.exists());
+    }
 }
