@@ -223,3 +223,18 @@ fn another_modality_scatters_at_its_own_placeholder() {
     let err = model.prefill(&with_extra).unwrap_err().to_string();
     assert!(err.contains("3 extra modality placeholder tokens but the extra modality inputs give 2"), "{err}");
 }
+
+#[test]
+fn bfloat16_checkpoints_load_into_float32_parameters() {
+    let mut model = Qwen3VL::from_pretrained(&fixtures().join("tiny-untied"), Device::Cpu).unwrap();
+    model.set_kind(Kind::BFloat16);
+    let tmp = tempfile::tempdir().unwrap();
+    model.save_pretrained(tmp.path(), u64::MAX).unwrap();
+    let header = Tensor::read_safetensors(tmp.path().join("model.safetensors")).unwrap();
+    assert!(header.iter().all(|(_, t)| t.kind() == Kind::BFloat16));
+    let loaded = Qwen3VL::from_pretrained(tmp.path(), Device::Cpu).unwrap();
+    for (name, t) in loaded.vs.variables() {
+        assert_eq!(t.kind(), Kind::Float, "{name}");
+        assert!(t.equal(&model.vs.variables()[&name].to_kind(Kind::Float)), "{name}");
+    }
+}
