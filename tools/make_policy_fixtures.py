@@ -60,8 +60,9 @@ def make_config(tied):
 
 
 @torch.no_grad()
-def randomise(model, seed):
-    """Every parameter gets a random value; scales keep activations O(1), logits std ~3."""
+def randomise(model, seed, embed_std=0.4):
+    """Every parameter gets a random value; scales keep activations O(1), logits std ~3.
+    (The policy benchmark passes a smaller `embed_std` for its 151,936-id vocabulary.)"""
     g = torch.Generator().manual_seed(seed)
     tied = model.lm_head.weight is model.model.language_model.embed_tokens.weight
     # named_parameters() lists a tied lm_head once (as embed_tokens).
@@ -73,7 +74,7 @@ def randomise(model, seed):
             assert "norm" in name, name
             v = 1.0 + 0.2 * r
         elif name.endswith("embed_tokens.weight") or name == "lm_head.weight":
-            v = 0.4 * r
+            v = embed_std * r
         elif name.endswith("pos_embed.weight"):
             v = 0.5 * r
         elif name.endswith("patch_embed.proj.weight"):

@@ -33,6 +33,7 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools"))
 from make_policy_fixtures import drawn as _fixture_drawn  # noqa: E402  (one synthetic-image recipe)
+from make_policy_fixtures import randomise as _fixture_randomise  # noqa: E402
 
 import transformers
 from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
@@ -72,24 +73,7 @@ def randomise(model, seed):
     """As tools/make_policy_fixtures.py, except the (tied) embedding's scale: 0.05 instead of
     0.4, so that logits over 151,936 ids (std about 0.05 * sqrt(512) ~ 1) give a spread-out
     sampling distribution rather than a near-argmax one."""
-    g = torch.Generator().manual_seed(seed)
-    for name, p in sorted(model.named_parameters()):  # a tied lm_head is listed once
-        r = torch.randn(p.shape, generator=g, dtype=torch.float32)
-        if name.endswith(".bias"):
-            v = 0.1 * r
-        elif p.ndim == 1:
-            assert "norm" in name, name
-            v = 1.0 + 0.2 * r
-        elif name.endswith("embed_tokens.weight"):
-            v = 0.05 * r
-        elif name.endswith("pos_embed.weight"):
-            v = 0.5 * r
-        elif name.endswith("patch_embed.proj.weight"):
-            v = r / math.sqrt(p[0].numel())
-        else:
-            assert p.ndim == 2, name
-            v = r / math.sqrt(p.shape[1])
-        p.copy_(v)
+    _fixture_randomise(model, seed, embed_std=0.05)
 
 
 def drawn(h, w, seed):

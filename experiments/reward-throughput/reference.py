@@ -20,14 +20,12 @@ Needs the reference environment (tools/reference-env.sh): torch, numpy, pillow, 
 """
 import argparse
 import contextlib
-import importlib.util
 import json
 import os
 import platform
 import random
 import sys
 import time
-import types
 
 import numpy as np
 import torch
@@ -38,12 +36,8 @@ FIELDS = (("f1", "standard_score"), ("iou", "iou_score"), ("format", "format_sco
 TOLERANCE = 1e-6
 
 
-def load_original(path):
-    sys.modules.setdefault("wandb", types.ModuleType("wandb"))
-    spec = importlib.util.spec_from_file_location("qoq_med_original_medical", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools"))
+from make_reward_fixtures import load_original  # noqa: E402  (imports medical.py, wandb stubbed)
 
 
 def load_input(path):
