@@ -2,7 +2,7 @@
 //! named by `model.safetensors.index.json`. Each tensor is read from the file straight
 //! into its variable, so loading holds about one model in memory.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use tch::{Kind, Tensor};
@@ -27,7 +27,7 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, PolicyError> {
     let map = index.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| {
         PolicyError::Checkpoint(format!("{}: no `weight_map` object", index_path.display()))
     })?;
-    let files: std::collections::BTreeSet<&str> = map.values().filter_map(|v| v.as_str()).collect();
+    let files: BTreeSet<&str> = map.values().filter_map(|v| v.as_str()).collect();
     Ok(files.into_iter().map(|f| dir.join(f)).collect())
 }
 
@@ -130,9 +130,9 @@ pub fn load_into(vars: &HashMap<String, Tensor>, dir: &Path) -> Result<Vec<Strin
             found.insert(name);
         }
     }
-    let missing: BTreeMap<&String, ()> = vars.keys().filter(|k| !found.contains(*k)).map(|k| (k, ())).collect();
+    let missing: BTreeSet<&String> = vars.keys().filter(|k| !found.contains(*k)).collect();
     if !missing.is_empty() {
-        let names: Vec<&str> = missing.keys().take(5).map(|s| s.as_str()).collect();
+        let names: Vec<&str> = missing.iter().take(5).map(|s| s.as_str()).collect();
         return Err(PolicyError::Checkpoint(format!(
             "{}: {} weights are missing, e.g. {}",
             dir.display(),
