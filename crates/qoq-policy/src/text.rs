@@ -43,6 +43,19 @@ impl LayerCache {
     fn append(&mut self, k: &Tensor, v: &Tensor) -> (Tensor, Tensor) {
         let l = k.size()[2];
         let needed = self.len + l;
+        if k.requires_grad() || v.requires_grad() {
+            // With autograd on (scoring for the policy gradient) the graph must see the
+            // keys: concatenate instead of copying into the buffer in place.
+            let join = |old: &Option<Tensor>, new: &Tensor| match old {
+                Some(old) => Tensor::cat(&[&old.narrow(2, 0, self.len), new], 2),
+                None => new.shallow_clone(),
+            };
+            let (keys, values) = (join(&self.keys, k), join(&self.values, v));
+            self.keys = Some(keys.shallow_clone());
+            self.values = Some(values.shallow_clone());
+            self.len = needed;
+            return (keys, values);
+        }
         let capacity = self.keys.as_ref().map_or(0, |t| t.size()[2]);
         if needed > capacity {
             let new_capacity = needed.max(2 * capacity).max(needed + 64);
@@ -113,8 +126,7 @@ impl Attention {
         let (cos, sin) = (cos.unsqueeze(1), sin.unsqueeze(1));
         let q = apply_rotary(&q, &cos, &sin);
         let k = apply_rotary(&k, &cos, &sin);
-        // With autograd on (scoring for the policy gradient) keep the graph: no in-place cache.
-        let (k, v) = if k.requires_grad() { (k, v) } else { cache.append(&k, &v) };
+        let (k, v) = cache.append(&k, &v);
         let groups = self.heads / self.kv_heads;
         let k = repeat_kv(&k, groups);
         let v = repeat_kv(&v, groups);

@@ -120,3 +120,19 @@ fn warping_follows_transformers_order() {
     // softmax: 3 -> 0.50, 2 -> 0.18 x2, 1 -> 0.07, 0 -> 0.02: the top token alone reaches 0.5.
     assert_eq!(keep(&c), [false, true, false, false, false]);
 }
+
+#[test]
+fn a_prefill_with_autograd_still_leaves_a_usable_cache() {
+    let m = model();
+    let t = case("one_image");
+    let tokens = Vec::<Vec<i64>>::try_from(&t["gen_tokens"]).unwrap();
+    let next = Tensor::from_slice(&[tokens[0][0]]);
+    let (_, mut with_grad) = m.prefill(&inputs(&t)).unwrap();
+    let step_grad = m.decode_step(&mut with_grad, &next).unwrap();
+    let _guard = tch::no_grad_guard();
+    let (_, mut plain) = m.prefill(&inputs(&t)).unwrap();
+    let step_plain = m.decode_step(&mut plain, &next).unwrap();
+    assert!(step_grad.requires_grad());
+    let diff = (step_grad.detach() - step_plain).abs().max().double_value(&[]);
+    assert!(diff < 1e-5, "decode after an autograd prefill differs by {diff}");
+}
