@@ -166,7 +166,7 @@ impl Qwen3VL {
     /// Per-token log-probs and entropies of `responses` (one per prompt row of `inputs`,
     /// any lengths) under the model at `temperature`: `[B, T]` each, T the longest response;
     /// entries past a response's end are 0. Runs with autograd unless the caller disabled it,
-    /// so the log-probs can carry the policy gradient.
+    /// so the log-probs can carry the policy gradient (the entropies never do).
     pub fn score(&self, inputs: &Inputs<'_>, responses: &[Vec<i64>], temperature: f64) -> Result<(Tensor, Tensor), PolicyError> {
         let device = self.vs.device();
         let ids = inputs.input_ids.ok_or_else(|| PolicyError::Input("input_ids are required".into()))?;
@@ -212,7 +212,8 @@ impl Qwen3VL {
         let logp_all = logits.log_softmax(-1, Kind::Float);
         let valid = resp_mask.to_kind(Kind::Float);
         let logp = logp_all.gather(2, &resp.unsqueeze(-1), false).squeeze_dim(-1) * &valid;
-        let entropy = -(logp_all.exp() * &logp_all).sum_dim_intlist(-1, false, Kind::Float) * &valid;
+        // Entropy is only logged (never in a loss): no graph for it.
+        let entropy = tch::no_grad(|| -(logp_all.exp() * &logp_all).sum_dim_intlist(-1, false, Kind::Float) * &valid);
         Ok((logp, entropy))
     }
 }

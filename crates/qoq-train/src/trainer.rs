@@ -1,0 +1,686 @@
+//! The training loop, top to bottom: optional SFT warm start, then DRPO / GRPO steps.
+//!
+//! One RL step (drpo.md sections 1-2):
+//!   1. gen     sample G responses for each of P prompts (no grad)
+//!   2. reward  score every response (F1, IoU, format, length, Jaccard; weighted sum r)
+//!   3. old_log_prob / ref   log-probs under the rollout policy (and the reference model)
+//!   4. adv     A = DRPO(r) over the whole batch
+//!   5. update_actor   one PPO epoch: P / prompts_per_update optimizer steps, each
+//!              accumulating gradients over micro-batches of the loss of `loss.rs`
+//!
+//! Metric names follow verl / EasyR1 (`actor/pg_loss`, `timing_s/gen`, ...), plus the DRPO
+//! figures per domain (`drpo/<domain>/...`).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use qoq_data::preprocess::ImageProcessor;
+use qoq_data::{Loader, LoaderConfig};
+use qoq_policy::chat::Tokenizer;
+use qoq_policy::{Qwen3VL, SamplingConfig};
+use qoq_rewards::eval::Evaluator;
+use qoq_rewards::{Scorer, Scores, Target};
+use rayon::prelude::*;
+use tch::{Device, Kind, Tensor};
+
+use crate::advantage::{DrpoHistory, Group};
+use crate::checkpoint::{self, TrainerState};
+use crate::config::{parse_device, TrainConfig};
+use crate::loss::{batch_normaliser, policy_loss, sft_loss, LossTerms};
+use crate::optim::AdamW;
+use crate::prompts::{prepare, response_mask, Prompt, PromptBatch};
+use crate::summary::rollout_image;
+use crate::tensorboard::EventWriter;
+use crate::TrainError;
+
+/// The figures of one step, by metric name.
+pub type Metrics = BTreeMap<String, f64>;
+
+/// One sampled response and everything computed about it.
+#[derive(Debug, Clone)]
+pub struct Response {
+    /// Index of its prompt in the step's prompt list.
+    pub prompt: usize,
+    pub tokens: Vec<i64>,
+    pub text: String,
+    pub stopped: bool,
+    pub scores: Scores,
+    pub old_logp: Vec<f32>,
+    pub ref_logp: Option<Vec<f32>>,
+    pub advantage: f64,
+}
+
+pub struct Trainer {
+    pub config: TrainConfig,
+    pub device: Device,
+    pub policy: Qwen3VL,
+    reference: Option<Qwen3VL>,
+    tokenizer: Tokenizer,
+    processor: ImageProcessor,
+    scorer: Scorer,
+    loader: Loader,
+    optimizer: AdamW,
+    pub state: TrainerState,
+    events: EventWriter,
+    out: PathBuf,
+    stop_tokens: Vec<i64>,
+    banned_tokens: Vec<i64>,
+    pad_id: i64,
+    prompts_skipped: u64,
+}
+
+/// Stream seeds per (run seed, step, chunk): a step's draws do not depend on earlier ones.
+fn derive_seed(seed: u64, step: u64, chunk: u64) -> u64 {
+    seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ step.wrapping_mul(0xC2B2_AE3D_27D4_EB4F) ^ chunk.wrapping_mul(0x1656_67B1_9E37_79F9)
+}
+
+impl Trainer {
+    /// Loads the policy (from the latest checkpoint when `resume`), the data and the
+    /// reward; freezes modules; restores optimizer, cursor and DRPO history.
+    pub fn new(config: TrainConfig, resume: bool) -> Result<Self, TrainError> {
+        let device = parse_device(&config.run.device).map_err(TrainError::Config)?;
+        if config.run.threads > 0 {
+            tch::set_num_threads(config.run.threads);
+        }
+        let out = config.run.output_dir.clone();
+        let ckpt_root = out.join("checkpoints");
+        let resume_from = if resume { checkpoint::latest(&ckpt_root)? } else { None };
+        if !resume && checkpoint::latest(&ckpt_root)?.is_some() {
+            return Err(TrainError::Config(format!(
+                "{} already holds checkpoints: pass --resume to continue that run, or choose another run.output_dir",
+                ckpt_root.display()
+            )));
+        }
+        let model_dir = match &resume_from {
+            Some(dir) => dir.join("model"),
+            None => config.model.path.clone(),
+        };
+        let policy = Qwen3VL::from_pretrained(&model_dir, device)?;
+        let reference = if config.algorithm.needs_reference() && config.rl.steps > 0 {
+            let r = Qwen3VL::from_pretrained(&config.model.path, device)?;
+            r.vs.variables().values().for_each(|t| {
+                let _ = t.shallow_clone().set_requires_grad(false);
+            });
+            Some(r)
+        } else {
+            None
+        };
+        let tokenizer = Tokenizer::from_file(config.model.path.join("tokenizer.json"))?;
+        let processor = ImageProcessor::new(config.processor())?;
+        let scorer = Scorer::new(&config.reward).map_err(|e| TrainError::Config(format!("[reward]: {e}")))?;
+        let (shards, loader_config) = config.loader().map_err(TrainError::Config)?;
+        let mut loader = Loader::open(&shards, loader_config)?;
+
+        let state = match &resume_from {
+            Some(dir) => checkpoint::load(dir)?.0,
+            None => TrainerState {
+                version: 1,
+                sft_steps_done: 0,
+                rl_steps_done: 0,
+                optimizer_step: 0,
+                cursor: loader.cursor(),
+                drpo: DrpoHistory::default(),
+                seed: config.run.seed,
+            },
+        };
+        loader.seek(state.cursor)?;
+
+        freeze(&policy, &config.model.freeze);
+        let in_sft = state.sft_steps_done < config.sft.steps;
+        let optim_config = if in_sft { config.sft.optim.clone() } else { config.rl.optim.clone() };
+        let mut optimizer = AdamW::new(optim_config, trainable(&policy));
+        if let Some(dir) = &resume_from {
+            let (_, moments) = checkpoint::load(dir)?;
+            // A checkpoint taken at the SFT -> RL boundary holds SFT moments: RL starts fresh.
+            let boundary = !in_sft && state.rl_steps_done == 0;
+            if !boundary {
+                optimizer.load_state(&moments, state.optimizer_step).map_err(|e| TrainError::Checkpoint(format!("{}: {e}", dir.display())))?;
+            }
+        }
+
+        let events = EventWriter::create(&out.join("tensorboard")).map_err(|e| TrainError::io(&out.join("tensorboard"), e))?;
+        let c = &policy.config;
+        let stop_tokens = [tokenizer.im_end_id(), tokenizer.token_id("<|endoftext|>").unwrap_or(tokenizer.im_end_id())].map(i64::from).to_vec();
+        let banned_tokens = vec![c.image_token_id, c.video_token_id, c.vision_start_token_id, c.vision_end_token_id];
+        let pad_id = i64::from(tokenizer.token_id("<|endoftext|>").unwrap_or(0));
+        Ok(Self {
+            config,
+            device,
+            policy,
+            reference,
+            tokenizer,
+            processor,
+            scorer,
+            loader,
+            optimizer,
+            state,
+            events,
+            out,
+            stop_tokens,
+            banned_tokens,
+            pad_id,
+            prompts_skipped: 0,
+        })
+    }
+
+    pub fn total_steps(&self) -> u64 {
+        self.config.sft.steps + self.config.rl.steps
+    }
+
+    /// Runs the remaining steps; `on_step` sees each step's metrics (the progress bar).
+    pub fn run(&mut self, on_step: impl FnMut(u64, &Metrics)) -> Result<(), TrainError> {
+        self.run_until(None, on_step)
+    }
+
+    /// As [`Self::run`], stopping after global step `limit` (a checkpoint is written there).
+    pub fn run_until(&mut self, limit: Option<u64>, mut on_step: impl FnMut(u64, &Metrics)) -> Result<(), TrainError> {
+        let validate_every = self.config.validation.every;
+        if validate_every > 0 && self.state.step() == 0 {
+            let m = self.validate()?;
+            self.log(0, &m)?;
+        }
+        let end = limit.unwrap_or(u64::MAX).min(self.total_steps());
+        while self.state.step() < end {
+            let in_sft = self.state.sft_steps_done < self.config.sft.steps;
+            let metrics = if in_sft { self.sft_step()? } else { self.rl_step()? };
+            let step = self.state.step();
+            self.log(step, &metrics)?;
+            on_step(step, &metrics);
+            // Entering RL: a fresh optimizer with the RL settings.
+            if in_sft && self.state.sft_steps_done == self.config.sft.steps {
+                self.optimizer = AdamW::new(self.config.rl.optim.clone(), trainable(&self.policy));
+                self.state.optimizer_step = 0;
+            }
+            let last = step == end;
+            if !in_sft && validate_every > 0 && (self.state.rl_steps_done % validate_every == 0 || last) {
+                let m = self.validate()?;
+                self.log(step, &m)?;
+            }
+            if step % self.config.run.save_every == 0 || last {
+                self.save()?;
+            }
+        }
+        self.events.flush().map_err(|e| TrainError::io(self.events.path(), e))
+    }
+
+    fn log(&mut self, step: u64, metrics: &Metrics) -> Result<(), TrainError> {
+        let values: Vec<(String, f64)> = metrics.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        self.events.scalars(step as i64, &values).map_err(|e| TrainError::io(self.events.path(), e))?;
+        self.events.flush().map_err(|e| TrainError::io(self.events.path(), e))
+    }
+
+    pub fn save(&mut self) -> Result<PathBuf, TrainError> {
+        self.state.cursor = self.loader.cursor();
+        self.state.optimizer_step = self.optimizer.step;
+        let policy = &self.policy;
+        checkpoint::save(
+            &self.out.join("checkpoints"),
+            &self.state,
+            |dir| policy.save_pretrained(dir, 5 << 30).map_err(TrainError::from),
+            &self.config.model.path,
+            &self.optimizer.state_tensors(),
+            self.config.run.keep_checkpoints,
+        )
+    }
+
+    /// The next `n` usable prompts from the loader (prepared in parallel; prompts over the
+    /// length limit are skipped and counted).
+    fn next_prompts(&mut self, n: usize) -> Result<Vec<Prompt>, TrainError> {
+        let mut prompts = Vec::with_capacity(n);
+        while prompts.len() < n {
+            let mut samples = Vec::with_capacity(n - prompts.len());
+            for _ in 0..n - prompts.len() {
+                match self.loader.next() {
+                    Some(s) => samples.push(s?),
+                    None => return Err(TrainError::Config("the data ran out: set data.epochs larger (or leave it unset to cycle)".into())),
+                }
+            }
+            let suffix = &self.config.prompt.suffix;
+            let key = self.config.prompt.domain_key;
+            let (processor, tokenizer) = (&self.processor, &self.tokenizer);
+            let prepared: Vec<Result<Prompt, TrainError>> = samples.par_iter().map(|s| prepare(s, processor, tokenizer, suffix, key)).collect();
+            for p in prepared {
+                let p = p?;
+                if p.ids.len() > self.config.prompt.max_prompt_tokens {
+                    self.prompts_skipped += 1;
+                } else {
+                    prompts.push(p);
+                }
+            }
+        }
+        Ok(prompts)
+    }
+
+    /// Per-token log-probs (and entropies) of `responses` under `model`, micro-batched.
+    fn score_rows(&self, model: &Qwen3VL, prompts: &[Prompt], rows: &[(usize, &[i64])], temperature: f64) -> Result<Vec<Vec<f32>>, TrainError> {
+        let _guard = tch::no_grad_guard();
+        let mut out = Vec::with_capacity(rows.len());
+        for chunk in rows.chunks(self.config.rl.micro_batch.max(1)) {
+            let batch = PromptBatch::new(&chunk.iter().map(|(p, _)| &prompts[*p]).collect::<Vec<_>>(), self.pad_id, self.device)?;
+            let responses: Vec<Vec<i64>> = chunk.iter().map(|(_, r)| r.to_vec()).collect();
+            let (logp, _) = model.score(&batch.inputs(), &responses, temperature)?;
+            let logp = logp.to_kind(Kind::Float).to_device(Device::Cpu);
+            for (i, r) in responses.iter().enumerate() {
+                out.push(Vec::<f32>::try_from(logp.get(i as i64).narrow(0, 0, r.len() as i64))?);
+            }
+        }
+        Ok(out)
+    }
+
+    // ------------------------------------------------------------------ SFT
+
+    fn sft_step(&mut self) -> Result<Metrics, TrainError> {
+        let t0 = Instant::now();
+        let prompts = self.next_prompts(self.config.sft.batch_size)?;
+        let targets: Vec<Vec<i64>> = prompts
+            .iter()
+            .map(|p| {
+                let mut ids: Vec<i64> = self.tokenizer.encode(&p.reference)?.into_iter().map(i64::from).collect();
+                ids.push(i64::from(self.tokenizer.im_end_id()));
+                Ok(ids)
+            })
+            .collect::<Result<_, qoq_policy::PolicyError>>()?;
+        let normaliser = targets.iter().map(Vec::len).sum::<usize>().max(1) as f64;
+        self.optimizer.zero_grad();
+        let mut loss_sum = 0.0;
+        let mut correct = 0.0;
+        for chunk in (0..prompts.len()).collect::<Vec<_>>().chunks(self.config.sft.micro_batch) {
+            let batch = PromptBatch::new(&chunk.iter().map(|&i| &prompts[i]).collect::<Vec<_>>(), self.pad_id, self.device)?;
+            let responses: Vec<Vec<i64>> = chunk.iter().map(|&i| targets[i].clone()).collect();
+            let (logp, _) = self.policy.score(&batch.inputs(), &responses, 1.0)?;
+            let mask = response_mask(&responses.iter().map(Vec::len).collect::<Vec<_>>(), self.device);
+            let loss = sft_loss(&logp, &mask, normaliser);
+            loss.backward();
+            loss_sum += loss.double_value(&[]);
+            // exp(logp) > 0.5 means the reference token is the arg-max.
+            correct += tch::no_grad(|| (logp.exp().gt(0.5).to_kind(Kind::Float) * &mask).sum(Kind::Float).double_value(&[]));
+        }
+        let lr = self.optimizer.config.lr_at(self.optimizer.step, self.config.sft.steps);
+        let grad_norm = self.optimizer.step(lr);
+        self.state.sft_steps_done += 1;
+        let mut m = Metrics::new();
+        m.insert("sft/loss".into(), loss_sum);
+        m.insert("sft/token_accuracy".into(), correct / normaliser);
+        m.insert("actor/grad_norm".into(), grad_norm);
+        m.insert("actor/lr".into(), lr);
+        m.insert("timing_s/step".into(), t0.elapsed().as_secs_f64());
+        m.insert("perf/throughput".into(), normaliser / t0.elapsed().as_secs_f64());
+        if let Some(rss) = qoq_cli::peak_rss_mib() {
+            m.insert("perf/max_memory_rss_mib".into(), rss);
+        }
+        Ok(m)
+    }
+
+    // ------------------------------------------------------------------ RL
+
+    fn sampling(&self, temperature: f64, max_new_tokens: usize, g: usize, seed: u64) -> SamplingConfig {
+        let rl = &self.config.rl;
+        SamplingConfig {
+            temperature,
+            top_k: (rl.top_k > 0 && temperature > 0.0).then_some(rl.top_k),
+            top_p: (rl.top_p < 1.0 && temperature > 0.0).then_some(rl.top_p),
+            max_new_tokens,
+            stop_tokens: self.stop_tokens.clone(),
+            banned_tokens: self.banned_tokens.clone(),
+            samples_per_prompt: g,
+            seed,
+        }
+    }
+
+    /// Samples `g` responses per prompt, `generation_batch` prompts per call.
+    fn rollout(&self, prompts: &[Prompt], sampling: &SamplingConfig, batch: usize, step: u64) -> Result<Vec<Response>, TrainError> {
+        let mut out = Vec::new();
+        for (chunk_index, start) in (0..prompts.len()).step_by(batch.max(1)).enumerate() {
+            let chunk: Vec<&Prompt> = prompts[start..(start + batch).min(prompts.len())].iter().collect();
+            let inputs = PromptBatch::new(&chunk, self.pad_id, self.device)?;
+            let config = SamplingConfig { seed: derive_seed(self.state.seed, step, chunk_index as u64), ..sampling.clone() };
+            let rollouts = self.policy.generate(&inputs.inputs(), &config)?;
+            let texts = rollouts.texts(&self.tokenizer, &self.stop_tokens)?;
+            for (i, text) in texts.into_iter().enumerate() {
+                out.push(Response {
+                    prompt: start + rollouts.prompt_index[i],
+                    tokens: rollouts.tokens[i].clone(),
+                    text,
+                    stopped: rollouts.stopped[i],
+                    scores: Scores::default(),
+                    old_logp: Vec::new(),
+                    ref_logp: None,
+                    advantage: 0.0,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn score_rewards(&self, prompts: &[Prompt], responses: &mut [Response]) {
+        let items: Vec<(&str, Target<'_>)> = responses
+            .iter()
+            .map(|r| {
+                let p = &prompts[r.prompt];
+                (r.text.as_str(), Target { answer: &p.answer, boxes: &p.boxes, mask: p.mask.as_ref() })
+            })
+            .collect();
+        let scores = self.scorer.score_batch(&items);
+        for (r, s) in responses.iter_mut().zip(scores) {
+            r.scores = s;
+        }
+    }
+
+    fn rl_step(&mut self) -> Result<Metrics, TrainError> {
+        let rl = self.config.rl.clone();
+        let step = self.state.step() + 1;
+        let mut timing = BTreeMap::new();
+        let t_step = Instant::now();
+
+        // 1. gen
+        let t = Instant::now();
+        let prompts = self.next_prompts(rl.prompts_per_step)?;
+        let sampling = self.sampling(rl.temperature, rl.max_new_tokens, rl.samples_per_prompt, 0);
+        let mut responses = self.rollout(&prompts, &sampling, rl.generation_batch, step)?;
+        timing.insert("gen", t.elapsed().as_secs_f64());
+
+        // 2. reward
+        let t = Instant::now();
+        self.score_rewards(&prompts, &mut responses);
+        timing.insert("reward", t.elapsed().as_secs_f64());
+
+        // 3. old_log_prob (and ref): the same forward as the update, so ratio = 1 at first.
+        let t = Instant::now();
+        let rows: Vec<(usize, &[i64])> = responses.iter().map(|r| (r.prompt, r.tokens.as_slice())).collect();
+        let old = self.score_rows(&self.policy, &prompts, &rows, rl.temperature)?;
+        timing.insert("old_log_prob", t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        let refs = match &self.reference {
+            Some(r) => Some(self.score_rows(r, &prompts, &rows, rl.temperature)?),
+            None => None,
+        };
+        timing.insert("ref", t.elapsed().as_secs_f64());
+        for (i, (r, old)) in responses.iter_mut().zip(old).enumerate() {
+            r.old_logp = old;
+            r.ref_logp = refs.as_ref().map(|v| v[i].clone());
+        }
+
+        // 4. adv: groups are consecutive runs of G responses of one prompt.
+        let t = Instant::now();
+        let g = rl.samples_per_prompt;
+        let groups: Vec<Group> = responses
+            .chunks(g)
+            .map(|rs| Group { domain: prompts[rs[0].prompt].group.clone(), rewards: rs.iter().map(|r| r.scores.overall).collect() })
+            .collect();
+        let kl: Option<Vec<Vec<f64>>> = refs.as_ref().map(|_| {
+            responses.chunks(g).map(|rs| rs.iter().map(|r| k3_sum(&r.old_logp, r.ref_logp.as_deref().unwrap_or(&[]))).collect()).collect()
+        });
+        let adv_config = self.config.algorithm.advantage_config();
+        let adv = self.state.drpo.advantages(&adv_config, &groups, kl.as_deref());
+        for (rs, a) in responses.chunks_mut(g).zip(&adv.advantages) {
+            for (r, a) in rs.iter_mut().zip(a) {
+                r.advantage = *a;
+            }
+        }
+        timing.insert("adv", t.elapsed().as_secs_f64());
+
+        // 5. update_actor: one epoch, prompts_per_update prompts per optimizer step.
+        let t = Instant::now();
+        let loss_config = self.config.algorithm.loss_config();
+        let total_updates = self.config.rl.steps * (rl.prompts_per_step / rl.prompts_per_update) as u64;
+        let mut sums = LossSums::default();
+        let mut updates = 0.0;
+        for batch in responses.chunks(rl.prompts_per_update * g) {
+            let lengths: Vec<usize> = batch.iter().map(|r| r.tokens.len()).collect();
+            let normaliser = batch_normaliser(loss_config.aggregation, &lengths);
+            self.optimizer.zero_grad();
+            for micro in batch.chunks(rl.micro_batch) {
+                let terms = self.micro_batch_loss(&prompts, micro, &loss_config, normaliser, rl.temperature, &mut sums)?;
+                terms.loss.backward();
+                sums.add(&terms);
+            }
+            let lr = self.optimizer.config.lr_at(self.optimizer.step, total_updates);
+            sums.grad_norm += self.optimizer.step(lr);
+            sums.lr = lr;
+            updates += 1.0;
+        }
+        timing.insert("update_actor", t.elapsed().as_secs_f64());
+        self.state.rl_steps_done += 1;
+        timing.insert("step", t_step.elapsed().as_secs_f64());
+
+        // Logs.
+        let mut m = Metrics::new();
+        rollout_metrics(&mut m, &prompts, &responses, &rl);
+        sums.report(&mut m, updates);
+        for (name, s) in &adv.domains {
+            m.insert(format!("drpo/{name}/reward_mean"), s.reward_mean);
+            m.insert(format!("drpo/{name}/questions"), s.questions as f64);
+            m.insert(format!("drpo/{name}/temperature"), s.temperature);
+            m.insert(format!("drpo/{name}/clusters"), s.clusters as f64);
+            m.insert(format!("drpo/{name}/scale_mean"), s.scale_mean);
+        }
+        m.insert("frac_reward_zero_std".into(), adv.zero_std_groups as f64 / groups.len().max(1) as f64);
+        m.insert("prompt_length/skipped".into(), self.prompts_skipped as f64);
+        for (k, v) in &timing {
+            m.insert(format!("timing_s/{k}"), *v);
+        }
+        let tokens: usize = responses.iter().map(|r| r.tokens.len() + prompts[r.prompt].ids.len()).sum();
+        m.insert("perf/throughput".into(), tokens as f64 / timing["step"]);
+        m.insert("perf/time_per_step".into(), timing["step"]);
+        if let Some(rss) = qoq_cli::peak_rss_mib() {
+            m.insert("perf/max_memory_rss_mib".into(), rss);
+        }
+        let every = self.config.run.rollouts_every;
+        if every > 0 && self.state.rl_steps_done % every == 0 {
+            self.write_rollouts(step, &prompts, &responses)?;
+        }
+        let every = self.config.run.image_summary_every;
+        if every > 0 && (self.state.rl_steps_done % every == 0 || self.state.rl_steps_done == 1) {
+            if let Some(img) = responses.first().and_then(|r| rollout_image(&prompts[r.prompt], &r.text)) {
+                self.events.image("rollout/boxes", step as i64, &img).map_err(|e| TrainError::io(self.events.path(), e))?;
+            }
+        }
+        Ok(m)
+    }
+
+    /// The loss share of one micro-batch (with autograd).
+    fn micro_batch_loss(
+        &self,
+        prompts: &[Prompt],
+        micro: &[Response],
+        config: &crate::loss::LossConfig,
+        normaliser: f64,
+        temperature: f64,
+        sums: &mut LossSums,
+    ) -> Result<LossTerms, TrainError> {
+        let batch = PromptBatch::new(&micro.iter().map(|r| &prompts[r.prompt]).collect::<Vec<_>>(), self.pad_id, self.device)?;
+        let tokens: Vec<Vec<i64>> = micro.iter().map(|r| r.tokens.clone()).collect();
+        let (logp, entropy) = self.policy.score(&batch.inputs(), &tokens, temperature)?;
+        let lengths: Vec<usize> = tokens.iter().map(Vec::len).collect();
+        let mask = response_mask(&lengths, self.device);
+        let pad = |rows: Vec<&[f32]>| -> Tensor {
+            let t = lengths.iter().copied().max().unwrap_or(0);
+            let mut v = vec![0f32; rows.len() * t];
+            for (i, r) in rows.iter().enumerate() {
+                v[i * t..i * t + r.len()].copy_from_slice(r);
+            }
+            Tensor::from_slice(&v).view([rows.len() as i64, t as i64]).to_device(self.device)
+        };
+        let old = pad(micro.iter().map(|r| r.old_logp.as_slice()).collect());
+        let reference = micro.iter().all(|r| r.ref_logp.is_some()).then(|| pad(micro.iter().map(|r| r.ref_logp.as_deref().unwrap_or(&[])).collect()));
+        let adv: Vec<f32> = micro.iter().map(|r| r.advantage as f32).collect();
+        let adv = Tensor::from_slice(&adv).to_device(self.device);
+        let logp = logp.to_kind(Kind::Float);
+        sums.entropy += tch::no_grad(|| (entropy.to_kind(Kind::Float) * &mask).sum(Kind::Float).double_value(&[]));
+        sums.tokens += lengths.iter().sum::<usize>() as f64;
+        Ok(policy_loss(&logp, &old, reference.as_ref(), &adv, &mask, config, normaliser))
+    }
+
+    fn write_rollouts(&self, step: u64, prompts: &[Prompt], responses: &[Response]) -> Result<(), TrainError> {
+        let dir = self.out.join("rollouts");
+        std::fs::create_dir_all(&dir).map_err(|e| TrainError::io(&dir, e))?;
+        let path = dir.join(format!("step_{step}.jsonl"));
+        let tmp = dir.join(format!(".step_{step}.jsonl.tmp"));
+        let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(|e| TrainError::io(&tmp, e))?);
+        for r in responses {
+            let p = &prompts[r.prompt];
+            let mut line = serde_json::json!({
+                "step": step,
+                "prompt_id": p.sample_id,
+                "domain": p.group,
+                "response": r.text,
+                "reward": r.scores.overall,
+                "advantage": r.advantage,
+            });
+            for (name, v) in r.scores.components() {
+                line[name] = serde_json::json!(v);
+            }
+            writeln!(w, "{line}").map_err(|e| TrainError::io(&tmp, e))?;
+        }
+        w.flush().map_err(|e| TrainError::io(&tmp, e))?;
+        drop(w);
+        std::fs::rename(&tmp, &path).map_err(|e| TrainError::io(&path, e))
+    }
+
+    // ------------------------------------------------------------------ validation
+
+    /// Generates for the held-out split (n = 1) and reports rewards and the paper's
+    /// accuracy / F1 per domain and dataset.
+    pub fn validate(&mut self) -> Result<Metrics, TrainError> {
+        let v = self.config.validation.clone();
+        let (shards, mut loader_config) = self.config.loader().map_err(TrainError::Config)?;
+        loader_config = LoaderConfig { splits: Some(v.splits.clone()), epochs: Some(1), shuffle: false, domain_weights: None, ..loader_config };
+        let mut loader = Loader::open(v.shards.as_deref().unwrap_or(&shards), loader_config)?;
+        let mut samples = Vec::new();
+        for s in loader.by_ref().take(v.max_samples) {
+            samples.push(s?);
+        }
+        let suffix = &self.config.prompt.suffix;
+        let key = self.config.prompt.domain_key;
+        let prompts: Vec<Prompt> =
+            samples.par_iter().map(|s| prepare(s, &self.processor, &self.tokenizer, suffix, key)).collect::<Result<_, _>>()?;
+        let sampling = self.sampling(v.temperature, v.max_new_tokens.unwrap_or(self.config.rl.max_new_tokens), 1, 0);
+        let mut responses = self.rollout(&prompts, &sampling, v.batch_size, u64::MAX - self.state.step())?;
+        self.score_rewards(&prompts, &mut responses);
+        let mut evaluator = Evaluator::new(self.scorer.labels);
+        let mut m = Metrics::new();
+        for r in &responses {
+            let p = &prompts[r.prompt];
+            evaluator.add(&p.domain, &p.dataset, &r.text, &p.answer);
+        }
+        let n = responses.len().max(1) as f64;
+        m.insert("val/reward/overall".into(), responses.iter().map(|r| r.scores.overall).sum::<f64>() / n);
+        for (name, _) in Scores::default().components() {
+            let mean = responses.iter().map(|r| r.scores.components().iter().find(|c| c.0 == name).map_or(0.0, |c| c.1)).sum::<f64>() / n;
+            m.insert(format!("val/reward/{name}"), mean);
+        }
+        m.extend(evaluator.report().flat());
+        Ok(m)
+    }
+}
+
+/// Sum over a response's tokens of the k3 estimate of KL(pi || pi_ref).
+fn k3_sum(logp: &[f32], ref_logp: &[f32]) -> f64 {
+    logp.iter().zip(ref_logp).map(|(&l, &r)| {
+        let d = (r - l) as f64;
+        (d.exp() - d - 1.0).clamp(-10.0, 10.0)
+    }).sum()
+}
+
+/// Running sums of the loss figures over a step's optimizer updates.
+#[derive(Default)]
+struct LossSums {
+    pg_loss: f64,
+    kl_loss: f64,
+    clip_higher: f64,
+    clip_lower: f64,
+    ppo_kl: f64,
+    entropy: f64,
+    tokens: f64,
+    grad_norm: f64,
+    lr: f64,
+}
+
+impl LossSums {
+    fn add(&mut self, t: &LossTerms) {
+        self.pg_loss += t.pg_loss;
+        self.kl_loss += t.kl_loss;
+        self.clip_higher += t.pg_clipfrac_higher;
+        self.clip_lower += t.pg_clipfrac_lower;
+        self.ppo_kl += t.ppo_kl;
+    }
+
+    /// Per-update means (each update's shares already sum to that update's value).
+    fn report(&self, m: &mut Metrics, updates: f64) {
+        let u = updates.max(1.0);
+        m.insert("actor/pg_loss".into(), self.pg_loss / u);
+        m.insert("actor/kl_loss".into(), self.kl_loss / u);
+        m.insert("actor/pg_clipfrac".into(), self.clip_higher / u);
+        m.insert("actor/pg_clipfrac_lower".into(), self.clip_lower / u);
+        m.insert("actor/ppo_kl".into(), self.ppo_kl / u);
+        m.insert("actor/entropy".into(), self.entropy / self.tokens.max(1.0));
+        m.insert("actor/grad_norm".into(), self.grad_norm / u);
+        m.insert("actor/lr".into(), self.lr);
+    }
+}
+
+fn stats(values: impl Iterator<Item = f64>) -> (f64, f64, f64) {
+    let v: Vec<f64> = values.collect();
+    if v.is_empty() {
+        return (0.0, 0.0, 0.0);
+    }
+    let mean = v.iter().sum::<f64>() / v.len() as f64;
+    (mean, v.iter().copied().fold(f64::MIN, f64::max), v.iter().copied().fold(f64::MAX, f64::min))
+}
+
+fn rollout_metrics(m: &mut Metrics, prompts: &[Prompt], responses: &[Response], rl: &crate::config::RlSection) {
+    let (mean, max, min) = stats(responses.iter().map(|r| r.scores.overall));
+    m.insert("reward/overall".into(), mean);
+    m.insert("critic/score/mean".into(), mean);
+    m.insert("critic/score/max".into(), max);
+    m.insert("critic/score/min".into(), min);
+    for (i, (name, _)) in Scores::default().components().iter().enumerate() {
+        let (mean, _, _) = stats(responses.iter().map(|r| r.scores.components()[i].1));
+        m.insert(format!("reward/{name}"), mean);
+    }
+    let (mean, max, min) = stats(responses.iter().map(|r| r.advantage));
+    m.insert("critic/advantages/mean".into(), mean);
+    m.insert("critic/advantages/max".into(), max);
+    m.insert("critic/advantages/min".into(), min);
+    let (mean, max, min) = stats(responses.iter().map(|r| r.tokens.len() as f64));
+    m.insert("response_length/mean".into(), mean);
+    m.insert("response_length/max".into(), max);
+    m.insert("response_length/min".into(), min);
+    let clipped = responses.iter().filter(|r| !r.stopped && r.tokens.len() >= rl.max_new_tokens).count();
+    m.insert("response_length/clip_ratio".into(), clipped as f64 / responses.len().max(1) as f64);
+    let (mean, max, min) = stats(prompts.iter().map(|p| p.ids.len() as f64));
+    m.insert("prompt_length/mean".into(), mean);
+    m.insert("prompt_length/max".into(), max);
+    m.insert("prompt_length/min".into(), min);
+}
+
+/// Parameters that train after freezing.
+fn trainable(model: &Qwen3VL) -> Vec<(String, Tensor)> {
+    let mut v: Vec<(String, Tensor)> = model.vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+/// Module of a parameter name, for freezing.
+pub fn module_of(name: &str) -> &'static str {
+    if name.starts_with("model.visual.") {
+        if name.contains("merger") { "merger" } else { "vision_tower" }
+    } else {
+        "llm"
+    }
+}
+
+fn freeze(model: &Qwen3VL, modules: &[String]) {
+    for (name, t) in model.vs.variables() {
+        if modules.iter().any(|m| m == module_of(&name)) {
+            let _ = t.shallow_clone().set_requires_grad(false);
+        }
+    }
+}
+
+/// Where a run's outputs go (for tools that read them).
+pub fn checkpoints_dir(output_dir: &Path) -> PathBuf {
+    output_dir.join("checkpoints")
+}
