@@ -544,6 +544,7 @@ impl Trainer {
     /// Generates for the held-out split (n = 1) and reports rewards and the paper's
     /// accuracy / F1 per domain and dataset.
     pub fn validate(&mut self) -> Result<Metrics, TrainError> {
+        let started = Instant::now();
         let v = self.config.validation.clone();
         let (shards, mut loader_config) = self.config.loader().map_err(TrainError::Config)?;
         loader_config = LoaderConfig { splits: Some(v.splits.clone()), epochs: Some(1), shuffle: false, domain_weights: None, ..loader_config };
@@ -572,6 +573,7 @@ impl Trainer {
             m.insert(format!("val/reward/{name}"), mean);
         }
         m.extend(evaluator.report().flat());
+        m.insert("timing_s/validation".into(), started.elapsed().as_secs_f64());
         Ok(m)
     }
 }

@@ -24,7 +24,34 @@ struct Args {
     max_steps: Option<u64>,
 }
 
+/// Keep freed memory in the process instead of returning it to the kernel after every
+/// step: the trainer allocates and frees the same large logits buffers each micro-batch,
+/// and glibc's defaults spend more time in page faults than in the forward pass on small
+/// models (measured: 52 s instead of 88 s for 30 demo SFT steps). glibc reads these
+/// tunables from the environment only at start-up (mallopt caps the mmap threshold at
+/// 32 MB, too low to matter), so the process re-executes itself once with them set.
+#[cfg(unix)]
+fn keep_freed_memory() {
+    use std::os::unix::process::CommandExt;
+    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_some() {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else { return };
+    let err = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env("MALLOC_MMAP_THRESHOLD_", "2000000000")
+        .env("MALLOC_TRIM_THRESHOLD_", "4000000000")
+        .env("MALLOC_TOP_PAD_", "1000000000")
+        .exec();
+    // Only reached when the exec failed: carry on with the default allocator settings.
+    eprintln!("note: could not re-execute with allocator settings ({err}); continuing");
+}
+
+#[cfg(not(unix))]
+fn keep_freed_memory() {}
+
 fn main() -> Result<()> {
+    keep_freed_memory();
     let args = Args::parse();
     let config = TrainConfig::from_file(&args.config)?;
     let out = config.run.output_dir.clone();
@@ -41,7 +68,16 @@ fn main() -> Result<()> {
     let bar = qoq_cli::progress_bar(total, "steps");
     bar.set_position(done);
     let limit = args.max_steps.map(|n| done + n);
+    let mut rl_rewards = Vec::new();
+    let mut last_validation = None;
+    let started = std::time::Instant::now();
     let result = trainer.run_until(limit, |step, m| {
+        if let Some(r) = m.get("reward/overall") {
+            rl_rewards.push(r.to_owned());
+        }
+        if let (Some(a), Some(f)) = (m.get("val/accuracy"), m.get("val/f1")) {
+            last_validation = Some((step, a.to_owned(), f.to_owned(), m.get("val/reward/overall").copied().unwrap_or(0.0)));
+        }
         bar.set_position(step);
         let reward = m.get("reward/overall").map(|r| format!("reward {r:.3}")).unwrap_or_else(|| {
             m.get("sft/loss").map(|l| format!("sft loss {l:.3}")).unwrap_or_default()
@@ -55,6 +91,21 @@ fn main() -> Result<()> {
     });
     bar.finish();
     result.with_context(|| format!("training in {}", out.display()))?;
+    let n = rl_rewards.len();
+    if n > 0 {
+        // The demo's learning check: mean reward of the last 10% of RL steps vs the first 10%.
+        let tenth = (n / 10).max(1);
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+        println!(
+            "RL reward: first 10% of steps {:.4}, last 10% {:.4} ({n} steps of this invocation)",
+            mean(&rl_rewards[..tenth]),
+            mean(&rl_rewards[n - tenth..])
+        );
+    }
+    if let Some((step, accuracy, f1, reward)) = last_validation {
+        println!("validation at step {step}: accuracy {accuracy:.4}, F1 {f1:.4}, reward {reward:.4}");
+    }
+    println!("wall time {:.1} s, peak RSS {:.0} MiB", started.elapsed().as_secs_f64(), qoq_cli::peak_rss_mib().unwrap_or(0.0));
     eprintln!("done: {}", out.display());
     Ok(())
 }

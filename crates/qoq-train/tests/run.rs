@@ -1,0 +1,226 @@
+//! End-to-end runs of the trainer on a tiny random policy and a small synthetic set:
+//! outputs in their documented places, exact resume after `kill -9`, export, bad configs.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use qoq_policy::{Qwen3VL, Qwen3VLConfig};
+use qoq_train::config::TrainConfig;
+use qoq_train::Trainer;
+use tch::Tensor;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A tiny model folder (with the real tokenizer) and 48 synthetic samples.
+fn setup(dir: &Path) -> (PathBuf, PathBuf) {
+    let model = dir.join("model");
+    let tokenizer = repo().join(".qwen-tokenizer/tokenizer.json");
+    assert!(tokenizer.is_file(), "run `bash tools/setup.sh` first (it fetches the Qwen tokenizer)");
+    tch::manual_seed(0);
+    Qwen3VL::new(&Qwen3VLConfig::tiny(), tch::Device::Cpu).unwrap().save_pretrained(&model, u64::MAX).unwrap();
+    std::fs::copy(&tokenizer, model.join("tokenizer.json")).unwrap();
+    let shards = dir.join("shards");
+    qoq_data::synthetic::write_synthetic(&shards, 48, 0, |_| {}).unwrap();
+    (model, shards)
+}
+
+fn config_text(out: &Path, model: &Path, shards: &Path, extra: &str) -> String {
+    format!(
+        r#"
+[run]
+output_dir = "{out}"
+seed = 3
+threads = 1
+save_every = 1
+keep_checkpoints = 0
+image_summary_every = 1
+
+[model]
+path = "{model}"
+
+[data]
+shards = "{shards}"
+splits = ["train"]
+
+[processor]
+min_pixels = 4096
+max_pixels = 4096
+
+[prompt]
+suffix = "Answer."
+
+[sft]
+steps = 2
+batch_size = 2
+micro_batch = 2
+[sft.optim]
+lr = 1e-3
+
+[rl]
+steps = 2
+prompts_per_step = 2
+samples_per_prompt = 2
+prompts_per_update = 2
+micro_batch = 2
+generation_batch = 2
+max_new_tokens = 6
+top_p = 1.0
+[rl.optim]
+lr = 1e-3
+
+[algorithm]
+kl_coef = 0.01
+{extra}
+"#,
+        out = out.display(),
+        model = model.display(),
+        shards = shards.display()
+    )
+}
+
+fn write_config(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn weights(dir: &Path) -> Vec<(String, Tensor)> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "safetensors")).collect();
+    files.sort();
+    let mut all: Vec<(String, Tensor)> = files.iter().flat_map(|f| Tensor::read_safetensors(f).unwrap()).collect();
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    all
+}
+
+#[test]
+fn a_run_writes_its_outputs_resumes_exactly_after_kill_9_and_exports() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, shards) = setup(tmp.path());
+
+    // A: uninterrupted, in process.
+    let out_a = tmp.path().join("a");
+    let cfg_a = write_config(tmp.path(), "a.toml", &config_text(&out_a, &model, &shards, ""));
+    let mut trainer = Trainer::new(TrainConfig::from_file(&cfg_a).unwrap(), false).unwrap();
+    let mut seen = Vec::new();
+    trainer.run(|step, m| seen.push((step, m.clone()))).unwrap();
+    assert_eq!(seen.iter().map(|s| s.0).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+    let rl = &seen[2].1;
+    for key in ["reward/overall", "reward/f1", "actor/pg_loss", "actor/kl_loss", "actor/entropy", "actor/grad_norm", "actor/lr", "response_length/mean", "timing_s/gen", "timing_s/reward", "timing_s/adv", "timing_s/update_actor", "timing_s/step"] {
+        assert!(rl.get(key).is_some_and(|v| v.is_finite()), "{key} missing or not finite");
+    }
+    // One optimizer step per rollout batch: the ratio is exactly 1 (old and new log-probs
+    // come from the same forward), so nothing is clipped and the old-new KL is 0.
+    assert!(rl["actor/ppo_kl"].abs() < 1e-6 && rl["actor/pg_clipfrac"] == 0.0, "old and new log-probs differ before any update: {}", rl["actor/ppo_kl"]);
+    assert!(rl.keys().any(|k| k.starts_with("drpo/") && k.ends_with("/temperature")));
+    drop(trainer);
+
+    // Rollout files: one line per response, the documented fields.
+    let lines = std::fs::read_to_string(out_a.join("rollouts/step_3.jsonl")).unwrap();
+    let rows: Vec<serde_json::Value> = lines.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 4);
+    for r in &rows {
+        for key in ["step", "prompt_id", "domain", "response", "reward", "f1", "iou", "format", "length", "jaccard", "advantage"] {
+            assert!(r.get(key).is_some(), "rollout line lacks {key}: {r}");
+        }
+    }
+    assert_eq!(rows[0]["prompt_id"], rows[1]["prompt_id"], "the G responses of a prompt share its id");
+    // TensorBoard: our reader checks every record's CRCs; scalars and the image are there.
+    let tb: Vec<PathBuf> = std::fs::read_dir(out_a.join("tensorboard")).unwrap().map(|e| e.unwrap().path()).collect();
+    let events = qoq_train::tensorboard::read_events(&tb[0]).unwrap();
+    assert!(events.iter().any(|e| e.scalars.iter().any(|(t, _)| t == "timing_s/gen")));
+    assert!(events.iter().any(|e| e.images.iter().any(|(t, _, _)| t == "rollout/boxes")));
+
+    // B: the same run as a process, killed with SIGKILL once step 2 is checkpointed, resumed.
+    let out_b = tmp.path().join("b");
+    let cfg_b = write_config(tmp.path(), "b.toml", &config_text(&out_b, &model, &shards, ""));
+    let bin = env!("CARGO_BIN_EXE_train");
+    let mut child = Command::new(bin).arg(&cfg_b).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let start = Instant::now();
+    while !out_b.join("checkpoints/step_2").exists() {
+        assert!(start.elapsed() < Duration::from_secs(600), "no checkpoint within 10 minutes");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let status = Command::new(bin).arg(&cfg_b).arg("--resume").output().unwrap();
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    let a = weights(&out_a.join("checkpoints/step_4/model"));
+    let b = weights(&out_b.join("checkpoints/step_4/model"));
+    assert_eq!(a.len(), b.len());
+    for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
+        assert_eq!(na, nb);
+        assert!(ta.equal(tb), "{na} differs between the uninterrupted and the resumed run");
+    }
+    // Starting again without --resume refuses to overwrite.
+    let again = Command::new(bin).arg(&cfg_b).output().unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--resume"));
+
+    // Export: a Hugging Face folder that loads and gives the trained policy's logits.
+    let hf = tmp.path().join("hf");
+    let export = Command::new(env!("CARGO_BIN_EXE_export"))
+        .args(["--checkpoint", out_a.join("checkpoints/step_4").to_str().unwrap(), "--out", hf.to_str().unwrap(), "--max-shard-bytes", "2000000"])
+        .output()
+        .unwrap();
+    assert!(export.status.success(), "{}", String::from_utf8_lossy(&export.stderr));
+    assert!(hf.join("model.safetensors.index.json").is_file() && hf.join("tokenizer.json").is_file());
+    let trained = Qwen3VL::from_pretrained(&out_a.join("checkpoints/step_4/model"), tch::Device::Cpu).unwrap();
+    let exported = Qwen3VL::from_pretrained(&hf, tch::Device::Cpu).unwrap();
+    let ids = Tensor::from_slice(&[151644i64, 872, 198, 9707, 151645]).view([1, 5]);
+    let inputs = qoq_policy::Inputs { input_ids: Some(&ids), ..Default::default() };
+    let (la, _) = tch::no_grad(|| trained.prefill(&inputs)).unwrap();
+    let (lb, _) = tch::no_grad(|| exported.prefill(&inputs)).unwrap();
+    assert!(la.equal(&lb));
+    // And it differs from the initial model: training changed the weights.
+    let initial = Qwen3VL::from_pretrained(&model, tch::Device::Cpu).unwrap();
+    let (l0, _) = tch::no_grad(|| initial.prefill(&inputs)).unwrap();
+    assert!(!l0.equal(&la));
+}
+
+#[test]
+fn bad_configs_fail_fast_naming_the_key_and_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    std::fs::write(model.join("config.json"), "{}").unwrap();
+    std::fs::write(model.join("tokenizer.json"), "{}").unwrap();
+    let shards = tmp.path().join("shards");
+    let base = config_text(&tmp.path().join("out"), &model, &shards, "");
+    let cases: [(&str, String, &str); 6] = [
+        ("typo", base.replace("prompts_per_update = 2", "prompts_per_updat = 2"), "prompts_per_updat"),
+        ("divisible", base.replace("prompts_per_update = 2", "prompts_per_update = 3"), "multiple of rl.prompts_per_update"),
+        ("estimator", base.replace("kl_coef = 0.01", "advantage = \"ppo\""), "advantage"),
+        ("freeze", base.replace("[model]", "[model]\nfreeze = [\"visual\"]"), "model.freeze"),
+        ("clip", base.replace("kl_coef = 0.01", "dual_clip = 0.5"), "algorithm.dual_clip"),
+        ("model", base.replace(&model.display().to_string(), "/nonexistent/model"), "model.path"),
+    ];
+    for (name, text, needle) in cases {
+        let path = write_config(tmp.path(), &format!("{name}.toml"), &text);
+        let start = Instant::now();
+        let err = TrainConfig::from_file(&path).unwrap_err().to_string();
+        assert!(start.elapsed() < Duration::from_secs(1));
+        assert!(err.contains(needle) && err.contains(&format!("{name}.toml")), "{name}: {err}");
+    }
+}
+
+#[test]
+fn shipped_configs_parse() {
+    for name in ["demo.toml", "stage1.toml", "stage2.toml"] {
+        let path = repo().join("configs").join(name);
+        let text = std::fs::read_to_string(&path).unwrap();
+        // Model and shard paths need not exist here: check the structure and values only.
+        let config: TrainConfig = toml::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+        config.check(false).unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    for entry in std::fs::read_dir(repo().join("experiments/reward-ablation")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let config: TrainConfig = toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            config.check(false).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        }
+    }
+}
