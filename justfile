@@ -49,3 +49,13 @@ tiny-checkpoint:
 # The reward parity fixtures need a copy of the original QoQ-Med medical.py.
 reward-fixtures medical_py:
     "$(bash tools/reference-env.sh)" tools/make_reward_fixtures.py --medical-py {{medical_py}}
+
+# Trainer parity fixtures: the original QoQ-Med loss / advantages (give the path of its
+# verl/trainer/core_algos.py) and torch's AdamW.
+trainer-fixtures core_algos:
+    "$(bash tools/reference-env.sh)" tools/make_trainer_fixtures.py --core-algos {{core_algos}}
+    "$(bash tools/reference-env.sh)" tools/make_optim_fixture.py
+
+# Reward ablation on the demo setting (five reward definitions).
+reward-ablation:
+    bash experiments/reward-ablation/run.sh

@@ -8,9 +8,9 @@
 set -euo pipefail
 cache=${QOQ_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/qoq-med}
 venv="$cache/reference-venv"
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import transformers, torchvision, pyarrow, pandas, mathruler.grader" 2>/dev/null; then
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import transformers, torchvision, pyarrow, pandas, mathruler.grader, sklearn" 2>/dev/null; then
     echo "reference-env: installing into $venv (one time, ~5 GB)" >&2
     python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet torch==2.11.0 torchvision==0.26.0 "transformers>=5,<6" pillow numpy pyarrow pandas safetensors tensorboard mathruler==0.1.0 pylatexenc >&2
+    "$venv/bin/pip" install --quiet torch==2.11.0 torchvision==0.26.0 "transformers>=5,<6" pillow numpy pyarrow pandas safetensors tensorboard scikit-learn mathruler==0.1.0 pylatexenc >&2
 fi
 echo "$venv/bin/python"
