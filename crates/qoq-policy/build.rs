@@ -1,7 +1,7 @@
-//! Put libtorch's lib folder on the rpath of this crate's tests and binaries, so they
-//! run without LD_LIBRARY_PATH. LIBTORCH comes from .cargo/config.toml (see tools/setup.sh).
-//! With the `cuda` feature, link libtorch_cuda explicitly: nothing in our code references
-//! it, so --as-needed would drop it and CUDA would never register (tools/setup-cuda.sh).
+// Put libtorch's lib folder on the rpath of this crate's tests and binaries, so they
+// run without LD_LIBRARY_PATH. LIBTORCH comes from .cargo/config.toml (see tools/setup.sh).
+// With the `cuda` feature, link libtorch_cuda explicitly: nothing in our code references
+// it, so --as-needed would drop it and CUDA would never register (tools/setup-cuda.sh).
 fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     if let Ok(root) = std::env::var("LIBTORCH") {
