@@ -20,7 +20,9 @@ use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use crate::kmeans::{elbow, WeightedPoints};
+use rayon::prelude::*;
+
+use crate::kmeans::{elbow, kmeans, WeightedPoints};
 
 /// Which advantage estimator (`advantage` in the `[algorithm]` table).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -248,39 +250,50 @@ impl DrpoHistory {
             t_c: Vec<f64>,
             stats: DomainStats,
         }
-        let mut scales: BTreeMap<String, DomainScale> = BTreeMap::new();
+        // Domains are independent: cluster them in parallel (the result does not depend on
+        // the thread count; each domain's seed comes from its own counters).
         for domain in remaining.keys() {
-            let h = self.domains.get_mut(*domain).expect("inserted above");
-            h.runs += 1;
-            let vectors: Vec<Vec<f64>> = h.vectors.iter().cloned().collect();
-            let data = WeightedPoints::from_points(&vectors);
-            let seed = (h.runs << 20) ^ h.seen;
-            let clustering = elbow(&data, config.k_max, config.elbow_tol, seed);
-            let k = clustering.centroids.len();
-            let mut size = vec![0.0; k];
-            for (i, &c) in clustering.assignment.iter().enumerate() {
-                size[c] += data.weights[i];
-            }
-            let mu_c: Vec<f64> = clustering.centroids.iter().map(|c| mean(c)).collect();
-            let mu_d = match config.domain_mean {
-                DomainMean::InverseClusterSize => {
-                    let (num, den) = (0..k).filter(|&c| size[c] > 0.0).fold((0.0, 0.0), |(n, d), c| (n + mu_c[c] / size[c], d + 1.0 / size[c]));
-                    if den > 0.0 { num / den } else { 0.0 }
-                }
-                DomainMean::Plain => mean(&vectors.iter().map(|v| mean(v)).collect::<Vec<_>>()),
-            };
-            let t_d = ((h.seen as f64).sqrt() * mu_d).max(eps);
-            let t_c = data
-                .index_of_input
-                .iter()
-                .map(|&d| {
-                    let c = clustering.assignment[d];
-                    if config.clusters { (size[c].sqrt() * mu_c[c]).max(eps) } else { 1.0 }
-                })
-                .collect();
-            let stats = DomainStats { questions: h.seen, mu: mu_d, temperature: t_d, clusters: if config.clusters { k } else { 1 }, ..Default::default() };
-            scales.insert(domain.to_string(), DomainScale { t_d, t_c, stats });
+            self.domains.get_mut(*domain).expect("inserted above").runs += 1;
         }
+        let history = &self.domains;
+        let scales: BTreeMap<String, DomainScale> = remaining
+            .keys()
+            .copied()
+            .collect::<Vec<&str>>()
+            .par_iter()
+            .map(|domain| {
+                let h = &history[*domain];
+                let vectors: Vec<Vec<f64>> = h.vectors.iter().cloned().collect();
+                let data = WeightedPoints::from_points(&vectors);
+                let seed = (h.runs << 20) ^ h.seen;
+                // DomainOnly needs no clusters: one k-means with k = 1 is the domain mean.
+                let clustering = if config.clusters { elbow(&data, config.k_max, config.elbow_tol, seed) } else { kmeans(&data, 1, seed) };
+                let k = clustering.centroids.len();
+                let mut size = vec![0.0; k];
+                for (i, &c) in clustering.assignment.iter().enumerate() {
+                    size[c] += data.weights[i];
+                }
+                let mu_c: Vec<f64> = clustering.centroids.iter().map(|c| mean(c)).collect();
+                let mu_d = match config.domain_mean {
+                    DomainMean::InverseClusterSize => {
+                        let (num, den) = (0..k).filter(|&c| size[c] > 0.0).fold((0.0, 0.0), |(n, d), c| (n + mu_c[c] / size[c], d + 1.0 / size[c]));
+                        if den > 0.0 { num / den } else { 0.0 }
+                    }
+                    DomainMean::Plain => mean(&vectors.iter().map(|v| mean(v)).collect::<Vec<_>>()),
+                };
+                let t_d = ((h.seen as f64).sqrt() * mu_d).max(eps);
+                let t_c = data
+                    .index_of_input
+                    .iter()
+                    .map(|&d| {
+                        let c = clustering.assignment[d];
+                        if config.clusters { (size[c].sqrt() * mu_c[c]).max(eps) } else { 1.0 }
+                    })
+                    .collect();
+                let stats = DomainStats { questions: h.seen, mu: mu_d, temperature: t_d, clusters: k, ..Default::default() };
+                (domain.to_string(), DomainScale { t_d, t_c, stats })
+            })
+            .collect();
 
         // Step 9 (and 11): s' = m * s / (T_d T_c); a non-finite result keeps s.
         let factors: Vec<f64> = groups

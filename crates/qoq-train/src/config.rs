@@ -264,7 +264,8 @@ impl AlgorithmSection {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ValidationSection {
-    /// Validate every this many RL steps (0: never); also before the first and after the last.
+    /// Validate every this many RL steps (0: never); also before the first step, at the end
+    /// of SFT and after the last step.
     pub every: u64,
     /// Shard folder of the held-out set (default: data.shards).
     pub shards: Option<PathBuf>,
@@ -352,7 +353,7 @@ impl TrainConfig {
             if rl.prompts_per_step == 0 || rl.prompts_per_update == 0 || rl.micro_batch == 0 || rl.generation_batch == 0 {
                 return Err("rl.prompts_per_step, rl.prompts_per_update, rl.micro_batch and rl.generation_batch must be at least 1".into());
             }
-            if rl.prompts_per_step % rl.prompts_per_update != 0 {
+            if !rl.prompts_per_step.is_multiple_of(rl.prompts_per_update) {
                 return Err(format!(
                     "rl.prompts_per_step ({}) must be a multiple of rl.prompts_per_update ({})",
                     rl.prompts_per_step, rl.prompts_per_update

@@ -69,6 +69,8 @@ pub struct Trainer {
     banned_tokens: Vec<i64>,
     pad_id: i64,
     prompts_skipped: u64,
+    /// The latest validation figures (step, metrics).
+    pub last_validation: Option<(u64, Metrics)>,
 }
 
 /// Stream seeds per (run seed, step, chunk): a step's draws do not depend on earlier ones.
@@ -162,6 +164,7 @@ impl Trainer {
             banned_tokens,
             pad_id,
             prompts_skipped: 0,
+            last_validation: None,
         })
     }
 
@@ -180,6 +183,7 @@ impl Trainer {
         if validate_every > 0 && self.state.step() == 0 {
             let m = self.validate()?;
             self.log(0, &m)?;
+            self.last_validation = Some((0, m));
         }
         let end = limit.unwrap_or(u64::MAX).min(self.total_steps());
         while self.state.step() < end {
@@ -194,11 +198,14 @@ impl Trainer {
                 self.state.optimizer_step = 0;
             }
             let last = step == end;
-            if !in_sft && validate_every > 0 && (self.state.rl_steps_done % validate_every == 0 || last) {
+            // Also at the end of SFT, so the RL phase's effect shows against its start.
+            let sft_done = in_sft && self.state.sft_steps_done == self.config.sft.steps && self.config.rl.steps > 0;
+            if validate_every > 0 && (sft_done || (!in_sft && self.state.rl_steps_done.is_multiple_of(validate_every)) || last) {
                 let m = self.validate()?;
                 self.log(step, &m)?;
+                self.last_validation = Some((step, m));
             }
-            if step % self.config.run.save_every == 0 || last {
+            if step.is_multiple_of(self.config.run.save_every) || last {
                 self.save()?;
             }
         }
@@ -468,11 +475,11 @@ impl Trainer {
             m.insert("perf/max_memory_rss_mib".into(), rss);
         }
         let every = self.config.run.rollouts_every;
-        if every > 0 && self.state.rl_steps_done % every == 0 {
+        if every > 0 && self.state.rl_steps_done.is_multiple_of(every) {
             self.write_rollouts(step, &prompts, &responses)?;
         }
         let every = self.config.run.image_summary_every;
-        if every > 0 && (self.state.rl_steps_done % every == 0 || self.state.rl_steps_done == 1) {
+        if every > 0 && (self.state.rl_steps_done.is_multiple_of(every) || self.state.rl_steps_done == 1) {
             if let Some(img) = responses.first().and_then(|r| rollout_image(&prompts[r.prompt], &r.text)) {
                 self.events.image("rollout/boxes", step as i64, &img).map_err(|e| TrainError::io(self.events.path(), e))?;
             }

@@ -69,14 +69,10 @@ fn main() -> Result<()> {
     bar.set_position(done);
     let limit = args.max_steps.map(|n| done + n);
     let mut rl_rewards = Vec::new();
-    let mut last_validation = None;
     let started = std::time::Instant::now();
     let result = trainer.run_until(limit, |step, m| {
         if let Some(r) = m.get("reward/overall") {
             rl_rewards.push(r.to_owned());
-        }
-        if let (Some(a), Some(f)) = (m.get("val/accuracy"), m.get("val/f1")) {
-            last_validation = Some((step, a.to_owned(), f.to_owned(), m.get("val/reward/overall").copied().unwrap_or(0.0)));
         }
         bar.set_position(step);
         let reward = m.get("reward/overall").map(|r| format!("reward {r:.3}")).unwrap_or_else(|| {
@@ -102,8 +98,14 @@ fn main() -> Result<()> {
             mean(&rl_rewards[n - tenth..])
         );
     }
-    if let Some((step, accuracy, f1, reward)) = last_validation {
-        println!("validation at step {step}: accuracy {accuracy:.4}, F1 {f1:.4}, reward {reward:.4}");
+    if let Some((step, m)) = &trainer.last_validation {
+        let get = |k: &str| m.get(k).copied().unwrap_or(f64::NAN);
+        println!(
+            "validation at step {step}: accuracy {:.4}, F1 {:.4}, reward {:.4}",
+            get("val/accuracy"),
+            get("val/f1"),
+            get("val/reward/overall")
+        );
     }
     println!("wall time {:.1} s, peak RSS {:.0} MiB", started.elapsed().as_secs_f64(), qoq_cli::peak_rss_mib().unwrap_or(0.0));
     eprintln!("done: {}", out.display());
