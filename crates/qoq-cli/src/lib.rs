@@ -70,7 +70,7 @@ pub mod config {
     use qoq_data::LoaderConfig;
     use serde::Deserialize;
 
-    #[derive(Debug, Deserialize)]
+    #[derive(Debug, Clone, Default, Deserialize)]
     #[serde(deny_unknown_fields)]
     pub struct ProcessorConfig {
         pub min_pixels: Option<u64>,
@@ -99,25 +99,36 @@ pub mod config {
             let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
             let invalid = || format!("{}: invalid configuration", path.display());
             let raw: RawRunConfig = toml::from_str(&text).with_context(invalid)?;
-            let mut data = raw.data;
-            let shards = match data.remove("shards") {
-                Some(toml::Value::String(s)) => PathBuf::from(s),
-                Some(other) => return Err(anyhow!("`data.shards` must be a path string, found {}", other.type_str())).with_context(invalid),
-                None => return Err(anyhow!("missing key `data.shards` (the shard directory)")).with_context(invalid),
-            };
-            let loader: LoaderConfig = data.try_into().map_err(|e| anyhow!("[data]: {e}")).with_context(invalid)?;
+            let (shards, loader) = loader_from_table(raw.data).map_err(|e| anyhow!(e)).with_context(invalid)?;
             Ok(Self { shards, loader, processor: raw.processor })
         }
 
         pub fn processor(&self) -> ImageProcessorConfig {
+            self.processor.clone().unwrap_or_default().resolve()
+        }
+    }
+
+    impl ProcessorConfig {
+        /// The image processor settings: the defaults with this table's keys applied.
+        pub fn resolve(&self) -> ImageProcessorConfig {
             let mut c = ImageProcessorConfig::default();
-            if let Some(p) = &self.processor {
-                c.min_pixels = p.min_pixels.unwrap_or(c.min_pixels);
-                c.max_pixels = p.max_pixels.unwrap_or(c.max_pixels);
-                c.video_frames = p.video_frames.unwrap_or(c.video_frames);
-            }
+            c.min_pixels = self.min_pixels.unwrap_or(c.min_pixels);
+            c.max_pixels = self.max_pixels.unwrap_or(c.max_pixels);
+            c.video_frames = self.video_frames.unwrap_or(c.video_frames);
             c
         }
+    }
+
+    /// A `[data]` table: `shards` (the shard directory) and the rest as `LoaderConfig`'s
+    /// fields with its defaults. The error names the key.
+    pub fn loader_from_table(mut data: toml::Table) -> std::result::Result<(PathBuf, LoaderConfig), String> {
+        let shards = match data.remove("shards") {
+            Some(toml::Value::String(s)) => PathBuf::from(s),
+            Some(other) => return Err(format!("`data.shards` must be a path string, found {}", other.type_str())),
+            None => return Err("missing key `data.shards` (the shard directory)".into()),
+        };
+        let loader: LoaderConfig = data.try_into().map_err(|e| format!("[data]: {e}"))?;
+        Ok((shards, loader))
     }
 }
 

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use qoq_cli::config::{loader_from_table, ProcessorConfig};
 use qoq_data::preprocess::ImageProcessorConfig;
 use qoq_data::LoaderConfig;
 use qoq_rewards::RewardConfig;
@@ -23,7 +24,7 @@ pub struct TrainConfig {
     /// The loader's `[data]` table (see configs/data/synthetic.toml) plus `shards`.
     pub data: toml::Table,
     #[serde(default)]
-    pub processor: ProcessorSection,
+    pub processor: ProcessorConfig,
     #[serde(default)]
     pub prompt: PromptSection,
     #[serde(default)]
@@ -95,14 +96,6 @@ pub struct ModelSection {
 
 fn float32() -> String {
     "float32".into()
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProcessorSection {
-    pub min_pixels: Option<u64>,
-    pub max_pixels: Option<u64>,
-    pub video_frames: Option<usize>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -292,30 +285,18 @@ impl TrainConfig {
         Ok(config)
     }
 
-    /// The shard folder and loader settings of `[data]`.
+    /// The shard folder and loader settings of `[data]`; training cycles through the
+    /// data unless `data.epochs` bounds it.
     pub fn loader(&self) -> Result<(PathBuf, LoaderConfig), String> {
-        let mut data = self.data.clone();
-        let shards = match data.remove("shards") {
-            Some(toml::Value::String(s)) => PathBuf::from(s),
-            Some(other) => return Err(format!("data.shards must be a path string, found {}", other.type_str())),
-            None => return Err("missing key data.shards (the shard directory)".into()),
-        };
-        let cycle = !data.contains_key("epochs");
-        let mut loader: LoaderConfig = data.try_into().map_err(|e| format!("[data]: {e}"))?;
-        // Training cycles through the data unless data.epochs bounds it.
-        if cycle {
+        let (shards, mut loader) = loader_from_table(self.data.clone())?;
+        if !self.data.contains_key("epochs") {
             loader.epochs = None;
         }
         Ok((shards, loader))
     }
 
     pub fn processor(&self) -> ImageProcessorConfig {
-        let mut c = ImageProcessorConfig::default();
-        let p = &self.processor;
-        c.min_pixels = p.min_pixels.unwrap_or(c.min_pixels);
-        c.max_pixels = p.max_pixels.unwrap_or(c.max_pixels);
-        c.video_frames = p.video_frames.unwrap_or(c.video_frames);
-        c
+        self.processor.resolve()
     }
 
     /// Checks every value; with `paths`, also that the model folder exists.

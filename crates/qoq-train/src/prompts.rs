@@ -134,21 +134,18 @@ impl PromptBatch {
             mask.extend(std::iter::repeat_n(0i64, pad).chain(std::iter::repeat_n(1i64, p.ids.len())));
         }
         let shape = [prompts.len() as i64, width as i64];
-        let stack = |inputs: Vec<&VisionInput>| -> Result<(Option<Tensor>, Vec<[i64; 3]>), TrainError> {
+        let stack = |inputs: Vec<&VisionInput>| -> (Option<Tensor>, Vec<[i64; 3]>) {
             if inputs.is_empty() {
-                return Ok((None, Vec::new()));
+                return (None, Vec::new());
             }
             let cols = inputs[0].pixel_values.len() / inputs[0].rows().max(1);
-            let mut values = Vec::new();
-            for v in &inputs {
-                values.extend_from_slice(&v.pixel_values);
-            }
+            let values: Vec<f32> = inputs.iter().flat_map(|v| v.pixel_values.iter().copied()).collect();
             let rows = (values.len() / cols.max(1)) as i64;
             let t = Tensor::from_slice(&values).view([rows, cols as i64]).to_device(device);
-            Ok((Some(t), inputs.iter().map(|v| v.grid_thw.map(i64::from)).collect()))
+            (Some(t), inputs.iter().map(|v| v.grid_thw.map(i64::from)).collect())
         };
-        let (pixel_values, image_grids) = stack(prompts.iter().flat_map(|p| &p.images).collect())?;
-        let (pixel_values_videos, video_grids) = stack(prompts.iter().flat_map(|p| &p.videos).collect())?;
+        let (pixel_values, image_grids) = stack(prompts.iter().flat_map(|p| &p.images).collect());
+        let (pixel_values_videos, video_grids) = stack(prompts.iter().flat_map(|p| &p.videos).collect());
         Ok(Self {
             input_ids: Tensor::from_slice(&ids).view(shape).to_device(device),
             attention_mask: Tensor::from_slice(&mask).view(shape).to_device(device),

@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use qoq_data::preprocess::ImageProcessor;
@@ -115,17 +115,23 @@ impl Trainer {
         let (shards, loader_config) = config.loader().map_err(TrainError::Config)?;
         let mut loader = Loader::open(&shards, loader_config)?;
 
-        let state = match &resume_from {
-            Some(dir) => checkpoint::load(dir)?.0,
-            None => TrainerState {
+        let (state, moments) = match &resume_from {
+            Some(dir) => {
+                let (state, moments) = checkpoint::load(dir)?;
+                (state, Some(moments))
+            }
+            None => (
+                TrainerState {
                 version: 1,
                 sft_steps_done: 0,
                 rl_steps_done: 0,
                 optimizer_step: 0,
                 cursor: loader.cursor(),
-                drpo: DrpoHistory::default(),
-                seed: config.run.seed,
-            },
+                    drpo: DrpoHistory::default(),
+                    seed: config.run.seed,
+                },
+                None,
+            ),
         };
         loader.seek(state.cursor)?;
 
@@ -133,13 +139,10 @@ impl Trainer {
         let in_sft = state.sft_steps_done < config.sft.steps;
         let optim_config = if in_sft { config.sft.optim.clone() } else { config.rl.optim.clone() };
         let mut optimizer = AdamW::new(optim_config, trainable(&policy));
-        if let Some(dir) = &resume_from {
-            let (_, moments) = checkpoint::load(dir)?;
-            // A checkpoint taken at the SFT -> RL boundary holds SFT moments: RL starts fresh.
-            let boundary = !in_sft && state.rl_steps_done == 0;
-            if !boundary {
-                optimizer.load_state(&moments, state.optimizer_step).map_err(|e| TrainError::Checkpoint(format!("{}: {e}", dir.display())))?;
-            }
+        // A checkpoint holds the active phase's optimizer (at the SFT -> RL boundary, the
+        // fresh RL one: `run_until` swaps it in before saving).
+        if let (Some(dir), Some(moments)) = (&resume_from, &moments) {
+            optimizer.load_state(moments, state.optimizer_step).map_err(|e| TrainError::Checkpoint(format!("{}: {e}", dir.display())))?;
         }
 
         let events = EventWriter::create(&out.join("tensorboard")).map_err(|e| TrainError::io(&out.join("tensorboard"), e))?;
@@ -195,7 +198,6 @@ impl Trainer {
             // Entering RL: a fresh optimizer with the RL settings.
             if in_sft && self.state.sft_steps_done == self.config.sft.steps {
                 self.optimizer = AdamW::new(self.config.rl.optim.clone(), trainable(&self.policy));
-                self.state.optimizer_step = 0;
             }
             let last = step == end;
             // Also at the end of SFT, so the RL phase's effect shows against its start.
@@ -687,9 +689,4 @@ fn freeze(model: &Qwen3VL, modules: &[String]) {
             let _ = t.shallow_clone().set_requires_grad(false);
         }
     }
-}
-
-/// Where a run's outputs go (for tools that read them).
-pub fn checkpoints_dir(output_dir: &Path) -> PathBuf {
-    output_dir.join("checkpoints")
 }
