@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One-time, idempotent setup: a CPU-only libtorch 2.11.0 tree for tch 0.24.
+# One-time, idempotent setup: a CPU-only libtorch 2.11.0 tree for tch 0.24, and Gloo's
+# headers (apt: libgloo-dev) for the c10d shim of crates/qoq-dist.
 #
 # No libtorch zip can be downloaded from the package registries, but the torch 2.11.0
 # wheel can: its torch/include + torch/lib form a libtorch tree. We keep the CPU
@@ -40,6 +41,18 @@ need() { command -v "$1" >/dev/null 2>&1 || { echo "setup: '$1' is required but 
 need cargo "install the Rust toolchain (rustup) first"
 need python3 "install python3 with pip first"
 python3 -m pip --version >/dev/null 2>&1 || { echo "setup: python3 has no pip; install it (e.g. apt-get install python3-pip)" >&2; exit 1; }
+
+# Gloo's headers for crates/qoq-dist (c10d's Gloo code is inside libtorch_cpu.so, its
+# headers are not in the wheel): Debian's libgloo-dev.
+if [ "$variant" = cpu ] && [ ! -f /usr/include/gloo/config.h ] && [ -z "${QOQ_GLOO_INCLUDE:-}" ]; then
+    echo "setup: installing Gloo's headers (Debian package libgloo-dev)" >&2
+    sudo_cmd=""
+    [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+    if ! command -v apt-get >/dev/null 2>&1 || ! { $sudo_cmd apt-get install -y -q libgloo-dev >/dev/null || { $sudo_cmd apt-get update -q >/dev/null && $sudo_cmd apt-get install -y -q libgloo-dev >/dev/null; }; }; then
+        echo "setup: could not install libgloo-dev; install Gloo's headers and set QOQ_GLOO_INCLUDE to the folder holding gloo/config.h" >&2
+        exit 1
+    fi
+fi
 
 mkdir -p "$cache"
 # One setup at a time per cache (CI jobs and clones share it).
