@@ -37,6 +37,28 @@ pub struct TrainConfig {
     pub reward: RewardConfig,
     #[serde(default)]
     pub validation: ValidationSection,
+    #[serde(default)]
+    pub distributed: DistributedSection,
+}
+
+/// Settings for runs on several ranks (`torchrun` or `train --nproc N`); a single
+/// process ignores them.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DistributedSection {
+    /// Shard the AdamW moments across ranks (ZeRO stage 1).
+    pub sharded_optimizer: bool,
+    /// Gradient bucket size in MiB of fp32 (one collective per bucket).
+    pub bucket_mb: usize,
+    /// A collective that waits longer than this fails (naming it and the silent rank).
+    /// It must exceed the longest gap between collectives (a generation phase).
+    pub timeout_s: u64,
+}
+
+impl Default for DistributedSection {
+    fn default() -> Self {
+        Self { sharded_optimizer: false, bucket_mb: 25, timeout_s: 1800 }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -299,6 +321,23 @@ impl TrainConfig {
         self.processor.resolve()
     }
 
+    /// Checks that the batches split evenly over `world` ranks.
+    pub fn check_world(&self, world: usize) -> Result<(), String> {
+        if world <= 1 {
+            return Ok(());
+        }
+        if self.sft.steps > 0 && !self.sft.batch_size.is_multiple_of(world) {
+            return Err(format!("sft.batch_size ({}) must be a multiple of the number of ranks ({world})", self.sft.batch_size));
+        }
+        if self.rl.steps > 0 && !self.rl.prompts_per_update.is_multiple_of(world) {
+            return Err(format!(
+                "rl.prompts_per_update ({}) must be a multiple of the number of ranks ({world}): each optimizer step's prompts are split evenly",
+                self.rl.prompts_per_update
+            ));
+        }
+        Ok(())
+    }
+
     /// Checks every value; with `paths`, also that the model folder exists.
     pub fn check(&self, paths: bool) -> Result<(), String> {
         self.loader()?;
@@ -371,6 +410,10 @@ impl TrainConfig {
         }
         if v.temperature < 0.0 {
             return Err(format!("validation.temperature must be >= 0, got {}", v.temperature));
+        }
+        let d = &self.distributed;
+        if d.bucket_mb == 0 || d.timeout_s == 0 {
+            return Err("distributed.bucket_mb and distributed.timeout_s must be at least 1".into());
         }
         if self.run.save_every == 0 {
             return Err("run.save_every must be at least 1".into());

@@ -15,6 +15,9 @@ pub enum TrainError {
     Policy(#[from] qoq_policy::PolicyError),
     #[error(transparent)]
     Data(#[from] qoq_data::DataError),
+    /// A collective failed: names the collective and the failed or silent rank.
+    #[error(transparent)]
+    Dist(#[from] qoq_dist::DistError),
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
     #[error("{path}: {source}")]

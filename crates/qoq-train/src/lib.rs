@@ -1,12 +1,13 @@
 //! The DRPO / GRPO trainer for the Qwen3-VL policy: advantages (GRPO, Dr.GRPO, DRPO with
 //! elbow k-means), the PPO-clip loss, AdamW with checkpointable state, atomic checkpoints,
 //! TensorBoard event files, and the loop that ties them to the data, reward and policy
-//! crates. The binaries `train` and `export` drive it.
+//! crates, on one process or data-parallel over c10d ranks (`parallel`, `sharded`). The
+//! binaries `train` and `export` drive it.
 //!
 //! ```no_run
-//! use qoq_train::{config::TrainConfig, Trainer};
+//! use qoq_train::{config::TrainConfig, parallel::DataParallel, Trainer};
 //! let config = TrainConfig::from_file("configs/demo.toml".as_ref())?;
-//! let mut trainer = Trainer::new(config, false)?;
+//! let mut trainer = Trainer::new(config, false, DataParallel::single())?;
 //! trainer.run(|step, metrics| println!("{step}: {:?}", metrics.get("reward/overall")))?;
 //! # Ok::<(), qoq_train::TrainError>(())
 //! ```
@@ -18,7 +19,9 @@ mod error;
 pub mod kmeans;
 pub mod loss;
 pub mod optim;
+pub mod parallel;
 pub mod prompts;
+pub mod sharded;
 pub mod summary;
 pub mod tensorboard;
 pub mod trainer;

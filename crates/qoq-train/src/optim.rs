@@ -108,6 +108,10 @@ impl AdamW {
         Self { config, params, exp_avg, exp_avg_sq, step: 0 }
     }
 
+    pub fn params(&self) -> impl Iterator<Item = &Tensor> {
+        self.params.iter().map(|(_, t, _)| t)
+    }
+
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.params.iter().map(|(n, _, _)| n.as_str())
     }
@@ -150,29 +154,54 @@ impl AdamW {
         let _guard = tch::no_grad_guard();
         let clip = if self.config.grad_clip > 0.0 { (self.config.grad_clip / (norm + 1e-6)).min(1.0) } else { 1.0 };
         self.step += 1;
-        let [b1, b2] = self.config.betas;
-        let bias1 = 1.0 - b1.powi(self.step as i32);
-        let bias2 = 1.0 - b2.powi(self.step as i32);
         for (name, p, decay) in &mut self.params {
             let g = p.grad();
             if !g.defined() {
                 continue;
             }
-            let g = g.to_kind(Kind::Float) * clip;
-            if *decay && self.config.weight_decay != 0.0 {
-                let _ = p.g_mul_scalar_(1.0 - lr * self.config.weight_decay);
-            }
             let m = self.exp_avg.get_mut(name.as_str()).expect("state for every parameter");
-            let _ = m.g_mul_scalar_(b1).g_add_(&(&g * (1.0 - b1)));
             let v = self.exp_avg_sq.get_mut(name.as_str()).expect("state for every parameter");
-            let _ = v.g_mul_scalar_(b2).g_add_(&(g.square() * (1.0 - b2)));
-            let denom = v.sqrt() / bias2.sqrt() + self.config.eps;
-            let update = (&*m / denom) * (lr / bias1);
-            let _ = p.g_sub_(&update.to_kind(p.kind()));
+            let decay = if *decay { Decay::All } else { Decay::None };
+            adamw_update(p, &(g.to_kind(Kind::Float) * clip), m, v, lr, decay, &self.config, self.step);
         }
         norm
     }
 
+}
+
+/// Which elements of a tensor get weight decay.
+pub(crate) enum Decay<'a> {
+    None,
+    All,
+    /// 1 where decayed, 0 where not (a flat shard spanning several parameters).
+    Mask(&'a Tensor),
+}
+
+/// One AdamW update of `p` in place (PyTorch's `torch.optim.AdamW`, step number `step`
+/// counted from 1): decoupled weight decay, then the bias-corrected moments.
+pub(crate) fn adamw_update(p: &mut Tensor, g: &Tensor, m: &mut Tensor, v: &mut Tensor, lr: f64, decay: Decay<'_>, config: &OptimConfig, step: u64) {
+    let [b1, b2] = config.betas;
+    let bias1 = 1.0 - b1.powi(step as i32);
+    let bias2 = 1.0 - b2.powi(step as i32);
+    if config.weight_decay != 0.0 {
+        match decay {
+            Decay::None => {}
+            Decay::All => {
+                let _ = p.g_mul_scalar_(1.0 - lr * config.weight_decay);
+            }
+            Decay::Mask(mask) => {
+                let _ = p.g_mul_(&(mask * (-lr * config.weight_decay) + 1.0));
+            }
+        }
+    }
+    let _ = m.g_mul_scalar_(b1).g_add_(&(g * (1.0 - b1)));
+    let _ = v.g_mul_scalar_(b2).g_add_(&(g.square() * (1.0 - b2)));
+    let denom = v.sqrt() / bias2.sqrt() + config.eps;
+    let update = (&*m / denom) * (lr / bias1);
+    let _ = p.g_sub_(&update.to_kind(p.kind()));
+}
+
+impl AdamW {
     /// Moments as named tensors (`exp_avg.NAME`, `exp_avg_sq.NAME`) for a checkpoint.
     pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
         let mut out = Vec::new();

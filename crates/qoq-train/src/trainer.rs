@@ -10,26 +10,32 @@
 //!
 //! Metric names follow verl / EasyR1 (`actor/pg_loss`, `timing_s/gen`, ...), plus the DRPO
 //! figures per domain (`drpo/<domain>/...`).
+//!
+//! Across ranks (`parallel.rs`): each rank generates, scores and trains on its share of
+//! the global batch; step 4 gathers every rank's rewards, groups and lengths first, so
+//! the advantages, the loss normaliser and the logged figures are the global batch's.
+//! Rank 0 alone writes logs, rollouts and checkpoints.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use qoq_data::preprocess::ImageProcessor;
-use qoq_data::{Loader, LoaderConfig};
+use qoq_data::{Loader, LoaderConfig, Sample};
 use qoq_policy::chat::Tokenizer;
 use qoq_policy::{Qwen3VL, SamplingConfig};
 use qoq_rewards::eval::Evaluator;
 use qoq_rewards::{Scorer, Scores, Target};
 use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use crate::advantage::{DrpoHistory, Group};
 use crate::checkpoint::{self, TrainerState};
 use crate::config::{parse_device, TrainConfig};
 use crate::loss::{batch_normaliser, policy_loss, sft_loss, LossTerms};
-use crate::optim::AdamW;
+use crate::parallel::{DataParallel, Optimizer};
 use crate::prompts::{prepare, response_mask, Prompt, PromptBatch};
 use crate::summary::rollout_image;
 use crate::tensorboard::EventWriter;
@@ -61,9 +67,11 @@ pub struct Trainer {
     processor: ImageProcessor,
     scorer: Scorer,
     loader: Loader,
-    optimizer: AdamW,
+    optimizer: Optimizer,
+    pub dp: DataParallel,
     pub state: TrainerState,
-    events: EventWriter,
+    /// Rank 0's TensorBoard events (the other ranks log nothing).
+    events: Option<EventWriter>,
     out: PathBuf,
     stop_tokens: Vec<i64>,
     banned_tokens: Vec<i64>,
@@ -80,9 +88,15 @@ fn derive_seed(seed: u64, step: u64, chunk: u64) -> u64 {
 
 impl Trainer {
     /// Loads the policy (from the latest checkpoint when `resume`), the data and the
-    /// reward; freezes modules; restores optimizer, cursor and DRPO history.
-    pub fn new(config: TrainConfig, resume: bool) -> Result<Self, TrainError> {
-        let device = parse_device(&config.run.device).map_err(TrainError::Config)?;
+    /// reward; freezes modules; restores optimizer, cursor and DRPO history. `dp` says
+    /// which rank of how many this process is ([`DataParallel::single`] for one process).
+    pub fn new(config: TrainConfig, resume: bool, dp: DataParallel) -> Result<Self, TrainError> {
+        config.check_world(dp.world()).map_err(TrainError::Config)?;
+        let mut device = parse_device(&config.run.device).map_err(TrainError::Config)?;
+        // "cuda" without an index: each rank takes the GPU of its local rank.
+        if config.run.device == "cuda" {
+            device = Device::Cuda(dp.group.local_rank());
+        }
         if config.run.threads > 0 {
             tch::set_num_threads(config.run.threads);
         }
@@ -138,14 +152,22 @@ impl Trainer {
         freeze(&policy, &config.model.freeze);
         let in_sft = state.sft_steps_done < config.sft.steps;
         let optim_config = if in_sft { config.sft.optim.clone() } else { config.rl.optim.clone() };
-        let mut optimizer = AdamW::new(optim_config, trainable(&policy));
+        let mut optimizer = Optimizer::new(optim_config, trainable(&policy), &dp);
         // A checkpoint holds the active phase's optimizer (at the SFT -> RL boundary, the
         // fresh RL one: `run_until` swaps it in before saving).
         if let (Some(dir), Some(moments)) = (&resume_from, &moments) {
-            optimizer.load_state(moments, state.optimizer_step).map_err(|e| TrainError::Checkpoint(format!("{}: {e}", dir.display())))?;
+            optimizer.load_state(moments, state.optimizer_step, &dp).map_err(|e| TrainError::Checkpoint(format!("{}: {e}", dir.display())))?;
         }
+        // Every rank starts from rank 0's weights.
+        let mut variables: Vec<(String, Tensor)> = policy.vs.variables().into_iter().collect();
+        variables.sort_by(|a, b| a.0.cmp(&b.0));
+        dp.broadcast(&variables.into_iter().map(|(_, t)| t).collect::<Vec<_>>())?;
 
-        let events = EventWriter::create(&out.join("tensorboard")).map_err(|e| TrainError::io(&out.join("tensorboard"), e))?;
+        let events = if dp.is_main() {
+            Some(EventWriter::create(&out.join("tensorboard")).map_err(|e| TrainError::io(&out.join("tensorboard"), e))?)
+        } else {
+            None
+        };
         let c = &policy.config;
         let stop_tokens = [tokenizer.im_end_id(), tokenizer.token_id("<|endoftext|>").unwrap_or(tokenizer.im_end_id())].map(i64::from).to_vec();
         let banned_tokens = vec![c.image_token_id, c.video_token_id, c.vision_start_token_id, c.vision_end_token_id];
@@ -160,6 +182,7 @@ impl Trainer {
             scorer,
             loader,
             optimizer,
+            dp,
             state,
             events,
             out,
@@ -197,7 +220,7 @@ impl Trainer {
             on_step(step, &metrics);
             // Entering RL: a fresh optimizer with the RL settings.
             if in_sft && self.state.sft_steps_done == self.config.sft.steps {
-                self.optimizer = AdamW::new(self.config.rl.optim.clone(), trainable(&self.policy));
+                self.optimizer = Optimizer::new(self.config.rl.optim.clone(), trainable(&self.policy), &self.dp);
             }
             let last = step == end;
             // Also at the end of SFT, so the RL phase's effect shows against its start.
@@ -211,55 +234,97 @@ impl Trainer {
                 self.save()?;
             }
         }
-        self.events.flush().map_err(|e| TrainError::io(self.events.path(), e))
+        match &mut self.events {
+            Some(events) => events.flush().map_err(|e| TrainError::io(events.path(), e)),
+            None => Ok(()),
+        }
     }
 
     fn log(&mut self, step: u64, metrics: &Metrics) -> Result<(), TrainError> {
+        let Some(events) = &mut self.events else { return Ok(()) };
         let values: Vec<(String, f64)> = metrics.iter().map(|(k, v)| (k.clone(), *v)).collect();
-        self.events.scalars(step as i64, &values).map_err(|e| TrainError::io(self.events.path(), e))?;
-        self.events.flush().map_err(|e| TrainError::io(self.events.path(), e))
+        events.scalars(step as i64, &values).map_err(|e| TrainError::io(events.path(), e))?;
+        events.flush().map_err(|e| TrainError::io(events.path(), e))
     }
 
-    pub fn save(&mut self) -> Result<PathBuf, TrainError> {
+    /// Writes a checkpoint (rank 0; every rank must call this). Returns its folder on rank 0.
+    pub fn save(&mut self) -> Result<Option<PathBuf>, TrainError> {
         self.state.cursor = self.loader.cursor();
-        self.state.optimizer_step = self.optimizer.step;
-        let policy = &self.policy;
-        checkpoint::save(
-            &self.out.join("checkpoints"),
-            &self.state,
-            |dir| policy.save_pretrained(dir, 5 << 30).map_err(TrainError::from),
-            &self.config.model.path,
-            &self.optimizer.state_tensors(),
-            self.config.run.keep_checkpoints,
-        )
+        self.state.optimizer_step = self.optimizer.steps();
+        let moments = self.optimizer.state_tensors(&self.dp)?;
+        self.dp.check_replicas(self.optimizer.params().into_iter())?;
+        let written = if self.dp.is_main() {
+            let policy = &self.policy;
+            Some(checkpoint::save(
+                &self.out.join("checkpoints"),
+                &self.state,
+                |dir| policy.save_pretrained(dir, 5 << 30).map_err(TrainError::from),
+                &self.config.model.path,
+                &moments,
+                self.config.run.keep_checkpoints,
+            )?)
+        } else {
+            None
+        };
+        // Nobody runs ahead of a checkpoint that failed to write.
+        self.dp.group.barrier()?;
+        Ok(written)
     }
 
-    /// The next `n` usable prompts from the loader (prepared in parallel; prompts over the
-    /// length limit are skipped and counted).
-    fn next_prompts(&mut self, n: usize) -> Result<Vec<Prompt>, TrainError> {
-        let mut prompts = Vec::with_capacity(n);
-        while prompts.len() < n {
-            let mut samples = Vec::with_capacity(n - prompts.len());
-            for _ in 0..n - prompts.len() {
+    /// This rank's prompts of the next global batch of `n` usable prompts, cut in blocks
+    /// of `block` (see [`DataParallel::owner`]), with their positions in the batch. Every
+    /// rank reads the same samples and prepares only those it will train on; prompts over
+    /// the length limit are skipped (and counted) exactly as one process would skip them.
+    fn next_prompts(&mut self, n: usize, block: usize) -> Result<(Vec<Prompt>, Vec<usize>), TrainError> {
+        let mut samples: Vec<Sample> = Vec::with_capacity(n);
+        let mut usable: Vec<usize> = Vec::with_capacity(n);
+        let mut prepared: HashMap<usize, Prompt> = HashMap::new();
+        while usable.len() < n {
+            let first = samples.len();
+            let need = n - usable.len();
+            for _ in 0..need {
                 match self.loader.next() {
                     Some(s) => samples.push(s?),
                     None => return Err(TrainError::Config("the data ran out: set data.epochs larger (or leave it unset to cycle)".into())),
                 }
             }
-            let suffix = &self.config.prompt.suffix;
-            let key = self.config.prompt.domain_key;
-            let (processor, tokenizer) = (&self.processor, &self.tokenizer);
-            let prepared: Vec<Result<Prompt, TrainError>> = samples.par_iter().map(|s| prepare(s, processor, tokenizer, suffix, key)).collect();
-            for p in prepared {
-                let p = p?;
-                if p.ids.len() > self.config.prompt.max_prompt_tokens {
-                    self.prompts_skipped += 1;
+            // Sample `first + i` takes position `usable.len() + i` unless one is skipped.
+            let mine: Vec<usize> = (first..first + need).filter(|&c| self.dp.owner(usable.len() + c - first, block) == self.dp.rank()).collect();
+            let fits: Vec<(usize, bool)> = self
+                .prepare_many(&mine.iter().map(|&c| &samples[c]).collect::<Vec<_>>())?
+                .into_iter()
+                .zip(&mine)
+                .map(|(p, &c)| {
+                    let fits = p.ids.len() <= self.config.prompt.max_prompt_tokens;
+                    prepared.insert(c, p);
+                    (c, fits)
+                })
+                .collect();
+            let fits: HashMap<usize, bool> = self.dp.gather(&fits)?.into_iter().flatten().collect();
+            for c in first..first + need {
+                if fits.get(&c).copied().unwrap_or(false) {
+                    usable.push(c);
                 } else {
-                    prompts.push(p);
+                    self.prompts_skipped += 1;
                 }
             }
         }
-        Ok(prompts)
+        let positions = self.dp.my_positions(n, block);
+        // A skip shifts later samples to other positions: prepare what this rank now lacks.
+        let lacking: Vec<&Sample> = positions.iter().map(|&p| usable[p]).filter(|c| !prepared.contains_key(c)).map(|c| &samples[c]).collect();
+        let mut extra = self.prepare_many(&lacking)?.into_iter();
+        let prompts = positions
+            .iter()
+            .map(|&p| prepared.remove(&usable[p]).or_else(|| extra.next()).expect("one prepared prompt per position"))
+            .collect();
+        Ok((prompts, positions))
+    }
+
+    fn prepare_many(&self, samples: &[&Sample]) -> Result<Vec<Prompt>, TrainError> {
+        let suffix = &self.config.prompt.suffix;
+        let key = self.config.prompt.domain_key;
+        let (processor, tokenizer) = (&self.processor, &self.tokenizer);
+        samples.par_iter().map(|s| prepare(s, processor, tokenizer, suffix, key)).collect()
     }
 
     /// Per-token log-probs (and entropies) of `responses` under `model`, micro-batched.
@@ -282,7 +347,8 @@ impl Trainer {
 
     fn sft_step(&mut self) -> Result<Metrics, TrainError> {
         let t0 = Instant::now();
-        let prompts = self.next_prompts(self.config.sft.batch_size)?;
+        let batch_size = self.config.sft.batch_size;
+        let (prompts, _) = self.next_prompts(batch_size, batch_size)?;
         let targets: Vec<Vec<i64>> = prompts
             .iter()
             .map(|p| {
@@ -291,7 +357,8 @@ impl Trainer {
                 Ok(ids)
             })
             .collect::<Result<_, qoq_policy::PolicyError>>()?;
-        let normaliser = targets.iter().map(Vec::len).sum::<usize>().max(1) as f64;
+        // Token mean over the global batch.
+        let normaliser = self.dp.sum(&[targets.iter().map(Vec::len).sum::<usize>() as f64])?[0].max(1.0);
         self.optimizer.zero_grad();
         let mut loss_sum = 0.0;
         let mut correct = 0.0;
@@ -306,9 +373,10 @@ impl Trainer {
             // exp(logp) > 0.5 means the reference token is the arg-max.
             correct += tch::no_grad(|| (logp.exp().gt(0.5).to_kind(Kind::Float) * &mask).sum(Kind::Float).double_value(&[]));
         }
-        let lr = self.optimizer.config.lr_at(self.optimizer.step, self.config.sft.steps);
-        let grad_norm = self.optimizer.step(lr);
+        let lr = self.optimizer.config().lr_at(self.optimizer.steps(), self.config.sft.steps);
+        let grad_norm = self.optimizer.step(lr, &self.dp)?;
         self.state.sft_steps_done += 1;
+        let [loss_sum, correct]: [f64; 2] = self.dp.sum(&[loss_sum, correct])?.try_into().expect("two sums");
         let mut m = Metrics::new();
         m.insert("sft/loss".into(), loss_sum);
         m.insert("sft/token_accuracy".into(), correct / normaliser);
@@ -338,13 +406,20 @@ impl Trainer {
         }
     }
 
-    /// Samples `g` responses per prompt, `generation_batch` prompts per call.
-    fn rollout(&self, prompts: &[Prompt], sampling: &SamplingConfig, batch: usize, step: u64) -> Result<Vec<Response>, TrainError> {
+    /// Samples `g` responses per prompt, `batch` prompts per call. `positions`: the
+    /// prompts' places in the global batch; a call's sampling stream is keyed by its
+    /// place, so ranks whose shares align with `batch` draw what one process would.
+    fn rollout(&self, prompts: &[Prompt], positions: &[usize], sampling: &SamplingConfig, batch: usize, step: u64) -> Result<Vec<Response>, TrainError> {
         let mut out = Vec::new();
-        for (chunk_index, start) in (0..prompts.len()).step_by(batch.max(1)).enumerate() {
-            let chunk: Vec<&Prompt> = prompts[start..(start + batch).min(prompts.len())].iter().collect();
+        let batch = batch.max(1);
+        for start in (0..prompts.len()).step_by(batch) {
+            let end = (start + batch).min(prompts.len());
+            let chunk: Vec<&Prompt> = prompts[start..end].iter().collect();
             let inputs = PromptBatch::new(&chunk, self.pad_id, self.device)?;
-            let config = SamplingConfig { seed: derive_seed(self.state.seed, step, chunk_index as u64), ..sampling.clone() };
+            let first = positions[start];
+            let aligned = first % batch == 0 && positions[start..end].windows(2).all(|w| w[1] == w[0] + 1);
+            let stream = if aligned { (first / batch) as u64 } else { (1 << 40) + first as u64 };
+            let config = SamplingConfig { seed: derive_seed(self.state.seed, step, stream), ..sampling.clone() };
             let rollouts = self.policy.generate(&inputs.inputs(), &config)?;
             let texts = rollouts.texts(&self.tokenizer, &self.stop_tokens)?;
             for (i, text) in texts.into_iter().enumerate() {
@@ -380,14 +455,15 @@ impl Trainer {
     fn rl_step(&mut self) -> Result<Metrics, TrainError> {
         let rl = self.config.rl.clone();
         let step = self.state.step() + 1;
+        let g = rl.samples_per_prompt;
         let mut timing = BTreeMap::new();
         let t_step = Instant::now();
 
-        // 1. gen
+        // 1. gen: this rank's share of the global batch of prompts_per_step prompts.
         let t = Instant::now();
-        let prompts = self.next_prompts(rl.prompts_per_step)?;
-        let sampling = self.sampling(rl.temperature, rl.max_new_tokens, rl.samples_per_prompt, 0);
-        let mut responses = self.rollout(&prompts, &sampling, rl.generation_batch, step)?;
+        let (prompts, positions) = self.next_prompts(rl.prompts_per_step, rl.prompts_per_update)?;
+        let sampling = self.sampling(rl.temperature, rl.max_new_tokens, g, 0);
+        let mut responses = self.rollout(&prompts, &positions, &sampling, rl.generation_batch, step)?;
         timing.insert("gen", t.elapsed().as_secs_f64());
 
         // 2. reward
@@ -411,33 +487,62 @@ impl Trainer {
             r.ref_logp = refs.as_ref().map(|v| v[i].clone());
         }
 
-        // 4. adv: groups are consecutive runs of G responses of one prompt.
+        // 4. adv over the GLOBAL batch: every rank's rewards, groups and lengths, in batch
+        // order (position, then sample), so all ranks compute what one process would.
         let t = Instant::now();
-        let g = rl.samples_per_prompt;
-        let groups: Vec<Group> = responses
-            .chunks(g)
-            .map(|rs| Group { domain: prompts[rs[0].prompt].group.clone(), rewards: rs.iter().map(|r| r.scores.overall).collect() })
+        // Texts travel only when rank 0 writes this step's rollouts.
+        let due = rl_due(self.config.run.rollouts_every, self.state.rl_steps_done + 1);
+        let mine: Vec<RolloutRecord> = responses
+            .iter()
+            .map(|r| {
+                let p = &prompts[r.prompt];
+                RolloutRecord {
+                    position: positions[r.prompt],
+                    sample_id: p.sample_id.clone(),
+                    group: p.group.clone(),
+                    prompt_tokens: p.ids.len(),
+                    tokens: r.tokens.len(),
+                    text: if due { r.text.clone() } else { String::new() },
+                    stopped: r.stopped,
+                    scores: r.scores,
+                    kl: r.ref_logp.as_deref().map(|rl| k3_sum(&r.old_logp, rl)),
+                    advantage: 0.0,
+                }
+            })
             .collect();
-        let kl: Option<Vec<Vec<f64>>> = refs.as_ref().map(|_| {
-            responses.chunks(g).map(|rs| rs.iter().map(|r| k3_sum(&r.old_logp, r.ref_logp.as_deref().unwrap_or(&[]))).collect()).collect()
-        });
+        let mut all: Vec<RolloutRecord> = self.dp.gather(&mine)?.into_iter().flatten().collect();
+        // Stable: each group keeps its sampling order.
+        all.sort_by_key(|r| r.position);
+        if all.len() != rl.prompts_per_step * g {
+            return Err(TrainError::Config(format!("gathered {} responses, expected {} (ranks disagree on the batch)", all.len(), rl.prompts_per_step * g)));
+        }
+        let groups: Vec<Group> = all.chunks(g).map(|rs| Group { domain: rs[0].group.clone(), rewards: rs.iter().map(|r| r.scores.overall).collect() }).collect();
+        let kl: Option<Vec<Vec<f64>>> = refs.as_ref().map(|_| all.chunks(g).map(|rs| rs.iter().map(|r| r.kl.unwrap_or(0.0)).collect()).collect());
         let adv_config = self.config.algorithm.advantage_config();
         let adv = self.state.drpo.advantages(&adv_config, &groups, kl.as_deref());
-        for (rs, a) in responses.chunks_mut(g).zip(&adv.advantages) {
+        for (rs, a) in all.chunks_mut(g).zip(&adv.advantages) {
             for (r, a) in rs.iter_mut().zip(a) {
                 r.advantage = *a;
             }
         }
+        // Responses of one prompt are consecutive, G of them.
+        for (i, r) in responses.iter_mut().enumerate() {
+            r.advantage = all[positions[r.prompt] * g + i % g].advantage;
+        }
         timing.insert("adv", t.elapsed().as_secs_f64());
 
-        // 5. update_actor: one epoch, prompts_per_update prompts per optimizer step.
+        // 5. update_actor: one epoch, prompts_per_update prompts per optimizer step, each
+        // split over the ranks; losses normalised by the whole update batch.
         let t = Instant::now();
         let loss_config = self.config.algorithm.loss_config();
-        let total_updates = self.config.rl.steps * (rl.prompts_per_step / rl.prompts_per_update) as u64;
+        let updates_per_step = rl.prompts_per_step / rl.prompts_per_update;
+        let total_updates = self.config.rl.steps * updates_per_step as u64;
+        let local_per_update = rl.prompts_per_update / self.dp.world() * g;
         let mut sums = LossSums::default();
         let mut updates = 0.0;
-        for batch in responses.chunks(rl.prompts_per_update * g) {
-            let lengths: Vec<usize> = batch.iter().map(|r| r.tokens.len()).collect();
+        for (u, batch) in responses.chunks(local_per_update).enumerate() {
+            let span = u * rl.prompts_per_update * g..(u + 1) * rl.prompts_per_update * g;
+            let lengths: Vec<usize> = all[span].iter().map(|r| r.tokens).collect();
             let normaliser = batch_normaliser(loss_config.aggregation, &lengths);
             self.optimizer.zero_grad();
             for micro in batch.chunks(rl.micro_batch) {
@@ -445,18 +550,19 @@ impl Trainer {
                 terms.loss.backward();
                 sums.add(&terms);
             }
-            let lr = self.optimizer.config.lr_at(self.optimizer.step, total_updates);
-            sums.grad_norm += self.optimizer.step(lr);
+            let lr = self.optimizer.config().lr_at(self.optimizer.steps(), total_updates);
+            sums.grad_norm += self.optimizer.step(lr, &self.dp)?;
             sums.lr = lr;
             updates += 1.0;
         }
+        sums.sum_over_ranks(&self.dp)?;
         timing.insert("update_actor", t.elapsed().as_secs_f64());
         self.state.rl_steps_done += 1;
         timing.insert("step", t_step.elapsed().as_secs_f64());
 
-        // Logs.
+        // Logs (global figures).
         let mut m = Metrics::new();
-        rollout_metrics(&mut m, &prompts, &responses, &rl);
+        rollout_metrics(&mut m, &all, &rl);
         sums.report(&mut m, updates);
         for (name, s) in &adv.domains {
             m.insert(format!("drpo/{name}/reward_mean"), s.reward_mean);
@@ -470,20 +576,20 @@ impl Trainer {
         for (k, v) in &timing {
             m.insert(format!("timing_s/{k}"), *v);
         }
-        let tokens: usize = responses.iter().map(|r| r.tokens.len() + prompts[r.prompt].ids.len()).sum();
+        let tokens: usize = all.iter().map(|r| r.tokens + r.prompt_tokens).sum();
         m.insert("perf/throughput".into(), tokens as f64 / timing["step"]);
         m.insert("perf/time_per_step".into(), timing["step"]);
         if let Some(rss) = qoq_cli::peak_rss_mib() {
             m.insert("perf/max_memory_rss_mib".into(), rss);
         }
-        let every = self.config.run.rollouts_every;
-        if every > 0 && self.state.rl_steps_done.is_multiple_of(every) {
-            self.write_rollouts(step, &prompts, &responses)?;
+        if due && self.dp.is_main() {
+            self.write_rollouts(step, &all)?;
         }
-        let every = self.config.run.image_summary_every;
-        if every > 0 && (self.state.rl_steps_done.is_multiple_of(every) || self.state.rl_steps_done == 1) {
-            if let Some(img) = responses.first().and_then(|r| rollout_image(&prompts[r.prompt], &r.text)) {
-                self.events.image("rollout/boxes", step as i64, &img).map_err(|e| TrainError::io(self.events.path(), e))?;
+        if self.dp.is_main() && (rl_due(self.config.run.image_summary_every, self.state.rl_steps_done) || (self.config.run.image_summary_every > 0 && self.state.rl_steps_done == 1)) {
+            if let (Some(r), Some(events)) = (responses.first(), self.events.as_mut()) {
+                if let Some(img) = rollout_image(&prompts[r.prompt], &r.text) {
+                    events.image("rollout/boxes", step as i64, &img).map_err(|e| TrainError::io(events.path(), e))?;
+                }
             }
         }
         Ok(m)
@@ -522,18 +628,17 @@ impl Trainer {
         Ok(policy_loss(&logp, &old, reference.as_ref(), &adv, &mask, config, normaliser))
     }
 
-    fn write_rollouts(&self, step: u64, prompts: &[Prompt], responses: &[Response]) -> Result<(), TrainError> {
+    fn write_rollouts(&self, step: u64, all: &[RolloutRecord]) -> Result<(), TrainError> {
         let dir = self.out.join("rollouts");
         std::fs::create_dir_all(&dir).map_err(|e| TrainError::io(&dir, e))?;
         let path = dir.join(format!("step_{step}.jsonl"));
         let tmp = dir.join(format!(".step_{step}.jsonl.tmp"));
         let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(|e| TrainError::io(&tmp, e))?);
-        for r in responses {
-            let p = &prompts[r.prompt];
+        for r in all {
             let mut line = serde_json::json!({
                 "step": step,
-                "prompt_id": p.sample_id,
-                "domain": p.group,
+                "prompt_id": r.sample_id,
+                "domain": r.group,
                 "response": r.text,
                 "reward": r.scores.overall,
                 "advantage": r.advantage,
@@ -562,23 +667,30 @@ impl Trainer {
         for s in loader.by_ref().take(v.max_samples) {
             samples.push(s?);
         }
-        let suffix = &self.config.prompt.suffix;
-        let key = self.config.prompt.domain_key;
-        let prompts: Vec<Prompt> =
-            samples.par_iter().map(|s| prepare(s, &self.processor, &self.tokenizer, suffix, key)).collect::<Result<_, _>>()?;
+        // Each rank answers a contiguous share; all figures are over every rank's answers.
+        let share = self.dp.my_range(samples.len());
+        let prompts = self.prepare_many(&samples[share.clone()].iter().collect::<Vec<_>>())?;
+        let positions: Vec<usize> = share.collect();
         let sampling = self.sampling(v.temperature, v.max_new_tokens.unwrap_or(self.config.rl.max_new_tokens), 1, 0);
-        let mut responses = self.rollout(&prompts, &sampling, v.batch_size, u64::MAX - self.state.step())?;
+        let mut responses = self.rollout(&prompts, &positions, &sampling, v.batch_size, u64::MAX - self.state.step())?;
         self.score_rewards(&prompts, &mut responses);
+        let mine: Vec<(String, String, String, String, Scores)> = responses
+            .iter()
+            .map(|r| {
+                let p = &prompts[r.prompt];
+                (p.domain.clone(), p.dataset.clone(), r.text.clone(), p.answer.clone(), r.scores)
+            })
+            .collect();
+        let answers: Vec<_> = self.dp.gather(&mine)?.into_iter().flatten().collect();
         let mut evaluator = Evaluator::new(self.scorer.labels);
         let mut m = Metrics::new();
-        for r in &responses {
-            let p = &prompts[r.prompt];
-            evaluator.add(&p.domain, &p.dataset, &r.text, &p.answer);
+        for (domain, dataset, text, answer, _) in &answers {
+            evaluator.add(domain, dataset, text, answer);
         }
-        let n = responses.len().max(1) as f64;
-        m.insert("val/reward/overall".into(), responses.iter().map(|r| r.scores.overall).sum::<f64>() / n);
-        for (name, _) in Scores::default().components() {
-            let mean = responses.iter().map(|r| r.scores.components().iter().find(|c| c.0 == name).map_or(0.0, |c| c.1)).sum::<f64>() / n;
+        let n = answers.len().max(1) as f64;
+        m.insert("val/reward/overall".into(), answers.iter().map(|a| a.4.overall).sum::<f64>() / n);
+        for (i, (name, _)) in Scores::default().components().iter().enumerate() {
+            let mean = answers.iter().map(|a| a.4.components()[i].1).sum::<f64>() / n;
             m.insert(format!("val/reward/{name}"), mean);
         }
         m.extend(evaluator.report().flat());
@@ -618,6 +730,13 @@ impl LossSums {
         self.ppo_kl += t.ppo_kl;
     }
 
+    /// Adds up the ranks' shares (the gradient norm and learning rate are global already).
+    fn sum_over_ranks(&mut self, dp: &DataParallel) -> Result<(), TrainError> {
+        let v = dp.sum(&[self.pg_loss, self.kl_loss, self.clip_higher, self.clip_lower, self.ppo_kl, self.entropy, self.tokens])?;
+        [self.pg_loss, self.kl_loss, self.clip_higher, self.clip_lower, self.ppo_kl, self.entropy, self.tokens] = v.try_into().expect("seven sums");
+        Ok(())
+    }
+
     /// Per-update means (each update's shares already sum to that update's value).
     fn report(&self, m: &mut Metrics, updates: f64) {
         let u = updates.max(1.0);
@@ -641,30 +760,53 @@ fn stats(values: impl Iterator<Item = f64>) -> (f64, f64, f64) {
     (mean, v.iter().copied().fold(f64::MIN, f64::max), v.iter().copied().fold(f64::MAX, f64::min))
 }
 
-fn rollout_metrics(m: &mut Metrics, prompts: &[Prompt], responses: &[Response], rl: &crate::config::RlSection) {
-    let (mean, max, min) = stats(responses.iter().map(|r| r.scores.overall));
+fn rollout_metrics(m: &mut Metrics, all: &[RolloutRecord], rl: &crate::config::RlSection) {
+    let (mean, max, min) = stats(all.iter().map(|r| r.scores.overall));
     m.insert("reward/overall".into(), mean);
     m.insert("critic/score/mean".into(), mean);
     m.insert("critic/score/max".into(), max);
     m.insert("critic/score/min".into(), min);
     for (i, (name, _)) in Scores::default().components().iter().enumerate() {
-        let (mean, _, _) = stats(responses.iter().map(|r| r.scores.components()[i].1));
+        let (mean, _, _) = stats(all.iter().map(|r| r.scores.components()[i].1));
         m.insert(format!("reward/{name}"), mean);
     }
-    let (mean, max, min) = stats(responses.iter().map(|r| r.advantage));
+    let (mean, max, min) = stats(all.iter().map(|r| r.advantage));
     m.insert("critic/advantages/mean".into(), mean);
     m.insert("critic/advantages/max".into(), max);
     m.insert("critic/advantages/min".into(), min);
-    let (mean, max, min) = stats(responses.iter().map(|r| r.tokens.len() as f64));
+    let (mean, max, min) = stats(all.iter().map(|r| r.tokens as f64));
     m.insert("response_length/mean".into(), mean);
     m.insert("response_length/max".into(), max);
     m.insert("response_length/min".into(), min);
-    let clipped = responses.iter().filter(|r| !r.stopped && r.tokens.len() >= rl.max_new_tokens).count();
-    m.insert("response_length/clip_ratio".into(), clipped as f64 / responses.len().max(1) as f64);
-    let (mean, max, min) = stats(prompts.iter().map(|p| p.ids.len() as f64));
+    let clipped = all.iter().filter(|r| !r.stopped && r.tokens >= rl.max_new_tokens).count();
+    m.insert("response_length/clip_ratio".into(), clipped as f64 / all.len().max(1) as f64);
+    let (mean, max, min) = stats(all.chunks(rl.samples_per_prompt.max(1)).map(|rs| rs[0].prompt_tokens as f64));
     m.insert("prompt_length/mean".into(), mean);
     m.insert("prompt_length/max".into(), max);
     m.insert("prompt_length/min".into(), min);
+}
+
+/// Whether a periodic action (every `every` RL steps; 0: never) falls on RL step `n`.
+fn rl_due(every: u64, n: u64) -> bool {
+    every > 0 && n.is_multiple_of(every)
+}
+
+/// What every rank learns about each response of the global batch.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RolloutRecord {
+    /// The prompt's place in the global batch.
+    position: usize,
+    sample_id: String,
+    group: String,
+    prompt_tokens: usize,
+    tokens: usize,
+    /// Only on steps whose rollouts are written.
+    text: String,
+    stopped: bool,
+    scores: Scores,
+    /// Sum of the k3 KL estimate (when there is a reference model).
+    kl: Option<f64>,
+    advantage: f64,
 }
 
 /// Parameters that train after freezing.

@@ -1,31 +1,18 @@
 //! End-to-end runs of the trainer on a tiny random policy and a small synthetic set:
 //! outputs in their documented places, exact resume after `kill -9`, export, bad configs.
 
+mod common;
+
+use common::{repo, setup, weights};
+use qoq_policy::Qwen3VL;
+use tch::Tensor;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use qoq_policy::{Qwen3VL, Qwen3VLConfig};
 use qoq_train::config::TrainConfig;
 use qoq_train::Trainer;
-use tch::Tensor;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// A tiny model folder (with the real tokenizer) and 48 synthetic samples.
-fn setup(dir: &Path) -> (PathBuf, PathBuf) {
-    let model = dir.join("model");
-    let tokenizer = repo().join(".qwen-tokenizer/tokenizer.json");
-    assert!(tokenizer.is_file(), "run `bash tools/setup.sh` first (it fetches the Qwen tokenizer)");
-    tch::manual_seed(0);
-    Qwen3VL::new(&Qwen3VLConfig::tiny(), tch::Device::Cpu).unwrap().save_pretrained(&model, u64::MAX).unwrap();
-    std::fs::copy(&tokenizer, model.join("tokenizer.json")).unwrap();
-    let shards = dir.join("shards");
-    qoq_data::synthetic::write_synthetic(&shards, 48, 0, |_| {}).unwrap();
-    (model, shards)
-}
 
 fn config_text(out: &Path, model: &Path, shards: &Path, extra: &str) -> String {
     format!(
@@ -87,14 +74,6 @@ fn write_config(dir: &Path, name: &str, text: &str) -> PathBuf {
     path
 }
 
-fn weights(dir: &Path) -> Vec<(String, Tensor)> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "safetensors")).collect();
-    files.sort();
-    let mut all: Vec<(String, Tensor)> = files.iter().flat_map(|f| Tensor::read_safetensors(f).unwrap()).collect();
-    all.sort_by(|a, b| a.0.cmp(&b.0));
-    all
-}
-
 #[test]
 fn a_run_writes_its_outputs_resumes_exactly_after_kill_9_and_exports() {
     let tmp = tempfile::tempdir().unwrap();
@@ -103,7 +82,7 @@ fn a_run_writes_its_outputs_resumes_exactly_after_kill_9_and_exports() {
     // A: uninterrupted, in process.
     let out_a = tmp.path().join("a");
     let cfg_a = write_config(tmp.path(), "a.toml", &config_text(&out_a, &model, &shards, ""));
-    let mut trainer = Trainer::new(TrainConfig::from_file(&cfg_a).unwrap(), false).unwrap();
+    let mut trainer = Trainer::new(TrainConfig::from_file(&cfg_a).unwrap(), false, qoq_train::parallel::DataParallel::single()).unwrap();
     let mut seen = Vec::new();
     trainer.run(|step, m| seen.push((step, m.clone()))).unwrap();
     assert_eq!(seen.iter().map(|s| s.0).collect::<Vec<_>>(), vec![1, 2, 3, 4]);

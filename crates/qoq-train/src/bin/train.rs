@@ -1,14 +1,24 @@
 //! Train a Qwen3-VL policy with SFT and / or DRPO from one TOML configuration.
 //!
 //!     cargo run --release --bin train -- configs/stage2.toml [--resume]
+//!     train CONFIG --nproc 4                                   # 4 local ranks
+//!     torchrun --no-python --nproc-per-node 8 target/release/train CONFIG
+//!
+//! Ranks find each other from RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT
+//! (what torchrun sets; `--nproc` sets them for its children).
 //!
 //! Outputs under run.output_dir: tensorboard/, rollouts/step_N.jsonl, checkpoints/step_N/.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use qoq_train::config::TrainConfig;
+use qoq_dist::{Backend, ProcessGroup};
+use qoq_train::config::{parse_device, TrainConfig};
+use qoq_train::parallel::DataParallel;
 use qoq_train::Trainer;
 
 #[derive(Parser)]
@@ -22,6 +32,10 @@ struct Args {
     /// Stop after this many steps of this invocation (the run can be resumed later).
     #[arg(long)]
     max_steps: Option<u64>,
+    /// Start this many ranks on this machine (data parallel over Gloo on CPU, NCCL on
+    /// GPUs) instead of one process; not needed under torchrun.
+    #[arg(long, default_value_t = 1)]
+    nproc: usize,
 }
 
 /// Keep freed memory in the process instead of returning it to the kernel after every
@@ -55,18 +69,86 @@ fn main() -> Result<()> {
     keep_freed_memory();
     let args = Args::parse();
     let config = TrainConfig::from_file(&args.config)?;
+    if args.nproc > 1 && std::env::var_os("WORLD_SIZE").is_none() {
+        return launch(&args, &config);
+    }
+    let device = parse_device(&config.run.device).map_err(anyhow::Error::msg)?;
+    let group = ProcessGroup::from_env(Backend::for_device(device), Duration::from_secs(config.distributed.timeout_s))
+        .context("joining the other ranks")?;
+    share_cores(&config, group.world_size());
+    let group = Rc::new(group);
+    let result = train(&args, config, Rc::clone(&group));
+    if let Err(e) = &result {
+        // Lets the other ranks name this one in their errors.
+        group.report_failure(&format!("{e:#}"));
+    }
+    if group.world_size() > 1 {
+        return result.with_context(|| format!("rank {} of {}", group.rank(), group.world_size()));
+    }
+    result
+}
+
+/// `--nproc N`: runs N copies of this program as ranks 0..N-1 on 127.0.0.1 and waits;
+/// when one fails the others stop within the collective timeout.
+fn launch(args: &Args, config: &TrainConfig) -> Result<()> {
+    let exe = std::env::current_exe().context("finding this program to start the ranks")?;
+    let mut child_args: Vec<OsString> = vec![args.config.clone().into_os_string()];
+    if args.resume {
+        child_args.push("--resume".into());
+    }
+    if let Some(n) = args.max_steps {
+        child_args.extend(["--max-steps".into(), n.to_string().into()]);
+    }
+    eprintln!("launch: {} ranks of {}", args.nproc, exe.display());
+    let grace = Duration::from_secs(config.distributed.timeout_s + 30);
+    let outcome = qoq_dist::launch::run_local(args.nproc, &exe, &child_args, &[], grace).context("starting the ranks")?;
+    match outcome.first_failure {
+        None => Ok(()),
+        Some(rank) => {
+            let codes: Vec<String> = outcome.codes.iter().enumerate().map(|(r, c)| format!("rank {r}: {}", c.map_or("killed".into(), |c| format!("exit {c}")))).collect();
+            anyhow::bail!("rank {rank} failed first ({})", codes.join(", "))
+        }
+    }
+}
+
+/// Several ranks on one machine share its cores: unless run.threads says otherwise, each
+/// takes cores / ranks-on-this-machine for libtorch and for rayon.
+fn share_cores(config: &TrainConfig, world: usize) {
+    let local: usize = std::env::var("LOCAL_WORLD_SIZE").ok().and_then(|v| v.parse().ok()).unwrap_or(world);
+    if local <= 1 || config.run.threads > 0 {
+        return;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let each = (cores / local).max(1);
+    tch::set_num_threads(each as i32);
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(each).build_global();
+    }
+}
+
+fn train(args: &Args, config: TrainConfig, group: Rc<ProcessGroup>) -> Result<()> {
     let out = config.run.output_dir.clone();
-    let mut trainer = Trainer::new(config, args.resume).with_context(|| format!("starting the run in {}", out.display()))?;
+    let dp = DataParallel {
+        group,
+        bucket_elems: (config.distributed.bucket_mb << 20) as i64 / 4,
+        sharded_optimizer: config.distributed.sharded_optimizer,
+    };
+    let main_rank = dp.is_main();
+    let (rank, world) = (dp.rank(), dp.world());
+    let mut trainer = Trainer::new(config, args.resume, dp).with_context(|| format!("starting the run in {}", out.display()))?;
     let total = trainer.total_steps();
     let done = trainer.state.step();
-    eprintln!(
-        "run {}: steps {done}/{total} done ({} SFT + {} RL planned), device {:?}",
-        out.display(),
-        trainer.config.sft.steps,
-        trainer.config.rl.steps,
-        trainer.device
-    );
-    let bar = qoq_cli::progress_bar(total, "steps");
+    if main_rank {
+        eprintln!(
+            "run {}: steps {done}/{total} done ({} SFT + {} RL planned), device {:?}, {world} rank(s){}",
+            out.display(),
+            trainer.config.sft.steps,
+            trainer.config.rl.steps,
+            trainer.device,
+            if trainer.config.distributed.sharded_optimizer && world > 1 { ", sharded optimizer" } else { "" }
+        );
+    }
+    let bar = if main_rank { qoq_cli::progress_bar(total, "steps") } else { indicatif::ProgressBar::hidden() };
     bar.set_position(done);
     let limit = args.max_steps.map(|n| done + n);
     let mut rl_rewards = Vec::new();
@@ -74,6 +156,9 @@ fn main() -> Result<()> {
     let result = trainer.run_until(limit, |step, m| {
         if let Some(r) = m.get("reward/overall") {
             rl_rewards.push(r.to_owned());
+        }
+        if !main_rank {
+            return;
         }
         bar.set_position(step);
         let reward = m.get("reward/overall").map(|r| format!("reward {r:.3}")).unwrap_or_else(|| {
@@ -88,6 +173,11 @@ fn main() -> Result<()> {
     });
     bar.finish();
     result.with_context(|| format!("training in {}", out.display()))?;
+    let peak = qoq_cli::peak_rss_mib().unwrap_or(0.0);
+    if !main_rank {
+        eprintln!("rank {rank}: peak RSS {peak:.0} MiB");
+        return Ok(());
+    }
     let n = rl_rewards.len();
     if n > 0 {
         // The demo's learning check: mean reward of the last 10% of RL steps vs the first 10%.
@@ -108,7 +198,7 @@ fn main() -> Result<()> {
             get("val/reward/overall")
         );
     }
-    println!("wall time {:.1} s, peak RSS {:.0} MiB", started.elapsed().as_secs_f64(), qoq_cli::peak_rss_mib().unwrap_or(0.0));
+    println!("wall time {:.1} s, peak RSS {peak:.0} MiB (rank 0 of {world})", started.elapsed().as_secs_f64());
     eprintln!("done: {}", out.display());
     Ok(())
 }

@@ -1,0 +1,261 @@
+//! Data parallelism: which rank trains on which part of the global batch, gradient
+//! reduction, global sums and gathers, and the optimizer (replicated or sharded).
+//!
+//! Every rank reads the same data stream (so the data cursor, and a checkpoint, do not
+//! depend on the world size) but prepares and trains on its own share only. Losses are
+//! normalised by the GLOBAL batch (its token or sequence count) and gradients are SUMMED
+//! over ranks, so a step is the step one process would take on the whole batch; the
+//! rewards, domains and lengths of all responses are gathered first, so the DRPO
+//! statistics are those of the global batch too.
+
+use std::ops::Range;
+use std::rc::Rc;
+
+use qoq_dist::{ProcessGroup, ReduceOp};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tch::{Kind, Tensor};
+
+use crate::optim::{AdamW, OptimConfig};
+use crate::sharded::{bucket_ranges, ShardedAdamW};
+use crate::TrainError;
+
+pub struct DataParallel {
+    pub group: Rc<ProcessGroup>,
+    /// Elements per gradient bucket (all-reduce / reduce-scatter unit).
+    pub bucket_elems: i64,
+    pub sharded_optimizer: bool,
+}
+
+impl DataParallel {
+    pub fn single() -> Self {
+        Self { group: Rc::new(ProcessGroup::single()), bucket_elems: 25 << 18, sharded_optimizer: false }
+    }
+
+    pub fn rank(&self) -> usize {
+        self.group.rank()
+    }
+
+    pub fn world(&self) -> usize {
+        self.group.world_size()
+    }
+
+    pub fn is_main(&self) -> bool {
+        self.group.is_main()
+    }
+
+    /// The rank that trains on position `pos` of a batch cut into blocks of `block` items
+    /// (`block` divisible by the world size): each rank takes a contiguous 1/W of each
+    /// block, so every optimizer step (a block) is split evenly.
+    pub fn owner(&self, pos: usize, block: usize) -> usize {
+        owner(pos, block, self.world())
+    }
+
+    /// This rank's positions of a batch of `n` items in blocks of `block`.
+    pub fn my_positions(&self, n: usize, block: usize) -> Vec<usize> {
+        (0..n).filter(|&p| self.owner(p, block) == self.rank()).collect()
+    }
+
+    /// This rank's contiguous share of `n` items split as evenly as possible (validation).
+    pub fn my_range(&self, n: usize) -> Range<usize> {
+        let (w, r) = (self.world(), self.rank());
+        let per = n.div_ceil(w);
+        (r * per).min(n)..((r + 1) * per).min(n)
+    }
+
+    /// Element-wise sums over ranks.
+    pub fn sum(&self, values: &[f64]) -> Result<Vec<f64>, TrainError> {
+        if self.world() == 1 {
+            return Ok(values.to_vec());
+        }
+        let t = Tensor::from_slice(values).to_device(self.collective_device());
+        self.group.all_reduce(&t, ReduceOp::Sum)?;
+        Ok(Vec::<f64>::try_from(t.to_device(tch::Device::Cpu))?)
+    }
+
+    /// Every rank's `value`, in rank order (JSON over a byte all-gather).
+    pub fn gather<T: Serialize + DeserializeOwned>(&self, value: &T) -> Result<Vec<T>, TrainError> {
+        let bytes = serde_json::to_vec(value).map_err(|e| TrainError::Config(format!("gathering: {e}")))?;
+        self.group
+            .all_gather_bytes(&bytes)?
+            .iter()
+            .map(|b| serde_json::from_slice(b).map_err(|e| TrainError::Config(format!("gathering: a rank sent unreadable data: {e}"))))
+            .collect()
+    }
+
+    /// Rank 0's values of `tensors` on every rank (the same start everywhere).
+    pub fn broadcast(&self, tensors: &[Tensor]) -> Result<(), TrainError> {
+        if self.world() == 1 {
+            return Ok(());
+        }
+        let _guard = tch::no_grad_guard();
+        for t in tensors {
+            let d = t.detach();
+            self.group.broadcast(&d, 0)?;
+        }
+        Ok(())
+    }
+
+    /// Sums the gradients of `params` over ranks, in buckets of `bucket_elems` elements
+    /// (one flat all-reduce per bucket instead of one per tensor).
+    pub fn sum_gradients<'a>(&self, params: impl Iterator<Item = &'a Tensor>) -> Result<(), TrainError> {
+        if self.world() == 1 {
+            return Ok(());
+        }
+        let _guard = tch::no_grad_guard();
+        let grads: Vec<Tensor> = params.map(|p| p.grad()).filter(|g| g.defined()).collect();
+        let sizes: Vec<i64> = grads.iter().map(|g| g.numel() as i64).collect();
+        for range in bucket_ranges(&sizes, self.bucket_elems) {
+            let bucket = &grads[range];
+            let flat = Tensor::cat(&bucket.iter().map(|g| g.reshape([-1])).collect::<Vec<_>>(), 0);
+            self.group.all_reduce(&flat, ReduceOp::Sum)?;
+            let mut offset = 0;
+            for g in bucket {
+                let n = g.numel() as i64;
+                let mut g = g.shallow_clone();
+                g.copy_(&flat.narrow(0, offset, n).view(g.size().as_slice()));
+                offset += n;
+            }
+        }
+        Ok(())
+    }
+
+    /// Fails when the ranks' weights differ (a sum and a sum of squares per rank).
+    pub fn check_replicas<'a>(&self, params: impl Iterator<Item = &'a Tensor>) -> Result<(), TrainError> {
+        if self.world() == 1 {
+            return Ok(());
+        }
+        let _guard = tch::no_grad_guard();
+        let (mut s, mut sq) = (0.0, 0.0);
+        for p in params {
+            let p = p.to_kind(Kind::Double);
+            s += p.sum(Kind::Double).double_value(&[]);
+            sq += p.square().sum(Kind::Double).double_value(&[]);
+        }
+        let all = self.gather(&[s, sq])?;
+        if let Some((r, v)) = all.iter().enumerate().find(|(_, v)| **v != all[0]) {
+            return Err(TrainError::Config(format!(
+                "the ranks' weights differ: rank {r} has fingerprint {v:?}, rank 0 {:?} (a rank skipped an update or computed differently)",
+                all[0]
+            )));
+        }
+        Ok(())
+    }
+
+    fn collective_device(&self) -> tch::Device {
+        match self.group.backend() {
+            qoq_dist::Backend::Gloo => tch::Device::Cpu,
+            qoq_dist::Backend::Nccl => tch::Device::Cuda(self.group.local_rank()),
+        }
+    }
+}
+
+fn owner(pos: usize, block: usize, world: usize) -> usize {
+    (pos % block) / (block / world)
+}
+
+/// Gives every trainable parameter a (zero) gradient, so every rank reduces the same set
+/// of tensors even when its share of the batch leaves some parameter untouched.
+pub fn materialize_grads(params: &[(String, Tensor)]) {
+    if params.iter().all(|(_, p)| p.grad().defined()) {
+        return;
+    }
+    let total = params.iter().map(|(_, p)| p.sum(Kind::Float) * 0.0).fold(Tensor::from(0f32), |a, b| a + b);
+    total.backward();
+}
+
+/// AdamW with the whole state on every rank, or sharded across ranks (ZeRO-1).
+pub enum Optimizer {
+    Replicated(AdamW),
+    Sharded(ShardedAdamW),
+}
+
+impl Optimizer {
+    pub fn new(config: OptimConfig, params: Vec<(String, Tensor)>, dp: &DataParallel) -> Self {
+        materialize_grads(&params);
+        if dp.sharded_optimizer {
+            Optimizer::Sharded(ShardedAdamW::new(config, params, dp.rank(), dp.world(), dp.bucket_elems))
+        } else {
+            Optimizer::Replicated(AdamW::new(config, params))
+        }
+    }
+
+    pub fn config(&self) -> &OptimConfig {
+        match self {
+            Optimizer::Replicated(o) => &o.config,
+            Optimizer::Sharded(o) => &o.config,
+        }
+    }
+
+    /// Optimizer steps taken.
+    pub fn steps(&self) -> u64 {
+        match self {
+            Optimizer::Replicated(o) => o.step,
+            Optimizer::Sharded(o) => o.step,
+        }
+    }
+
+    pub fn zero_grad(&mut self) {
+        let params: Vec<&Tensor> = match self {
+            Optimizer::Replicated(o) => o.params().collect(),
+            Optimizer::Sharded(o) => o.params().collect(),
+        };
+        for p in params {
+            let mut g = p.grad();
+            if g.defined() {
+                let _ = g.zero_();
+            }
+        }
+    }
+
+    /// Reduces this rank's gradients over the ranks and updates. Returns the global
+    /// gradient norm before clipping.
+    pub fn step(&mut self, lr: f64, dp: &DataParallel) -> Result<f64, TrainError> {
+        match self {
+            Optimizer::Replicated(o) => {
+                dp.sum_gradients(o.params())?;
+                Ok(o.step(lr))
+            }
+            Optimizer::Sharded(o) => o.step(lr, &dp.group),
+        }
+    }
+
+    /// The full moments by name (on rank 0; every rank must call it).
+    pub fn state_tensors(&self, dp: &DataParallel) -> Result<Vec<(String, Tensor)>, TrainError> {
+        match self {
+            Optimizer::Replicated(o) => Ok(o.state_tensors()),
+            Optimizer::Sharded(o) => o.state_tensors(&dp.group),
+        }
+    }
+
+    pub fn load_state(&mut self, tensors: &std::collections::BTreeMap<String, Tensor>, step: u64, dp: &DataParallel) -> Result<(), String> {
+        match self {
+            Optimizer::Replicated(o) => o.load_state(tensors, step),
+            Optimizer::Sharded(o) => o.load_state(tensors, step, dp.world()),
+        }
+    }
+
+    pub fn params(&self) -> Vec<&Tensor> {
+        match self {
+            Optimizer::Replicated(o) => o.params().collect(),
+            Optimizer::Sharded(o) => o.params().collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_of_a_batch() {
+        // 3 ranks, blocks of 6: each rank 2 consecutive positions per block.
+        let of_rank = |r: usize| (0..12).filter(|&p| owner(p, 6, 3) == r).collect::<Vec<_>>();
+        assert_eq!(of_rank(0), vec![0, 1, 6, 7]);
+        assert_eq!(of_rank(1), vec![2, 3, 8, 9]);
+        assert_eq!(of_rank(2), vec![4, 5, 10, 11]);
+        let dp = DataParallel::single();
+        assert_eq!(dp.my_positions(5, 5), vec![0, 1, 2, 3, 4]);
+        assert_eq!(dp.my_range(7), 0..7);
+    }
+}

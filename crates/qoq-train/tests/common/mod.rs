@@ -1,0 +1,32 @@
+//! Helpers shared by the end-to-end tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use qoq_policy::{Qwen3VL, Qwen3VLConfig};
+use tch::Tensor;
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A tiny model folder (with the real tokenizer) and 48 synthetic samples.
+pub fn setup(dir: &Path) -> (PathBuf, PathBuf) {
+    let model = dir.join("model");
+    let tokenizer = repo().join(".qwen-tokenizer/tokenizer.json");
+    assert!(tokenizer.is_file(), "run `bash tools/setup.sh` first (it fetches the Qwen tokenizer)");
+    tch::manual_seed(0);
+    Qwen3VL::new(&Qwen3VLConfig::tiny(), tch::Device::Cpu).unwrap().save_pretrained(&model, u64::MAX).unwrap();
+    std::fs::copy(&tokenizer, model.join("tokenizer.json")).unwrap();
+    let shards = dir.join("shards");
+    qoq_data::synthetic::write_synthetic(&shards, 48, 0, |_| {}).unwrap();
+    (model, shards)
+}
+
+pub fn weights(dir: &Path) -> Vec<(String, Tensor)> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "safetensors")).collect();
+    files.sort();
+    let mut all: Vec<(String, Tensor)> = files.iter().flat_map(|f| Tensor::read_safetensors(f).unwrap()).collect();
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    all
+}
