@@ -59,3 +59,15 @@ trainer-fixtures core_algos:
 # Reward ablation on the demo setting (five reward definitions).
 reward-ablation:
     bash experiments/reward-ablation/run.sh
+
+# The demo on 2 local ranks (data parallel over c10d Gloo).
+demo-2-ranks:
+    NPROC=2 bash tools/demo.sh
+
+# All-reduce bandwidth beside torch.distributed (needs the reference environment).
+bench-collectives:
+    bash experiments/collectives-bandwidth/run.sh
+
+# Data-parallel step times (demo on 1 and 2 ranks) and memory per rank (1, 2, 4 ranks).
+bench-data-parallel:
+    bash experiments/data-parallel/run.sh

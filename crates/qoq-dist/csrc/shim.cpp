@@ -151,6 +151,23 @@ int qoq_dist_reduce_scatter(void* g, at::Tensor* output, at::Tensor* input, int 
   });
 }
 
+// Rank `root` receives every rank's input in `output` (world_size x numel(input) elements,
+// rank r's part at [r * numel, (r + 1) * numel)); the other ranks pass output = nullptr.
+int qoq_dist_gather(void* g, at::Tensor* output, at::Tensor* input, int root, char** err) {
+  return guarded(err, [&] {
+    auto group = static_cast<Group*>(g);
+    std::vector<std::vector<at::Tensor>> outputs;
+    if (output != nullptr) {
+      outputs.push_back(output->chunk(group->backend->getSize()));
+    }
+    std::vector<at::Tensor> inputs{*input};
+    c10d::GatherOptions opts;
+    opts.rootRank = root;
+    opts.timeout = group->timeout;
+    finish(group, group->backend->gather(outputs, inputs, opts));
+  });
+}
+
 int qoq_dist_broadcast(void* g, at::Tensor* t, int root, char** err) {
   return guarded(err, [&] {
     auto group = static_cast<Group*>(g);

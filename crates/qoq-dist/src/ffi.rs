@@ -22,6 +22,7 @@ extern "C" {
     pub fn qoq_dist_all_reduce(group: *mut c_void, t: *mut c_void, op: c_int, err: *mut *mut c_char) -> c_int;
     pub fn qoq_dist_all_gather(group: *mut c_void, output: *mut c_void, input: *mut c_void, err: *mut *mut c_char) -> c_int;
     pub fn qoq_dist_reduce_scatter(group: *mut c_void, output: *mut c_void, input: *mut c_void, op: c_int, err: *mut *mut c_char) -> c_int;
+    pub fn qoq_dist_gather(group: *mut c_void, output: *mut c_void, input: *mut c_void, root: c_int, err: *mut *mut c_char) -> c_int;
     pub fn qoq_dist_broadcast(group: *mut c_void, t: *mut c_void, root: c_int, err: *mut *mut c_char) -> c_int;
     pub fn qoq_dist_barrier(group: *mut c_void, err: *mut *mut c_char) -> c_int;
     pub fn qoq_dist_store_set(group: *mut c_void, key: *const c_char, value: *const u8, len: usize, err: *mut *mut c_char) -> c_int;

@@ -219,6 +219,23 @@ impl ProcessGroup {
         Ok(output)
     }
 
+    /// Every rank's `input` (same shape on all ranks), stacked `[world_size, ..]`, on rank
+    /// `root` only (`None` elsewhere): a checkpoint's writer collects without the other
+    /// ranks holding the whole.
+    pub fn gather(&self, input: &Tensor, root: usize) -> Result<Option<Tensor>, DistError> {
+        let mut shape = vec![self.world_size as i64];
+        shape.extend(input.size());
+        if self.world_size == 1 {
+            return Ok(Some(input.detach().copy().reshape(shape.as_slice())));
+        }
+        self.check_tensor("gather", input)?;
+        let flat_in = input.view([-1]);
+        let output = (self.rank == root).then(|| Tensor::empty([self.world_size as i64 * input.numel() as i64], (input.kind(), input.device())));
+        let out_ptr = output.as_ref().map_or(std::ptr::null_mut(), ffi::tensor_ptr);
+        self.call("gather", |err| unsafe { ffi::qoq_dist_gather(self.raw, out_ptr, ffi::tensor_ptr(&flat_in), root as c_int, err) })?;
+        Ok(output.map(|o| o.view(shape.as_slice())))
+    }
+
     /// Copies rank `root`'s `t` into `t` on every rank.
     pub fn broadcast(&self, t: &Tensor, root: usize) -> Result<(), DistError> {
         if self.world_size == 1 {

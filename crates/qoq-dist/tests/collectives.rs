@@ -80,6 +80,13 @@ fn collectives(g: &ProcessGroup) -> Result<(), DistError> {
     assert!(part.equal(&base.narrow(0, 4 * g.rank() as i64, 4)), "reduce_scatter part {}", g.rank());
     let odd = g.reduce_scatter(&Tensor::zeros([4 * w + 1], (Kind::Float, tch::Device::Cpu)), ReduceOp::Sum);
     assert!(matches!(odd, Err(DistError::Usage { .. })));
+    // gather to the last rank only.
+    let got = g.gather(&row, g.world_size() - 1)?;
+    if g.rank() == g.world_size() - 1 {
+        assert!(got.expect("the root receives").equal(&all), "gather");
+    } else {
+        assert!(got.is_none());
+    }
     // broadcast from the last rank.
     let b = Tensor::from_slice(&[rank, rank]);
     g.broadcast(&b, g.world_size() - 1)?;

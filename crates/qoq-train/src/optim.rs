@@ -162,7 +162,8 @@ impl AdamW {
             let m = self.exp_avg.get_mut(name.as_str()).expect("state for every parameter");
             let v = self.exp_avg_sq.get_mut(name.as_str()).expect("state for every parameter");
             let decay = if *decay { Decay::All } else { Decay::None };
-            adamw_update(p, &(g.to_kind(Kind::Float) * clip), m, v, lr, decay, &self.config, self.step);
+            let mut g = if g.kind() == Kind::Float { g } else { g.to_kind(Kind::Float) };
+            adamw_update(p, &mut g, clip, m, v, lr, decay, &self.config, self.step);
         }
         norm
     }
@@ -178,11 +179,18 @@ pub(crate) enum Decay<'a> {
 }
 
 /// One AdamW update of `p` in place (PyTorch's `torch.optim.AdamW`, step number `step`
-/// counted from 1): decoupled weight decay, then the bias-corrected moments.
-pub(crate) fn adamw_update(p: &mut Tensor, g: &Tensor, m: &mut Tensor, v: &mut Tensor, lr: f64, decay: Decay<'_>, config: &OptimConfig, step: u64) {
+/// counted from 1, the same operations): the gradient scaled by `clip` (in place), decoupled
+/// weight decay, exp_avg.lerp_(g, 1 - b1), exp_avg_sq = b2 exp_avg_sq + (1 - b2) g²,
+/// p -= lr / bias1 * exp_avg / (sqrt(exp_avg_sq) / sqrt(bias2) + eps). In-place where it
+/// can be: at most two temporaries of p's size (matters for the 151,936 x hidden embedding).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn adamw_update(p: &mut Tensor, g: &mut Tensor, clip: f64, m: &mut Tensor, v: &mut Tensor, lr: f64, decay: Decay<'_>, config: &OptimConfig, step: u64) {
     let [b1, b2] = config.betas;
     let bias1 = 1.0 - b1.powi(step as i32);
     let bias2 = 1.0 - b2.powi(step as i32);
+    if clip != 1.0 {
+        let _ = g.g_mul_scalar_(clip);
+    }
     if config.weight_decay != 0.0 {
         match decay {
             Decay::None => {}
@@ -190,15 +198,23 @@ pub(crate) fn adamw_update(p: &mut Tensor, g: &Tensor, m: &mut Tensor, v: &mut T
                 let _ = p.g_mul_scalar_(1.0 - lr * config.weight_decay);
             }
             Decay::Mask(mask) => {
-                let _ = p.g_mul_(&(mask * (-lr * config.weight_decay) + 1.0));
+                let mut factor = mask * (-lr * config.weight_decay);
+                let _ = factor.g_add_scalar_(1.0);
+                let _ = p.g_mul_(&factor);
             }
         }
     }
-    let _ = m.g_mul_scalar_(b1).g_add_(&(g * (1.0 - b1)));
-    let _ = v.g_mul_scalar_(b2).g_add_(&(g.square() * (1.0 - b2)));
-    let denom = v.sqrt() / bias2.sqrt() + config.eps;
-    let update = (&*m / denom) * (lr / bias1);
-    let _ = p.g_sub_(&update.to_kind(p.kind()));
+    let _ = m.lerp_(g, 1.0 - b1);
+    let mut g2 = g.square();
+    let _ = g2.g_mul_scalar_(1.0 - b2);
+    let _ = v.g_mul_scalar_(b2).g_add_(&g2);
+    drop(g2);
+    let mut denom = v.sqrt();
+    let _ = denom.g_div_scalar_(bias2.sqrt()).g_add_scalar_(config.eps);
+    let mut update = &*m / &denom;
+    drop(denom);
+    let _ = update.g_mul_scalar_(lr / bias1);
+    let _ = p.g_sub_(&update);
 }
 
 impl AdamW {

@@ -235,6 +235,14 @@ impl Optimizer {
         }
     }
 
+    /// Bytes of AdamW moments this rank holds.
+    pub fn state_bytes(&self) -> usize {
+        match self {
+            Optimizer::Replicated(o) => o.exp_avg.values().chain(o.exp_avg_sq.values()).map(|t| t.numel() * 4).sum(),
+            Optimizer::Sharded(o) => o.state_elements() as usize * 4,
+        }
+    }
+
     pub fn params(&self) -> Vec<&Tensor> {
         match self {
             Optimizer::Replicated(o) => o.params().collect(),

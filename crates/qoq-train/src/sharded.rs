@@ -66,9 +66,14 @@ pub fn bucket_ranges(sizes: &[i64], bucket_elems: i64) -> Vec<Range<usize>> {
     out
 }
 
-/// The flat concatenation of `tensors` (as f32), zero-padded to `padded` elements.
+/// The flat concatenation of `tensors` (as f32), zero-padded to `padded` elements. A
+/// single contiguous f32 tensor that needs no padding (a large matrix alone in its bucket)
+/// comes back as a view of itself, not a copy.
 fn flat(tensors: impl Iterator<Item = Tensor>, padded: i64) -> Tensor {
     let parts: Vec<Tensor> = tensors.map(|t| t.to_kind(Kind::Float).reshape([-1])).collect();
+    if parts.len() == 1 && parts[0].numel() as i64 == padded && parts[0].is_contiguous() {
+        return parts.into_iter().next().expect("one part");
+    }
     let v = Tensor::cat(&parts, 0);
     let missing = padded - v.numel() as i64;
     if missing > 0 {
@@ -119,14 +124,17 @@ impl ShardedAdamW {
     /// a non-finite norm skips the update.
     pub fn step(&mut self, lr: f64, group: &ProcessGroup) -> Result<f64, TrainError> {
         let _guard = tch::no_grad_guard();
-        // 1. reduce_scatter: the summed gradient of the owned part of each bucket.
-        let mut grads = Vec::with_capacity(self.buckets.len());
+        // 1. reduce_scatter: the summed gradient of the owned part of each bucket, written
+        // back into this rank's slice of the .grad tensors (no second gradient copy).
+        let w = group.world_size() as i64;
+        let mut sq = 0.0;
         for b in &self.buckets {
-            let g = flat(self.params[b.params.clone()].iter().map(|(_, p)| grad_or_zeros(p)), b.part * group.world_size() as i64);
-            grads.push(group.reduce_scatter(&g, ReduceOp::Sum)?);
+            let g = flat(self.params[b.params.clone()].iter().map(|(_, p)| grad_or_zeros(p)), b.part * w);
+            let part = group.reduce_scatter(&g, ReduceOp::Sum)?;
+            sq += part.to_kind(Kind::Double).square().sum(Kind::Double).double_value(&[]);
+            write_part(&self.params[b.params.clone()], self.rank * b.part, &part)?;
         }
         // 2. the global norm.
-        let sq: f64 = grads.iter().map(|g| g.to_kind(Kind::Double).square().sum(Kind::Double).double_value(&[])).sum();
         let total = Tensor::from_slice(&[sq]).to_device(self.buckets.first().map_or(tch::Device::Cpu, |b| b.decay.device()));
         group.all_reduce(&total, ReduceOp::Sum)?;
         let norm = total.double_value(&[0]).sqrt();
@@ -136,11 +144,14 @@ impl ShardedAdamW {
         let clip = if self.config.grad_clip > 0.0 { (self.config.grad_clip / (norm + 1e-6)).min(1.0) } else { 1.0 };
         self.step += 1;
         // 3-4. update the owned parts, then gather every part into every rank's weights.
-        for (b, g) in self.buckets.iter_mut().zip(grads) {
-            let w = group.world_size() as i64;
+        for b in self.buckets.iter_mut() {
+            // A view of the weights for a bucket of one parameter (updated in place, then
+            // overwritten by the gather with the same values), else a copy.
             let whole = flat(self.params[b.params.clone()].iter().map(|(_, p)| p.detach()), b.part * w);
-            let mut part = whole.narrow(0, self.rank * b.part, b.part).copy();
-            adamw_update(&mut part, &(g * clip), &mut b.exp_avg, &mut b.exp_avg_sq, lr, Decay::Mask(&b.decay), &self.config, self.step);
+            let mut part = whole.narrow(0, self.rank * b.part, b.part);
+            let g = flat(self.params[b.params.clone()].iter().map(|(_, p)| grad_or_zeros(p)), b.part * w).narrow(0, self.rank * b.part, b.part);
+            let mut g = g;
+            adamw_update(&mut part, &mut g, clip, &mut b.exp_avg, &mut b.exp_avg_sq, lr, Decay::Mask(&b.decay), &self.config, self.step);
             let gathered = group.all_gather(&part)?.reshape([-1]);
             let mut offset = 0;
             for (_, p) in &mut self.params[b.params.clone()] {
@@ -161,11 +172,9 @@ impl ShardedAdamW {
         for (prefix, pick) in [("exp_avg", 0), ("exp_avg_sq", 1)] {
             for b in &self.buckets {
                 let part = if pick == 0 { &b.exp_avg } else { &b.exp_avg_sq };
-                // One bucket at a time: the other ranks hold a bucket, not the whole state.
-                let gathered = group.all_gather(part)?.reshape([-1]);
-                if !group.is_main() {
-                    continue;
-                }
+                // One bucket at a time, to rank 0 only: the other ranks hold nothing extra.
+                let Some(gathered) = group.gather(part, 0)? else { continue };
+                let gathered = gathered.reshape([-1]);
                 let mut offset = 0;
                 for (name, p) in &self.params[b.params.clone()] {
                     let n = p.numel() as i64;
@@ -200,6 +209,26 @@ impl ShardedAdamW {
         self.step = step;
         Ok(())
     }
+}
+
+/// Copies `values` (elements `start..` of the bucket's flat vector) into the gradients of
+/// the bucket's parameters `params`; padding past the last parameter is dropped.
+fn write_part(params: &[(String, Tensor)], start: i64, values: &Tensor) -> Result<(), TrainError> {
+    let end = start + values.numel() as i64;
+    let mut offset = 0;
+    for (name, p) in params {
+        let n = p.numel() as i64;
+        let (lo, hi) = (start.max(offset), end.min(offset + n));
+        if lo < hi {
+            let g = p.grad();
+            if !g.defined() || !g.is_contiguous() {
+                return Err(TrainError::Config(format!("sharded optimizer: the gradient of {name} is missing or not contiguous")));
+            }
+            g.view([-1]).narrow(0, lo - offset, hi - lo).copy_(&values.narrow(0, lo - start, hi - lo));
+        }
+        offset += n;
+    }
+    Ok(())
 }
 
 fn grad_or_zeros(p: &Tensor) -> Tensor {

@@ -194,6 +194,11 @@ impl Trainer {
         })
     }
 
+    /// Bytes of optimizer state (AdamW moments) this rank holds.
+    pub fn optimizer_state_bytes(&self) -> usize {
+        self.optimizer.state_bytes()
+    }
+
     pub fn total_steps(&self) -> u64 {
         self.config.sft.steps + self.config.rl.steps
     }
@@ -387,6 +392,7 @@ impl Trainer {
         if let Some(rss) = qoq_cli::peak_rss_mib() {
             m.insert("perf/max_memory_rss_mib".into(), rss);
         }
+        m.insert("perf/optimizer_state_mib".into(), self.optimizer.state_bytes() as f64 / (1 << 20) as f64);
         Ok(m)
     }
 
@@ -582,6 +588,7 @@ impl Trainer {
         if let Some(rss) = qoq_cli::peak_rss_mib() {
             m.insert("perf/max_memory_rss_mib".into(), rss);
         }
+        m.insert("perf/optimizer_state_mib".into(), self.optimizer.state_bytes() as f64 / (1 << 20) as f64);
         if due && self.dp.is_main() {
             self.write_rollouts(step, &all)?;
         }

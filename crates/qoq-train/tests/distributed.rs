@@ -29,19 +29,7 @@ save_every = 2
 keep_checkpoints = 0
 image_summary_every = 0
 
-[model]
-path = "{model}"
-
-[data]
-shards = "{shards}"
-splits = ["train"]
-
-[processor]
-min_pixels = 4096
-max_pixels = 4096
-
-[prompt]
-suffix = "Answer."
+{inputs}
 
 [sft]
 steps = 2
@@ -80,8 +68,7 @@ bucket_mb = 1
 {extra}
 "#,
         out = out.display(),
-        model = model.display(),
-        shards = shards.display()
+        inputs = common::inputs_toml(model, shards)
     )
 }
 

@@ -25,19 +25,7 @@ save_every = 1
 keep_checkpoints = 0
 image_summary_every = 1
 
-[model]
-path = "{model}"
-
-[data]
-shards = "{shards}"
-splits = ["train"]
-
-[processor]
-min_pixels = 4096
-max_pixels = 4096
-
-[prompt]
-suffix = "Answer."
+{inputs}
 
 [sft]
 steps = 2
@@ -63,8 +51,7 @@ kl_coef = 0.01
 {extra}
 "#,
         out = out.display(),
-        model = model.display(),
-        shards = shards.display()
+        inputs = common::inputs_toml(model, shards)
     )
 }
 

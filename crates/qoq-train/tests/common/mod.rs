@@ -30,3 +30,26 @@ pub fn weights(dir: &Path) -> Vec<(String, Tensor)> {
     all.sort_by(|a, b| a.0.cmp(&b.0));
     all
 }
+
+/// The `[model]`, `[data]`, `[processor]` and `[prompt]` tables of the test runs: the tiny
+/// model and synthetic shards of [`setup`], 64 x 64 images.
+pub fn inputs_toml(model: &Path, shards: &Path) -> String {
+    format!(
+        r#"[model]
+path = "{model}"
+
+[data]
+shards = "{shards}"
+splits = ["train"]
+
+[processor]
+min_pixels = 4096
+max_pixels = 4096
+
+[prompt]
+suffix = "Answer."
+"#,
+        model = model.display(),
+        shards = shards.display()
+    )
+}
