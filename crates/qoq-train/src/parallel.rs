@@ -17,7 +17,7 @@ use serde::Serialize;
 use tch::{Kind, Tensor};
 
 use crate::optim::{AdamW, OptimConfig};
-use crate::sharded::{bucket_ranges, ShardedAdamW};
+use crate::sharded::{gather_segments, scatter_segments, segment_buckets, segment_view, ShardedAdamW};
 use crate::TrainError;
 
 pub struct DataParallel {
@@ -104,17 +104,18 @@ impl DataParallel {
         }
         let _guard = tch::no_grad_guard();
         let grads: Vec<Tensor> = params.map(|p| p.grad()).filter(|g| g.defined()).collect();
+        let refs: Vec<&Tensor> = grads.iter().collect();
         let sizes: Vec<i64> = grads.iter().map(|g| g.numel() as i64).collect();
-        for range in bucket_ranges(&sizes, self.bucket_elems) {
-            let bucket = &grads[range];
-            let flat = Tensor::cat(&bucket.iter().map(|g| g.reshape([-1])).collect::<Vec<_>>(), 0);
-            self.group.all_reduce(&flat, ReduceOp::Sum)?;
-            let mut offset = 0;
-            for g in bucket {
-                let n = g.numel() as i64;
-                let mut g = g.shallow_clone();
-                g.copy_(&flat.narrow(0, offset, n).view(g.size().as_slice()));
-                offset += n;
+        for segments in segment_buckets(&sizes, self.bucket_elems) {
+            let len: i64 = segments.iter().map(|s| s.len).sum();
+            // A bucket inside one gradient is reduced in place; others through a copy.
+            match segment_view(&refs, &segments, len) {
+                Some(view) => self.group.all_reduce(&view, ReduceOp::Sum)?,
+                None => {
+                    let flat = gather_segments(&refs, &segments, len);
+                    self.group.all_reduce(&flat, ReduceOp::Sum)?;
+                    scatter_segments(&refs, &segments, 0, &flat);
+                }
             }
         }
         Ok(())
