@@ -4,7 +4,8 @@
 #      (`train --nproc 2`): seconds per SFT and per RL step, wall time;
 #   2. peak memory per rank for 1, 2 and 4 ranks, replicated vs sharded AdamW state, on
 #      the 115 M-parameter policy of experiments/policy-throughput (memory.toml), with
-#      glibc's default allocator settings (QOQ_KEEP_FREED_MEMORY=0) so RSS follows live memory.
+#      every allocation over 1 MiB mmap'ed and returned on free (MALLOC_MMAP_THRESHOLD_,
+#      a fixed threshold) so peak RSS is the peak of live memory, not of the allocator's cache.
 #   bash experiments/data-parallel/run.sh [demo|memory]   (default: both)
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -42,7 +43,7 @@ if [ "$what" = all ] || [ "$what" = memory ]; then
         sed -e "s|OUT|$work/$name|; s|MODEL|$model/model|; s|SHARDS|$repo/data/synthetic|; s|SHARDED|$2|" \
             experiments/data-parallel/memory.toml > "$work/$name.toml"
         rm -rf "$work/$name"
-        QOQ_KEEP_FREED_MEMORY=0 ./target/release/train "$work/$name.toml" --nproc "$1" > "$work/$name.out" 2> "$work/$name.err"
+        MALLOC_MMAP_THRESHOLD_=1048576 ./target/release/train "$work/$name.toml" --nproc "$1" > "$work/$name.out" 2> "$work/$name.err"
         rm -rf "$work/$name/checkpoints"   # 1.3 GB each
         echo "memory, $1 rank(s), sharded optimizer $2:"
         grep -h "peak RSS" "$work/$name.out" "$work/$name.err" | sed 's/^/    /'

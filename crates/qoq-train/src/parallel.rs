@@ -129,9 +129,14 @@ impl DataParallel {
         let _guard = tch::no_grad_guard();
         let (mut s, mut sq) = (0.0, 0.0);
         for p in params {
-            let p = p.to_kind(Kind::Double);
-            s += p.sum(Kind::Double).double_value(&[]);
-            sq += p.square().sum(Kind::Double).double_value(&[]);
+            // In chunks: a double copy of the embedding would be the largest buffer of the run.
+            let flat = p.reshape([-1]);
+            let n = flat.numel() as i64;
+            for start in (0..n).step_by(1 << 20) {
+                let chunk = flat.narrow(0, start, (1 << 20).min(n - start)).to_kind(Kind::Double);
+                s += chunk.sum(Kind::Double).double_value(&[]);
+                sq += chunk.square().sum(Kind::Double).double_value(&[]);
+            }
         }
         let all = self.gather(&[s, sq])?;
         if let Some((r, v)) = all.iter().enumerate().find(|(_, v)| **v != all[0]) {

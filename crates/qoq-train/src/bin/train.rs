@@ -176,7 +176,9 @@ fn train(args: &Args, config: TrainConfig, group: Rc<ProcessGroup>) -> Result<()
     let peak = qoq_cli::peak_rss_mib().unwrap_or(0.0);
     let state_mib = trainer.optimizer_state_bytes() as f64 / (1 << 20) as f64;
     if world > 1 {
-        eprintln!("rank {rank} of {world}: peak RSS {peak:.0} MiB, optimizer state {state_mib:.1} MiB");
+        // One write, so lines of ranks sharing a terminal do not interleave.
+        let line = format!("rank {rank} of {world}: peak RSS {peak:.0} MiB, optimizer state {state_mib:.1} MiB\n");
+        let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), line.as_bytes());
     }
     if !main_rank {
         return Ok(());
