@@ -279,7 +279,8 @@ impl ProcessGroup {
         }
     }
 
-    fn collective_device(&self) -> Device {
+    /// Where this group's tensors must live: the CPU for Gloo, this rank's GPU for NCCL.
+    pub fn collective_device(&self) -> Device {
         match self.backend {
             Backend::Gloo => Device::Cpu,
             Backend::Nccl => Device::Cuda(self.local_rank),

@@ -68,13 +68,16 @@ impl DataParallel {
         if self.world() == 1 {
             return Ok(values.to_vec());
         }
-        let t = Tensor::from_slice(values).to_device(self.collective_device());
+        let t = Tensor::from_slice(values).to_device(self.group.collective_device());
         self.group.all_reduce(&t, ReduceOp::Sum)?;
         Ok(Vec::<f64>::try_from(t.to_device(tch::Device::Cpu))?)
     }
 
     /// Every rank's `value`, in rank order (JSON over a byte all-gather).
-    pub fn gather<T: Serialize + DeserializeOwned>(&self, value: &T) -> Result<Vec<T>, TrainError> {
+    pub fn gather<T: Serialize + DeserializeOwned + Clone>(&self, value: &T) -> Result<Vec<T>, TrainError> {
+        if self.world() == 1 {
+            return Ok(vec![value.clone()]);
+        }
         let bytes = serde_json::to_vec(value).map_err(|e| TrainError::Config(format!("gathering: {e}")))?;
         self.group
             .all_gather_bytes(&bytes)?
@@ -146,13 +149,6 @@ impl DataParallel {
             )));
         }
         Ok(())
-    }
-
-    fn collective_device(&self) -> tch::Device {
-        match self.group.backend() {
-            qoq_dist::Backend::Gloo => tch::Device::Cpu,
-            qoq_dist::Backend::Nccl => tch::Device::Cuda(self.group.local_rank()),
-        }
     }
 }
 
