@@ -87,7 +87,7 @@ impl FromStr for Weights {
     }
 }
 
-/// The named weightings of drpo.md section 3.
+/// The named weightings of docs/drpo.md section 3.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Preset {
     /// QoQ-Med code: 0.5 F1 + 0.3 IoU + 0.1 format + 0.1 length.

@@ -1,4 +1,4 @@
-//! Evaluation metrics with the paper's protocol (drpo.md section 3, last paragraph):
+//! Evaluation metrics with the paper's protocol (docs/drpo.md section 3, "Evaluation"):
 //! per dataset, a one-vs-rest confusion matrix per label; a dataset's metric is the
 //! unweighted mean over the labels present in its ground truth; a domain's is the mean over
 //! its datasets; the overall figure is the mean over domains.

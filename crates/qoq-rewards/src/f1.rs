@@ -1,5 +1,5 @@
 //! Diagnosis reward: set F1 between the labels of the last closed `\boxed{}` and the
-//! ground-truth labels (drpo.md section 3, "F1").
+//! ground-truth labels (docs/drpo.md section 3, "F1").
 
 use std::collections::HashSet;
 

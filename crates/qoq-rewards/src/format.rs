@@ -1,4 +1,4 @@
-//! Format and length rewards (drpo.md section 3, "Format" and "Length"; QoQ-Med code).
+//! Format and length rewards (docs/drpo.md section 3, "Format" and "Length"; QoQ-Med code).
 
 use serde_json::Value;
 

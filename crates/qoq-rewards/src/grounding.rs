@@ -1,5 +1,5 @@
 //! Grounding reward: IoU of the predicted evidence boxes against ground-truth boxes or a
-//! segmentation mask (drpo.md section 3, "IoU").
+//! segmentation mask (docs/drpo.md section 3, "IoU").
 //!
 //! Coordinates are pixels of the resized image the model saw. A [`Mask`] is decoded once
 //! per sample into row runs and shared by every response of its group; a predicted box

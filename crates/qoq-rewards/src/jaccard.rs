@@ -1,5 +1,5 @@
 //! Open-ended answer reward: Jaccard similarity of whitespace token sets
-//! (drpo.md section 3, "Jaccard"; QoQ-Med3).
+//! (docs/drpo.md section 3, "Jaccard"; QoQ-Med3).
 
 use std::collections::HashSet;
 

@@ -1,4 +1,4 @@
-//! QoQ-Med rewards, each in [0, 1] (definitions: drpo.md section 3; users' guide: the
+//! QoQ-Med rewards, each in [0, 1] (definitions: docs/drpo.md section 3; users' guide: the
 //! workspace README, "Rewards and the `score` tool"):
 //!
 //! - [`f1`]: set F1 between the labels of the last closed `\boxed{}` and the ground truth;

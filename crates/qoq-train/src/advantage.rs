@@ -1,4 +1,4 @@
-//! Advantages from rewards: GRPO, Dr.GRPO and DRPO (drpo.md section 1).
+//! Advantages from rewards: GRPO, Dr.GRPO and DRPO (docs/drpo.md section 1).
 //!
 //! Everything here works on the GLOBAL batch (all ranks' groups, gathered), so every rank
 //! computes the same numbers as a single process would.

@@ -1,5 +1,5 @@
 //! Weighted k-means with seeded k-means++ initialisation and Lloyd iterations, and the
-//! elbow rule DRPO uses to choose k (drpo.md section 1, step 6).
+//! elbow rule DRPO uses to choose k (docs/drpo.md section 1, step 6).
 //!
 //! DRPO clusters a domain's history of reward vectors. Rewards are few distinct values, so
 //! the history holds many repeated vectors: we cluster the distinct vectors weighted by

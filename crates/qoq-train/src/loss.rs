@@ -1,5 +1,5 @@
 //! The PPO-clip policy loss with asymmetric and dual clipping and the k3 KL term
-//! (drpo.md section 2).
+//! (docs/drpo.md section 2).
 //!
 //! Per token, with rho = exp(logp - logp_old) and A the response's advantage:
 //!   L_pg = max(-A rho, -A clip(rho, 1 - eps_low, 1 + eps_high)), and for A < 0 at most -c A;
