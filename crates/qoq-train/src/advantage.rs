@@ -46,9 +46,12 @@ pub enum DomainMean {
     Plain,
 }
 
+/// The advantage keys of the `[algorithm]` table (the rest are [`crate::loss::LossConfig`]'s).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdvantageConfig {
+    /// `advantage` in the `[algorithm]` table.
+    #[serde(rename = "advantage")]
     pub estimator: Estimator,
     /// Sort each question's reward vector before clustering, so clusters do not depend on
     /// sampling order (the released code kept rollout order).
@@ -64,6 +67,7 @@ pub struct AdvantageConfig {
     pub kl_damping: bool,
     /// The percentile of |s'| x KL that sets the damping threshold t_p.
     pub kl_damping_quantile: f64,
+    /// Added to every standard deviation and floors every temperature.
     pub eps: f64,
 }
 
@@ -84,7 +88,30 @@ impl Default for AdvantageConfig {
     }
 }
 
+impl Estimator {
+    /// Its name in the configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            Estimator::Grpo => "grpo",
+            Estimator::DrGrpo => "dr_grpo",
+            Estimator::Drpo => "drpo",
+        }
+    }
+
+    /// The fewest responses per prompt that give a learning signal: every estimator here
+    /// scores a response against its group's mean (a group of one scores 0).
+    pub fn min_samples_per_prompt(self) -> usize {
+        match self {
+            Estimator::Grpo | Estimator::DrGrpo | Estimator::Drpo => 2,
+        }
+    }
+}
+
 impl AdvantageConfig {
+    /// Its keys in the `[algorithm]` table.
+    pub const KEYS: [&'static str; 10] =
+        ["advantage", "sort_group_rewards", "history_window", "k_max", "elbow_tol", "domain_mean", "clusters", "kl_damping", "kl_damping_quantile", "eps"];
+
     /// Checks value ranges; the error names the key.
     pub fn validate(&self) -> Result<(), String> {
         if self.k_max < 1 {
@@ -203,12 +230,13 @@ impl DrpoHistory {
                 }
                 match config.estimator {
                     Estimator::DrGrpo => g.rewards.iter().map(|r| r - m).collect(),
-                    _ => g.rewards.iter().map(|r| (r - m) / (sd + eps)).collect(),
+                    Estimator::Grpo | Estimator::Drpo => g.rewards.iter().map(|r| (r - m) / (sd + eps)).collect(),
                 }
             })
             .collect();
-        if config.estimator != Estimator::Drpo {
-            return AdvantageOutput { advantages: scores, domains: BTreeMap::new(), zero_std_groups };
+        match config.estimator {
+            Estimator::Grpo | Estimator::DrGrpo => return AdvantageOutput { advantages: scores, domains: BTreeMap::new(), zero_std_groups },
+            Estimator::Drpo => {}
         }
 
         // Steps 3-5: append each question's vector to its domain's history.
@@ -430,6 +458,20 @@ mod tests {
         // The high-KL response loses weight relative to the others.
         let rel = |o: &AdvantageOutput| o.advantages[2][2].abs() / o.advantages[2][0].abs();
         assert!(rel(&damped) < 0.5 * rel(&plain), "{} vs {}", rel(&damped), rel(&plain));
+    }
+
+    #[test]
+    fn config_reads_its_toml_keys() {
+        let c: AdvantageConfig = toml::from_str("advantage = \"grpo\"\neps = 1e-4\nhistory_window = 8").unwrap();
+        assert_eq!(c, AdvantageConfig { estimator: Estimator::Grpo, eps: 1e-4, history_window: Some(8), ..Default::default() });
+        assert!(toml::from_str::<AdvantageConfig>("estimator = \"grpo\"").is_err(), "the TOML key is advantage");
+        // KEYS are exactly the serialised keys (history_window set, so it is written).
+        let full = AdvantageConfig { history_window: Some(1), ..Default::default() };
+        let mut keys: Vec<String> = toml::Table::try_from(full).unwrap().keys().cloned().collect();
+        keys.sort();
+        let mut expected: Vec<String> = AdvantageConfig::KEYS.iter().map(|k| k.to_string()).collect();
+        expected.sort();
+        assert_eq!(keys, expected);
     }
 
     #[test]

@@ -23,14 +23,18 @@ pub enum Aggregation {
     SeqMeanTokenMean,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+/// The loss keys of the `[algorithm]` table (the rest are [`crate::advantage::AdvantageConfig`]'s).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct LossConfig {
     pub clip_low: f64,
     pub clip_high: f64,
-    /// Dual-clip constant c (> 1); None disables it.
+    /// Dual-clip constant c (> 1); None disables it (`dual_clip = 0` in TOML).
+    #[serde(with = "zero_is_off")]
     pub dual_clip: Option<f64>,
     /// beta; 0 skips the reference model altogether.
     pub kl_coef: f64,
+    #[serde(rename = "loss_agg")]
     pub aggregation: Aggregation,
 }
 
@@ -38,6 +42,62 @@ impl Default for LossConfig {
     fn default() -> Self {
         Self { clip_low: 0.2, clip_high: 0.3, dual_clip: Some(3.0), kl_coef: 1e-4, aggregation: Aggregation::TokenMean }
     }
+}
+
+impl LossConfig {
+    /// Its keys in the `[algorithm]` table.
+    pub const KEYS: [&'static str; 5] = ["clip_low", "clip_high", "dual_clip", "kl_coef", "loss_agg"];
+
+    /// Checks value ranges; the error names the key and the value.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.clip_low > 0.0 && self.clip_low < 1.0) {
+            return Err(format!("algorithm.clip_low must be in (0, 1), got {}", self.clip_low));
+        }
+        if !(self.clip_high > 0.0 && self.clip_high.is_finite()) {
+            return Err(format!("algorithm.clip_high must be positive and finite, got {}", self.clip_high));
+        }
+        if let Some(c) = self.dual_clip {
+            if !(c > 1.0 && c.is_finite()) {
+                return Err(format!("algorithm.dual_clip must be above 1 (or 0 to disable), got {c}"));
+            }
+        }
+        if !(self.kl_coef >= 0.0 && self.kl_coef.is_finite()) {
+            return Err(format!("algorithm.kl_coef must be non-negative and finite, got {}", self.kl_coef));
+        }
+        Ok(())
+    }
+}
+
+/// `dual_clip = 0` in TOML is `None`.
+mod zero_is_off {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(v.unwrap_or(0.0))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+        let c = f64::deserialize(d)?;
+        Ok((c != 0.0).then_some(c))
+    }
+}
+
+/// The k3 clamp: each token's KL estimate is clamped to [-K3_CLAMP, K3_CLAMP].
+pub const K3_CLAMP: f64 = 10.0;
+
+/// Per-token k3 estimate of KL(pi || pi_ref) from `delta` = logp_ref - logp:
+/// exp(delta) - delta - 1, clamped to [-K3_CLAMP, K3_CLAMP]. The one definition: the loss's
+/// KL term and [`k3_sum`] (DRPO's KL damping) both use it.
+pub fn k3(delta: &Tensor) -> Tensor {
+    (delta.exp() - delta - 1.0).clamp(-K3_CLAMP, K3_CLAMP)
+}
+
+/// Sum over a response's tokens of [`k3`] (the per-response KL of DRPO's damping), from
+/// float32 log-probs; the sum is in float64.
+pub fn k3_sum(logp: &[f32], ref_logp: &[f32]) -> f64 {
+    let n = logp.len().min(ref_logp.len());
+    let delta = (Tensor::from_slice(&ref_logp[..n]) - Tensor::from_slice(&logp[..n])).to_kind(Kind::Double);
+    k3(&delta).sum(Kind::Double).double_value(&[])
 }
 
 /// One micro-batch's share of the batch loss and of the logged figures.
@@ -105,8 +165,7 @@ pub fn policy_loss(
     let pg_loss = share(&pg);
     let (loss, kl_loss) = match ref_logp {
         Some(r) if config.kl_coef != 0.0 => {
-            let delta = r - logp;
-            let kl = (delta.exp() - &delta - 1.0).clamp(-10.0, 10.0);
+            let kl = k3(&(r - logp));
             let kl_loss = share(&kl);
             (&pg_loss + &kl_loss * config.kl_coef, kl_loss.double_value(&[]))
         }
@@ -145,6 +204,50 @@ mod tests {
         let t = policy_loss(&logp, &logp, None, &adv, &mask, &seq, 2.0);
         // Rows: -1 and +2 -> mean 0.5.
         assert!((t.pg_loss - 0.5).abs() < 1e-12);
+    }
+
+    #[test]
+    fn k3_is_the_clamped_estimate_and_k3_sum_adds_it_over_tokens() {
+        let logp = [-1.0f32, -0.5, -3.0, -0.1];
+        let reference = [-1.0f32, -0.7, -0.2, -20.0];
+        let by_hand: f64 = logp
+            .iter()
+            .zip(&reference)
+            .map(|(&l, &r)| {
+                let d = (r - l) as f64;
+                (d.exp() - d - 1.0).clamp(-K3_CLAMP, K3_CLAMP)
+            })
+            .sum();
+        // The last token is clamped (exp(2.8) - 2.8 - 1 = 12.6 > 10); the first is 0.
+        assert!((k3_sum(&logp, &reference) - by_hand).abs() < 1e-12);
+        let per_token = k3(&(Tensor::from_slice(&reference) - Tensor::from_slice(&logp)).to_kind(Kind::Double));
+        assert_eq!(Vec::<f64>::try_from(&per_token).unwrap()[0], 0.0);
+        assert_eq!(Vec::<f64>::try_from(&per_token).unwrap()[2], K3_CLAMP);
+        // The loss's KL term is the same estimate: with A = 0 the loss is beta x mean k3.
+        let lp = Tensor::from_slice(&logp).to_kind(Kind::Double).view([1, 4]);
+        let rp = Tensor::from_slice(&reference).to_kind(Kind::Double).view([1, 4]);
+        let c = LossConfig { kl_coef: 0.5, ..Default::default() };
+        let t = policy_loss(&lp, &lp, Some(&rp), &Tensor::from_slice(&[0.0f64]), &lp.ones_like(), &c, 4.0);
+        assert!((t.kl_loss - by_hand / 4.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn config_reads_its_toml_keys_and_validates() {
+        let c: LossConfig = toml::from_str("dual_clip = 0\nloss_agg = \"seq-mean-token-mean\"").unwrap();
+        assert_eq!(c, LossConfig { dual_clip: None, aggregation: Aggregation::SeqMeanTokenMean, ..Default::default() });
+        let c: LossConfig = toml::from_str("dual_clip = 2").unwrap();
+        assert_eq!(c.dual_clip, Some(2.0));
+        assert!(toml::from_str::<LossConfig>("aggregation = \"token-mean\"").is_err(), "the TOML key is loss_agg");
+        // KEYS are exactly the serialised keys.
+        let keys: Vec<String> = toml::Table::try_from(LossConfig::default()).unwrap().keys().cloned().collect();
+        let mut expected: Vec<String> = LossConfig::KEYS.iter().map(|k| k.to_string()).collect();
+        expected.sort();
+        assert_eq!(keys, expected);
+        for (bad, key) in [(LossConfig { clip_low: 1.0, ..Default::default() }, "clip_low"), (LossConfig { dual_clip: Some(0.5), ..Default::default() }, "dual_clip"), (LossConfig { kl_coef: f64::NAN, ..Default::default() }, "kl_coef"), (LossConfig { clip_high: -0.1, ..Default::default() }, "clip_high")] {
+            let err = bad.validate().unwrap_err();
+            assert!(err.contains(&format!("algorithm.{key}")), "{err}");
+        }
+        LossConfig::default().validate().unwrap();
     }
 
     #[test]
