@@ -1,17 +1,23 @@
 //! The training configuration: one TOML file, every table and key documented in
 //! `configs/stage2.toml`. Unknown keys are errors naming the key; values are validated
 //! before any work starts.
+//!
+//! A file may start from another: `base = "stage2.toml"` (relative to the file) reads that
+//! file first and lays this one's keys over it, key by key within every table (a table in
+//! both is merged; any other value replaces the base's). Bases can chain.
 
+use std::fmt;
 use std::path::{Path, PathBuf};
 
 use qoq_cli::config::{loader_from_table, ProcessorConfig};
 use qoq_data::preprocess::ImageProcessorConfig;
 use qoq_data::LoaderConfig;
 use qoq_rewards::RewardConfig;
-use serde::{Deserialize, Serialize};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::advantage::{AdvantageConfig, DomainMean, Estimator};
-use crate::loss::{Aggregation, LossConfig};
+use crate::advantage::{AdvantageConfig, Estimator};
+use crate::loss::LossConfig;
 use crate::optim::OptimConfig;
 use crate::prompts::{DomainKey, DEFAULT_SUFFIX};
 use crate::TrainError;
@@ -68,8 +74,8 @@ pub struct RunSection {
     #[serde(default)]
     pub seed: u64,
     /// "cpu", "cuda" or "cuda:N".
-    #[serde(default = "cpu")]
-    pub device: String,
+    #[serde(default)]
+    pub device: DeviceConfig,
     /// libtorch intra-op threads (0: libtorch's default).
     #[serde(default)]
     pub threads: i32,
@@ -87,9 +93,94 @@ pub struct RunSection {
     pub image_summary_every: u64,
 }
 
-fn cpu() -> String {
-    "cpu".into()
+/// `run.device`: "cpu", "cuda" or "cuda:N".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum DeviceConfig {
+    #[default]
+    Cpu,
+    /// "cuda": each rank takes the GPU of its local rank (GPU 0 for a single process).
+    Cuda,
+    /// "cuda:N": GPU N on every rank.
+    CudaIndex(usize),
 }
+
+impl TryFrom<String> for DeviceConfig {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl std::str::FromStr for DeviceConfig {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cpu" => Ok(DeviceConfig::Cpu),
+            "cuda" => Ok(DeviceConfig::Cuda),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(DeviceConfig::CudaIndex)
+                .ok_or_else(|| format!("run.device must be \"cpu\", \"cuda\" or \"cuda:N\", got {s:?}")),
+        }
+    }
+}
+
+impl From<DeviceConfig> for String {
+    fn from(d: DeviceConfig) -> String {
+        d.to_string()
+    }
+}
+
+impl fmt::Display for DeviceConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeviceConfig::Cpu => write!(f, "cpu"),
+            DeviceConfig::Cuda => write!(f, "cuda"),
+            DeviceConfig::CudaIndex(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl DeviceConfig {
+    pub fn is_cuda(self) -> bool {
+        !matches!(self, DeviceConfig::Cpu)
+    }
+
+    /// The device of the rank with `local_rank` on its machine.
+    pub fn device(self, local_rank: usize) -> tch::Device {
+        match self {
+            DeviceConfig::Cpu => tch::Device::Cpu,
+            DeviceConfig::Cuda => tch::Device::Cuda(local_rank),
+            DeviceConfig::CudaIndex(n) => tch::Device::Cuda(n),
+        }
+    }
+
+    /// [`Self::device`], checked against what this build of libtorch and this machine
+    /// offer (a CPU-only libtorch has no CUDA at all), so that nothing panics inside tch.
+    pub fn available(self, local_rank: usize) -> Result<tch::Device, String> {
+        let device = self.device(local_rank);
+        let tch::Device::Cuda(index) = device else { return Ok(device) };
+        if !tch::Cuda::is_available() {
+            return Err(format!(
+                "run.device = \"{self}\", but CUDA is not available to this program (a CPU-only libtorch build, or no GPU visible). \
+                 Build with CUDA (`bash tools/setup-cuda.sh`, which builds target/cuda/release/train) and run that binary on a GPU machine, \
+                 or set run.device = \"cpu\""
+            ));
+        }
+        let count = tch::Cuda::device_count().max(0) as usize;
+        if index >= count {
+            return Err(format!(
+                "run.device = \"{self}\" needs GPU {index}, but this machine has {count} (cuda:0 to cuda:{}){}; set another run.device, or \"cpu\"",
+                count.saturating_sub(1),
+                if self == DeviceConfig::Cuda { " and \"cuda\" gives each local rank its own" } else { "" }
+            ));
+        }
+        Ok(device)
+    }
+}
+
 fn one() -> u64 {
     1
 }
@@ -108,16 +199,22 @@ fn twenty() -> u64 {
 pub struct ModelSection {
     /// A Hugging Face Qwen3-VL folder: config.json, safetensors, tokenizer.json.
     pub path: PathBuf,
-    /// "float32" or "bfloat16" for the weights the policy computes with.
-    #[serde(default = "float32")]
-    pub dtype: String,
+    /// The weights the policy computes with.
+    #[serde(default)]
+    pub dtype: Dtype,
     /// Modules that do not train: "vision_tower", "merger", "llm".
     #[serde(default)]
     pub freeze: Vec<String>,
 }
 
-fn float32() -> String {
-    "float32".into()
+/// `model.dtype`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dtype {
+    #[default]
+    Float32,
+    /// Not trainable yet (needs fp32 master weights).
+    Bfloat16,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -146,13 +243,25 @@ pub struct SftSection {
     pub batch_size: usize,
     /// Sequences per forward pass.
     pub micro_batch: usize,
+    /// lr defaults to [`SFT_LR`], whether or not the table is written.
+    #[serde(deserialize_with = "sft_optim")]
     pub optim: OptimConfig,
 }
 
+/// The default SFT learning rate (RL's is [`OptimConfig`]'s own default).
+pub const SFT_LR: f64 = 1e-5;
+
 impl Default for SftSection {
     fn default() -> Self {
-        Self { steps: 0, batch_size: 16, micro_batch: 8, optim: OptimConfig { lr: 1e-5, ..Default::default() } }
+        Self { steps: 0, batch_size: 16, micro_batch: 8, optim: OptimConfig { lr: SFT_LR, ..Default::default() } }
     }
+}
+
+/// `[sft.optim]`: OptimConfig's defaults, except lr = [`SFT_LR`].
+fn sft_optim<'de, D: Deserializer<'de>>(d: D) -> Result<OptimConfig, D::Error> {
+    let mut table = toml::Table::deserialize(d)?;
+    table.entry("lr").or_insert(toml::Value::Float(SFT_LR));
+    from_table("sft.optim", table).map_err(serde::de::Error::custom)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -170,9 +279,11 @@ pub struct RlSection {
     pub micro_batch: usize,
     /// Prompts per generate call.
     pub generation_batch: usize,
+    /// Sampling temperature (> 0); the log-probs of scoring and updates use it too.
     pub temperature: f64,
+    /// Nucleus sampling in (0, 1]; 1: off.
     pub top_p: f64,
-    /// 0: off.
+    /// 0: off; otherwise sample among the k likeliest tokens.
     pub top_k: i64,
     pub max_new_tokens: usize,
     pub optim: OptimConfig,
@@ -196,83 +307,45 @@ impl Default for RlSection {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+/// The `[algorithm]` table: one flat table whose keys are those of [`AdvantageConfig`]
+/// (`advantage`, `sort_group_rewards`, ..., `eps`) and of [`LossConfig`] (`clip_low`, ...,
+/// `loss_agg`), each read straight into its type with that type's defaults. Unknown keys
+/// are errors.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct AlgorithmSection {
-    /// "grpo", "dr_grpo" or "drpo".
-    pub advantage: Estimator,
-    pub sort_group_rewards: bool,
-    pub history_window: Option<usize>,
-    pub k_max: usize,
-    pub elbow_tol: f64,
-    /// "inverse_cluster_size" (released code) or "plain" (paper).
-    pub domain_mean: DomainMean,
-    /// false: the DomainOnly ablation.
-    pub clusters: bool,
-    pub kl_damping: bool,
-    pub kl_damping_quantile: f64,
-    pub clip_low: f64,
-    pub clip_high: f64,
-    /// 0 disables dual clipping.
-    pub dual_clip: f64,
-    /// beta of the k3 KL term in the loss; 0 drops the reference model.
-    pub kl_coef: f64,
-    /// "token-mean" or "seq-mean-token-mean".
-    pub loss_agg: Aggregation,
+    pub advantages: AdvantageConfig,
+    pub loss: LossConfig,
 }
 
-impl Default for AlgorithmSection {
-    fn default() -> Self {
-        let a = AdvantageConfig::default();
-        let l = LossConfig::default();
-        Self {
-            advantage: a.estimator,
-            sort_group_rewards: a.sort_group_rewards,
-            history_window: a.history_window,
-            k_max: a.k_max,
-            elbow_tol: a.elbow_tol,
-            domain_mean: a.domain_mean,
-            clusters: a.clusters,
-            kl_damping: a.kl_damping,
-            kl_damping_quantile: a.kl_damping_quantile,
-            clip_low: l.clip_low,
-            clip_high: l.clip_high,
-            dual_clip: l.dual_clip.unwrap_or(0.0),
-            kl_coef: l.kl_coef,
-            loss_agg: l.aggregation,
+impl<'de> Deserialize<'de> for AlgorithmSection {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let table = toml::Table::deserialize(d)?;
+        let known = |k: &str| AdvantageConfig::KEYS.contains(&k) || LossConfig::KEYS.contains(&k);
+        if let Some(key) = table.keys().find(|k| !known(k)) {
+            let all: Vec<String> = AdvantageConfig::KEYS.iter().chain(&LossConfig::KEYS).map(|k| format!("`{k}`")).collect();
+            return Err(D::Error::custom(format!("unknown key `algorithm.{key}`, expected one of {}", all.join(", "))));
         }
+        let (loss, advantages): (toml::Table, toml::Table) = table.into_iter().partition(|(k, _)| LossConfig::KEYS.contains(&k.as_str()));
+        Ok(Self { advantages: from_table("algorithm", advantages).map_err(D::Error::custom)?, loss: from_table("algorithm", loss).map_err(D::Error::custom)? })
     }
+}
+
+/// `table` as a `T`; the error names the first key that `T` refuses (`section.key`).
+fn from_table<T: DeserializeOwned>(section: &str, table: toml::Table) -> Result<T, String> {
+    toml::Value::Table(table.clone()).try_into().map_err(|e: toml::de::Error| {
+        let alone = |k: &String, v: &toml::Value| toml::Value::Table(toml::Table::from_iter([(k.clone(), v.clone())])).try_into::<T>().is_err();
+        match table.iter().find(|(k, v)| alone(k, v)) {
+            Some((key, _)) => format!("{section}.{key}: {}", e.message()),
+            None => format!("[{section}]: {}", e.message()),
+        }
+    })
 }
 
 impl AlgorithmSection {
-    pub fn advantage_config(&self) -> AdvantageConfig {
-        AdvantageConfig {
-            estimator: self.advantage,
-            sort_group_rewards: self.sort_group_rewards,
-            history_window: self.history_window,
-            k_max: self.k_max,
-            elbow_tol: self.elbow_tol,
-            domain_mean: self.domain_mean,
-            clusters: self.clusters,
-            kl_damping: self.kl_damping,
-            kl_damping_quantile: self.kl_damping_quantile,
-            eps: 1e-6,
-        }
-    }
-
-    pub fn loss_config(&self) -> LossConfig {
-        LossConfig {
-            clip_low: self.clip_low,
-            clip_high: self.clip_high,
-            dual_clip: (self.dual_clip > 0.0).then_some(self.dual_clip),
-            kl_coef: self.kl_coef,
-            aggregation: self.loss_agg,
-        }
-    }
-
     /// The reference model is needed for the KL term or for KL damping.
     pub fn needs_reference(&self) -> bool {
-        self.kl_coef != 0.0 || (self.kl_damping && self.advantage == Estimator::Drpo)
+        self.loss.kl_coef != 0.0 || (self.advantages.kl_damping && self.advantages.estimator == Estimator::Drpo)
     }
 }
 
@@ -299,12 +372,26 @@ impl Default for ValidationSection {
 }
 
 impl TrainConfig {
-    /// Reads and validates `path`. Errors name the file and the key.
+    /// Reads and validates `path` (with its `base` files), including what this machine must
+    /// provide (the model folder, the device). Errors name the file and the key.
     pub fn from_file(path: &Path) -> Result<Self, TrainError> {
-        let text = std::fs::read_to_string(path).map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))?;
-        let config: TrainConfig = toml::from_str(&text).map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))?;
+        let config = Self::parse_file(path)?;
         config.check(true).map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))?;
         Ok(config)
+    }
+
+    /// Reads `path`, resolving `base`, without checking values (see [`Self::check`]).
+    pub fn parse_file(path: &Path) -> Result<Self, TrainError> {
+        let text = std::fs::read_to_string(path).map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))?;
+        let table: toml::Table = toml::from_str(&text).map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))?;
+        if !table.contains_key("base") {
+            // Straight from the text: errors point at the line.
+            return toml::from_str(&text).map_err(|e| TrainError::Config(format!("{}: {e}", path.display())));
+        }
+        let mut chain = vec![path.to_path_buf()];
+        let merged = with_base(path, table, &mut chain).map_err(TrainError::Config)?;
+        let files: Vec<String> = chain.iter().map(|p| p.display().to_string()).collect();
+        toml::Value::Table(merged).try_into().map_err(|e| TrainError::Config(format!("{} (over {}): {e}", path.display(), files[1..].join(" over "))))
     }
 
     /// The shard folder and loader settings of `[data]`; training cycles through the
@@ -338,99 +425,141 @@ impl TrainConfig {
         Ok(())
     }
 
-    /// Checks every value; with `paths`, also that the model folder exists.
-    pub fn check(&self, paths: bool) -> Result<(), String> {
+    /// Checks every value; with `local`, also what this machine must provide: the model
+    /// folder, and the device (CUDA in this build of libtorch, enough GPUs).
+    pub fn check(&self, local: bool) -> Result<(), String> {
         self.loader()?;
         self.processor().validate().map_err(|e| format!("[processor]: {e}"))?;
         let model = &self.model;
-        if paths && !model.path.join("config.json").is_file() {
-            return Err(format!("model.path: {} has no config.json (a Hugging Face Qwen3-VL folder is expected)", model.path.display()));
-        }
-        if paths && !model.path.join("tokenizer.json").is_file() {
-            return Err(format!("model.path: {} has no tokenizer.json", model.path.display()));
-        }
-        if model.dtype != "float32" {
-            return Err(format!("model.dtype: only \"float32\" trains for now (bf16 with fp32 master weights is not built yet), got {:?}", model.dtype));
+        match model.dtype {
+            Dtype::Float32 => {}
+            Dtype::Bfloat16 => {
+                return Err("model.dtype: only \"float32\" trains for now (bf16 with fp32 master weights is not built yet), got \"bfloat16\"".into())
+            }
         }
         for f in &model.freeze {
             if !["vision_tower", "merger", "llm"].contains(&f.as_str()) {
                 return Err(format!("model.freeze: unknown module {f:?} (known: vision_tower, merger, llm)"));
             }
         }
-        parse_device(&self.run.device)?;
         if self.sft.steps == 0 && self.rl.steps == 0 {
             return Err("nothing to do: sft.steps and rl.steps are both 0".into());
         }
         if self.sft.steps > 0 {
             self.sft.optim.validate("sft.optim")?;
-            if self.sft.batch_size == 0 || self.sft.micro_batch == 0 {
-                return Err("sft.batch_size and sft.micro_batch must be at least 1".into());
-            }
+            at_least_one(&[("sft.batch_size", self.sft.batch_size), ("sft.micro_batch", self.sft.micro_batch)])?;
         }
         let rl = &self.rl;
         if rl.steps > 0 {
             rl.optim.validate("rl.optim")?;
-            if rl.prompts_per_step == 0 || rl.prompts_per_update == 0 || rl.micro_batch == 0 || rl.generation_batch == 0 {
-                return Err("rl.prompts_per_step, rl.prompts_per_update, rl.micro_batch and rl.generation_batch must be at least 1".into());
-            }
+            at_least_one(&[
+                ("rl.prompts_per_step", rl.prompts_per_step),
+                ("rl.prompts_per_update", rl.prompts_per_update),
+                ("rl.micro_batch", rl.micro_batch),
+                ("rl.generation_batch", rl.generation_batch),
+            ])?;
             if !rl.prompts_per_step.is_multiple_of(rl.prompts_per_update) {
                 return Err(format!(
                     "rl.prompts_per_step ({}) must be a multiple of rl.prompts_per_update ({})",
                     rl.prompts_per_step, rl.prompts_per_update
                 ));
             }
-            if rl.samples_per_prompt < 2 && self.algorithm.advantage != Estimator::DrGrpo {
-                return Err(format!("rl.samples_per_prompt must be at least 2 for group-relative advantages, got {}", rl.samples_per_prompt));
-            }
-            if rl.max_new_tokens == 0 {
-                return Err("rl.max_new_tokens must be at least 1".into());
-            }
-            if !(rl.temperature > 0.0) {
-                return Err(format!("rl.temperature must be positive for sampling, got {}", rl.temperature));
-            }
-            if !(rl.top_p > 0.0 && rl.top_p <= 1.0) {
-                return Err(format!("rl.top_p must be in (0, 1], got {}", rl.top_p));
-            }
         }
-        self.algorithm.advantage_config().validate()?;
-        let a = &self.algorithm;
-        if !(a.clip_low > 0.0 && a.clip_low < 1.0) || !(a.clip_high > 0.0) {
-            return Err(format!("algorithm.clip_low must be in (0, 1) and clip_high positive, got {} and {}", a.clip_low, a.clip_high));
-        }
-        if a.dual_clip != 0.0 && a.dual_clip <= 1.0 {
-            return Err(format!("algorithm.dual_clip must be above 1 (or 0 to disable), got {}", a.dual_clip));
-        }
-        if a.kl_coef < 0.0 {
-            return Err(format!("algorithm.kl_coef must be non-negative, got {}", a.kl_coef));
-        }
+        self.check_sampling()?;
+        self.algorithm.advantages.validate()?;
+        self.algorithm.loss.validate()?;
         self.reward.resolved_weights().map_err(|e| format!("[reward]: {e}"))?;
-        let v = &self.validation;
-        if v.every > 0 && (v.max_samples == 0 || v.batch_size == 0) {
-            return Err("validation.max_samples and validation.batch_size must be at least 1".into());
-        }
-        if v.temperature < 0.0 {
-            return Err(format!("validation.temperature must be >= 0, got {}", v.temperature));
-        }
         let d = &self.distributed;
-        if d.bucket_mb == 0 || d.timeout_s == 0 {
-            return Err("distributed.bucket_mb and distributed.timeout_s must be at least 1".into());
-        }
+        at_least_one(&[("distributed.bucket_mb", d.bucket_mb), ("distributed.timeout_s", d.timeout_s as usize)])?;
         if self.run.save_every == 0 {
-            return Err("run.save_every must be at least 1".into());
+            return Err("run.save_every must be at least 1, got 0".into());
+        }
+        if local {
+            if !model.path.join("config.json").is_file() {
+                return Err(format!("model.path: {} has no config.json (a Hugging Face Qwen3-VL folder is expected)", model.path.display()));
+            }
+            if !model.path.join("tokenizer.json").is_file() {
+                return Err(format!("model.path: {} has no tokenizer.json", model.path.display()));
+            }
+            self.run.device.available(0)?;
+        }
+        Ok(())
+    }
+
+    /// The sampling values of `[rl]` (also read by validation: top_k, top_p, the default
+    /// max_new_tokens) and `[validation]`, whether or not their phase runs.
+    fn check_sampling(&self) -> Result<(), String> {
+        let rl = &self.rl;
+        if !(rl.temperature > 0.0 && rl.temperature.is_finite()) {
+            return Err(format!("rl.temperature must be positive and finite (it divides the logits), got {}", rl.temperature));
+        }
+        if !(rl.top_p > 0.0 && rl.top_p <= 1.0) {
+            return Err(format!("rl.top_p must be in (0, 1] (1: off), got {}", rl.top_p));
+        }
+        if rl.top_k < 0 {
+            return Err(format!("rl.top_k must be 0 (off) or a positive number of tokens, got {}", rl.top_k));
+        }
+        if rl.max_new_tokens == 0 {
+            return Err("rl.max_new_tokens must be at least 1, got 0".into());
+        }
+        let least = self.algorithm.advantages.estimator.min_samples_per_prompt();
+        if rl.samples_per_prompt < least {
+            return Err(format!(
+                "rl.samples_per_prompt must be at least {least} for {} advantages (each response is scored against its group's mean), got {}",
+                self.algorithm.advantages.estimator.name(),
+                rl.samples_per_prompt
+            ));
+        }
+        let v = &self.validation;
+        if !(v.temperature >= 0.0 && v.temperature.is_finite()) {
+            return Err(format!("validation.temperature must be >= 0 and finite (0: greedy), got {}", v.temperature));
+        }
+        if v.max_new_tokens == Some(0) {
+            return Err("validation.max_new_tokens must be at least 1 (omit it for rl.max_new_tokens), got 0".into());
+        }
+        at_least_one(&[("validation.max_samples", v.max_samples), ("validation.batch_size", v.batch_size)])?;
+        if v.every > 0 && v.splits.is_empty() {
+            return Err("validation.splits must name at least one split, got []".into());
         }
         Ok(())
     }
 }
 
-/// "cpu", "cuda", "cuda:N".
-pub fn parse_device(s: &str) -> Result<tch::Device, String> {
-    match s {
-        "cpu" => Ok(tch::Device::Cpu),
-        "cuda" => Ok(tch::Device::Cuda(0)),
-        _ => s
-            .strip_prefix("cuda:")
-            .and_then(|n| n.parse().ok())
-            .map(tch::Device::Cuda)
-            .ok_or_else(|| format!("run.device must be \"cpu\", \"cuda\" or \"cuda:N\", got {s:?}")),
+fn at_least_one(values: &[(&str, usize)]) -> Result<(), String> {
+    match values.iter().find(|(_, v)| *v == 0) {
+        Some((key, v)) => Err(format!("{key} must be at least 1, got {v}")),
+        None => Ok(()),
+    }
+}
+
+/// `table` (read from `path`) laid over its `base` file, recursively. `chain` holds the
+/// files read so far (a file that is its own base is an error).
+fn with_base(path: &Path, mut table: toml::Table, chain: &mut Vec<PathBuf>) -> Result<toml::Table, String> {
+    let Some(base) = table.remove("base") else { return Ok(table) };
+    let toml::Value::String(base) = base else {
+        return Err(format!("{}: base must be a path string (relative to this file), got {}", path.display(), base.type_str()));
+    };
+    let base_path = path.parent().unwrap_or(Path::new(".")).join(&base);
+    let text = std::fs::read_to_string(&base_path).map_err(|e| format!("{}: base = {base:?}: {}: {e}", path.display(), base_path.display()))?;
+    let same = |a: &Path, b: &Path| a.canonicalize().ok().is_some_and(|a| b.canonicalize().ok() == Some(a));
+    if chain.iter().any(|p| same(p, &base_path)) {
+        return Err(format!("{}: base = {base:?}: {} is already in the chain of bases (a cycle)", path.display(), base_path.display()));
+    }
+    let base_table: toml::Table = toml::from_str(&text).map_err(|e| format!("{}: {e}", base_path.display()))?;
+    chain.push(base_path.clone());
+    let mut merged = with_base(&base_path, base_table, chain)?;
+    overlay(&mut merged, table);
+    Ok(merged)
+}
+
+/// Lays `over` on `base` key by key: tables in both merge, anything else replaces.
+fn overlay(base: &mut toml::Table, over: toml::Table) {
+    for (key, value) in over {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => overlay(b, o),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
     }
 }

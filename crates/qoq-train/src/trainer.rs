@@ -32,9 +32,9 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use crate::advantage::{DrpoHistory, Group};
-use crate::checkpoint::{self, TrainerState};
-use crate::config::{parse_device, TrainConfig};
-use crate::loss::{batch_normaliser, policy_loss, sft_loss, LossTerms};
+use crate::checkpoint::{self, Resume, TrainerState};
+use crate::config::TrainConfig;
+use crate::loss::{batch_normaliser, k3_sum, policy_loss, sft_loss, LossTerms};
 use crate::parallel::{DataParallel, Optimizer};
 use crate::prompts::{prepare, response_mask, Prompt, PromptBatch};
 use crate::summary::rollout_image;
@@ -87,28 +87,22 @@ fn derive_seed(seed: u64, step: u64, chunk: u64) -> u64 {
 }
 
 impl Trainer {
-    /// Loads the policy (from the latest checkpoint when `resume`), the data and the
-    /// reward; freezes modules; restores optimizer, cursor and DRPO history. `dp` says
-    /// which rank of how many this process is ([`DataParallel::single`] for one process).
-    pub fn new(config: TrainConfig, resume: bool, dp: DataParallel) -> Result<Self, TrainError> {
+    /// Loads the policy (from a checkpoint per `resume`: `true` is the latest, see
+    /// [`Resume`]), the data and the reward; freezes modules; restores optimizer, cursor
+    /// and DRPO history. `dp` says which rank of how many this process is
+    /// ([`DataParallel::single`] for one process).
+    pub fn new(config: TrainConfig, resume: impl Into<Resume>, dp: DataParallel) -> Result<Self, TrainError> {
         config.check_world(dp.world()).map_err(TrainError::Config)?;
-        let mut device = parse_device(&config.run.device).map_err(TrainError::Config)?;
         // "cuda" without an index: each rank takes the GPU of its local rank.
-        if config.run.device == "cuda" {
-            device = Device::Cuda(dp.group.local_rank());
-        }
+        let device = config.run.device.available(dp.group.local_rank()).map_err(TrainError::Config)?;
         if config.run.threads > 0 {
             tch::set_num_threads(config.run.threads);
         }
         let out = config.run.output_dir.clone();
         let ckpt_root = out.join("checkpoints");
-        let resume_from = if resume { checkpoint::latest(&ckpt_root)? } else { None };
-        if !resume && checkpoint::latest(&ckpt_root)?.is_some() {
-            return Err(TrainError::Config(format!(
-                "{} already holds checkpoints: pass --resume to continue that run, or choose another run.output_dir",
-                ckpt_root.display()
-            )));
-        }
+        // Checked whole before anything loads (a damaged one names the file and the newest
+        // whole checkpoint).
+        let resume_from = checkpoint::resume_point(&ckpt_root, &resume.into(), dp.is_main())?;
         let model_dir = match &resume_from {
             Some(dir) => dir.join("model"),
             None => config.model.path.clone(),
@@ -136,7 +130,7 @@ impl Trainer {
             }
             None => (
                 TrainerState {
-                version: 1,
+                version: checkpoint::FORMAT_VERSION,
                 sft_steps_done: 0,
                 rl_steps_done: 0,
                 optimizer_step: 0,
@@ -263,7 +257,7 @@ impl Trainer {
             Some(checkpoint::save(
                 &self.out.join("checkpoints"),
                 &self.state,
-                |dir| policy.save_pretrained(dir, 5 << 30).map_err(TrainError::from),
+                |dir| policy.save_pretrained(dir, checkpoint::MODEL_SHARD_BYTES).map_err(TrainError::from),
                 &self.config.model.path,
                 &moments,
                 self.config.run.keep_checkpoints,
@@ -524,8 +518,7 @@ impl Trainer {
         }
         let groups: Vec<Group> = all.chunks(g).map(|rs| Group { domain: rs[0].group.clone(), rewards: rs.iter().map(|r| r.scores.overall).collect() }).collect();
         let kl: Option<Vec<Vec<f64>>> = refs.as_ref().map(|_| all.chunks(g).map(|rs| rs.iter().map(|r| r.kl.unwrap_or(0.0)).collect()).collect());
-        let adv_config = self.config.algorithm.advantage_config();
-        let adv = self.state.drpo.advantages(&adv_config, &groups, kl.as_deref());
+        let adv = self.state.drpo.advantages(&self.config.algorithm.advantages, &groups, kl.as_deref());
         for (rs, a) in all.chunks_mut(g).zip(&adv.advantages) {
             for (r, a) in rs.iter_mut().zip(a) {
                 r.advantage = *a;
@@ -540,7 +533,7 @@ impl Trainer {
         // 5. update_actor: one epoch, prompts_per_update prompts per optimizer step, each
         // split over the ranks; losses normalised by the whole update batch.
         let t = Instant::now();
-        let loss_config = self.config.algorithm.loss_config();
+        let loss_config = self.config.algorithm.loss.clone();
         let updates_per_step = rl.prompts_per_step / rl.prompts_per_update;
         let total_updates = self.config.rl.steps * updates_per_step as u64;
         let local_per_update = rl.prompts_per_update / self.dp.world() * g;
@@ -704,14 +697,6 @@ impl Trainer {
         m.insert("timing_s/validation".into(), started.elapsed().as_secs_f64());
         Ok(m)
     }
-}
-
-/// Sum over a response's tokens of the k3 estimate of KL(pi || pi_ref).
-fn k3_sum(logp: &[f32], ref_logp: &[f32]) -> f64 {
-    logp.iter().zip(ref_logp).map(|(&l, &r)| {
-        let d = (r - l) as f64;
-        (d.exp() - d - 1.0).clamp(-10.0, 10.0)
-    }).sum()
 }
 
 /// Running sums of the loss figures over a step's optimizer updates.

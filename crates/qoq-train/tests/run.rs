@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{repo, setup, weights};
+use common::{config_text, repo, setup, weights, write_config};
 use qoq_policy::Qwen3VL;
 use tch::Tensor;
 
@@ -13,53 +13,6 @@ use std::time::{Duration, Instant};
 
 use qoq_train::config::TrainConfig;
 use qoq_train::Trainer;
-
-fn config_text(out: &Path, model: &Path, shards: &Path, extra: &str) -> String {
-    format!(
-        r#"
-[run]
-output_dir = "{out}"
-seed = 3
-threads = 1
-save_every = 1
-keep_checkpoints = 0
-image_summary_every = 1
-
-{inputs}
-
-[sft]
-steps = 2
-batch_size = 2
-micro_batch = 2
-[sft.optim]
-lr = 1e-3
-
-[rl]
-steps = 2
-prompts_per_step = 2
-samples_per_prompt = 2
-prompts_per_update = 2
-micro_batch = 2
-generation_batch = 2
-max_new_tokens = 6
-top_p = 1.0
-[rl.optim]
-lr = 1e-3
-
-[algorithm]
-kl_coef = 0.01
-{extra}
-"#,
-        out = out.display(),
-        inputs = common::inputs_toml(model, shards)
-    )
-}
-
-fn write_config(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path
-}
 
 #[test]
 fn a_run_writes_its_outputs_resumes_exactly_after_kill_9_and_exports() {
@@ -174,19 +127,94 @@ fn bad_configs_fail_fast_naming_the_key_and_file() {
 
 #[test]
 fn shipped_configs_parse() {
+    let mut checked = 0;
     for name in ["demo.toml", "stage1.toml", "stage2.toml"] {
         let path = repo().join("configs").join(name);
-        let text = std::fs::read_to_string(&path).unwrap();
-        // Model and shard paths need not exist here: check the structure and values only.
-        let config: TrainConfig = toml::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+        // Model and shard paths need not exist here, nor a GPU: check the structure and
+        // values only (stage1.toml through its base, stage2.toml).
+        let config = TrainConfig::parse_file(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
         config.check(false).unwrap_or_else(|e| panic!("{name}: {e}"));
+        checked += 1;
     }
     for entry in std::fs::read_dir(repo().join("experiments/reward-ablation")).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
-            let text = std::fs::read_to_string(&path).unwrap();
-            let config: TrainConfig = toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let config = TrainConfig::parse_file(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             config.check(false).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            checked += 1;
         }
     }
+    assert_eq!(checked, 8);
+}
+
+/// Truncates `path` to half its length.
+fn truncate(path: &Path) {
+    let len = std::fs::metadata(path).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(path).unwrap().set_len(len / 2).unwrap();
+}
+
+#[test]
+fn a_damaged_newest_checkpoint_names_the_file_and_resume_from_continues_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, shards) = setup(tmp.path());
+    let out = tmp.path().join("run");
+    let cfg = write_config(tmp.path(), "run.toml", &config_text(&out, &model, &shards, ""));
+    let bin = env!("CARGO_BIN_EXE_train");
+    let full = Command::new(bin).arg(&cfg).output().unwrap();
+    assert!(full.status.success(), "{}", String::from_utf8_lossy(&full.stderr));
+    let root = out.join("checkpoints");
+    let (step3, step4) = (root.join("step_3"), root.join("step_4"));
+    let uninterrupted = weights(&step4.join("model"));
+    let sizes = |dir: &Path| -> Vec<(PathBuf, Option<u64>)> {
+        ["trainer_state.json", "optimizer.safetensors", "model/model.safetensors", "model/config.json"]
+            .iter()
+            .map(|f| (dir.join(f), std::fs::metadata(dir.join(f)).ok().map(|m| m.len())))
+            .collect()
+    };
+
+    // Each damage to step_4 stops --resume with that file and the way out: step_3.
+    type Damage = fn(&Path);
+    let damages: [(&str, Damage); 3] = [
+        ("model/model.safetensors", truncate),
+        ("optimizer.safetensors", truncate),
+        ("trainer_state.json", |p: &Path| std::fs::write(p, "{\"version\": 1, \"sft_steps_done\": 2,").unwrap()),
+    ];
+    for (i, (file, damage)) in damages.iter().enumerate() {
+        let path = step4.join(file);
+        let intact = std::fs::read(&path).unwrap();
+        damage(&path);
+        let before: Vec<_> = (1..=4).map(|n| sizes(&root.join(format!("step_{n}")))).collect();
+        let resumed = Command::new(bin).arg(&cfg).arg("--resume").output().unwrap();
+        let stderr = String::from_utf8_lossy(&resumed.stderr);
+        assert!(!resumed.status.success(), "{file}: resumed from a damaged checkpoint");
+        assert!(stderr.contains(&path.display().to_string()), "{file}: the error does not name the file: {stderr}");
+        assert!(stderr.contains(&format!("--resume-from {}", step3.display())), "{file}: no --resume-from step_3: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        // Nothing was deleted or changed.
+        assert_eq!((1..=4).map(|n| sizes(&root.join(format!("step_{n}")))).collect::<Vec<_>>(), before);
+        if i + 1 < damages.len() {
+            std::fs::write(&path, intact).unwrap();
+        }
+    }
+
+    // --resume-from the suggested checkpoint trains step 4 again, exactly as before; the
+    // damaged step_4 is kept aside, not deleted.
+    let resumed = Command::new(bin).arg(&cfg).arg("--resume-from").arg(&step3).output().unwrap();
+    let stderr = String::from_utf8_lossy(&resumed.stderr);
+    assert!(resumed.status.success(), "{stderr}");
+    assert!(stderr.contains("steps 3/4 done"), "{stderr}");
+    let again = weights(&step4.join("model"));
+    assert_eq!(uninterrupted.len(), again.len());
+    for ((na, ta), (nb, tb)) in uninterrupted.iter().zip(&again) {
+        assert_eq!(na, nb);
+        assert!(ta.equal(tb), "{na} differs between the uninterrupted run and the one resumed from step_3");
+    }
+    assert!(root.join("step_4.superseded/trainer_state.json").is_file());
+    qoq_train::checkpoint::verify(&step4).unwrap();
+    // And --resume now finds the run finished.
+    let done = Command::new(bin).arg(&cfg).arg("--resume").output().unwrap();
+    assert!(done.status.success() && String::from_utf8_lossy(&done.stderr).contains("steps 4/4 done"), "{}", String::from_utf8_lossy(&done.stderr));
+    // A damaged checkpoint named by --resume-from is refused, naming the file.
+    let bad = Command::new(bin).arg(&cfg).arg("--resume-from").arg(root.join("step_4.superseded")).output().unwrap();
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("step_4.superseded/trainer_state.json"));
 }

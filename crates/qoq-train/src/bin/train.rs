@@ -1,6 +1,7 @@
 //! Train a Qwen3-VL policy with SFT and / or DRPO from one TOML configuration.
 //!
 //!     cargo run --release --bin train -- configs/stage2.toml [--resume]
+//!     train CONFIG --resume-from OUTPUT_DIR/checkpoints/step_N   # continue from that checkpoint
 //!     train CONFIG --nproc 4                                   # 4 local ranks
 //!     torchrun --no-python --nproc-per-node 8 target/release/train CONFIG
 //!
@@ -17,7 +18,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Parser;
 use qoq_dist::{Backend, ProcessGroup};
-use qoq_train::config::{parse_device, TrainConfig};
+use qoq_train::checkpoint::Resume;
+use qoq_train::config::TrainConfig;
 use qoq_train::parallel::DataParallel;
 use qoq_train::Trainer;
 
@@ -26,9 +28,15 @@ use qoq_train::Trainer;
 struct Args {
     /// The run configuration (see configs/stage2.toml for every key).
     config: PathBuf,
-    /// Continue from the latest checkpoint in run.output_dir.
-    #[arg(long)]
+    /// Continue from the latest checkpoint in run.output_dir (checked whole first: a
+    /// damaged one is an error naming the file and the newest whole checkpoint).
+    #[arg(long, conflicts_with = "resume_from")]
     resume: bool,
+    /// Continue from this checkpoint folder (OUTPUT_DIR/checkpoints/step_N), e.g. the one
+    /// `--resume` names when the newest is damaged. Later checkpoints in run.output_dir are
+    /// kept, renamed step_N.superseded.
+    #[arg(long, value_name = "PATH")]
+    resume_from: Option<PathBuf>,
     /// Stop after this many steps of this invocation (the run can be resumed later).
     #[arg(long)]
     max_steps: Option<u64>,
@@ -72,8 +80,8 @@ fn main() -> Result<()> {
     if args.nproc > 1 && std::env::var_os("WORLD_SIZE").is_none() {
         return launch(&args, &config);
     }
-    let device = parse_device(&config.run.device).map_err(anyhow::Error::msg)?;
-    let group = ProcessGroup::from_env(Backend::for_device(device), Duration::from_secs(config.distributed.timeout_s))
+    let backend = Backend::for_device(config.run.device.device(0));
+    let group = ProcessGroup::from_env(backend, Duration::from_secs(config.distributed.timeout_s))
         .context("joining the other ranks")?;
     share_cores(&config, group.world_size());
     let group = Rc::new(group);
@@ -95,6 +103,9 @@ fn launch(args: &Args, config: &TrainConfig) -> Result<()> {
     let mut child_args: Vec<OsString> = vec![args.config.clone().into_os_string()];
     if args.resume {
         child_args.push("--resume".into());
+    }
+    if let Some(dir) = &args.resume_from {
+        child_args.extend(["--resume-from".into(), dir.clone().into_os_string()]);
     }
     if let Some(n) = args.max_steps {
         child_args.extend(["--max-steps".into(), n.to_string().into()]);
@@ -135,7 +146,11 @@ fn train(args: &Args, config: TrainConfig, group: Rc<ProcessGroup>) -> Result<()
     };
     let main_rank = dp.is_main();
     let (rank, world) = (dp.rank(), dp.world());
-    let mut trainer = Trainer::new(config, args.resume, dp).with_context(|| format!("starting the run in {}", out.display()))?;
+    let resume = match &args.resume_from {
+        Some(dir) => Resume::From(dir.clone()),
+        None => Resume::from(args.resume),
+    };
+    let mut trainer = Trainer::new(config, resume, dp).with_context(|| format!("starting the run in {}", out.display()))?;
     let total = trainer.total_steps();
     let done = trainer.state.step();
     if main_rank {

@@ -53,3 +53,52 @@ suffix = "Answer."
         shards = shards.display()
     )
 }
+
+/// A short run of [`setup`]'s inputs: 2 SFT steps, then 2 RL steps (2 prompts x G = 2),
+/// a checkpoint after every step; `extra` is appended (after `[algorithm]`).
+pub fn config_text(out: &Path, model: &Path, shards: &Path, extra: &str) -> String {
+    format!(
+        r#"
+[run]
+output_dir = "{out}"
+seed = 3
+threads = 1
+save_every = 1
+keep_checkpoints = 0
+image_summary_every = 1
+
+{inputs}
+
+[sft]
+steps = 2
+batch_size = 2
+micro_batch = 2
+[sft.optim]
+lr = 1e-3
+
+[rl]
+steps = 2
+prompts_per_step = 2
+samples_per_prompt = 2
+prompts_per_update = 2
+micro_batch = 2
+generation_batch = 2
+max_new_tokens = 6
+top_p = 1.0
+[rl.optim]
+lr = 1e-3
+
+[algorithm]
+kl_coef = 0.01
+{extra}
+"#,
+        out = out.display(),
+        inputs = inputs_toml(model, shards)
+    )
+}
+
+pub fn write_config(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
