@@ -317,7 +317,10 @@ pub fn resume_point(root: &Path, resume: &Resume, main: bool) -> Result<Option<P
                     dir.display(),
                     dir.display()
                 ),
-                None => format!("no older checkpoint under {} is complete (nothing was deleted)", root.display()),
+                None => format!(
+                    "no older checkpoint under {} is complete (nothing was deleted): start afresh in another run.output_dir, or move the damaged checkpoint out of the way",
+                    root.display()
+                ),
             };
             Err(TrainError::Checkpoint(format!("cannot resume from {}: {problem}\n{advice}", newest.display())))
         }
