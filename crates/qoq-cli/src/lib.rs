@@ -111,7 +111,12 @@ pub mod config {
     impl ProcessorConfig {
         /// The image processor settings: the defaults with this table's keys applied.
         pub fn resolve(&self) -> ImageProcessorConfig {
-            let mut c = ImageProcessorConfig::default();
+            self.resolve_on(ImageProcessorConfig::default())
+        }
+
+        /// `base` (a model family's processor) with this table's keys applied.
+        pub fn resolve_on(&self, base: ImageProcessorConfig) -> ImageProcessorConfig {
+            let mut c = base;
             c.min_pixels = self.min_pixels.unwrap_or(c.min_pixels);
             c.max_pixels = self.max_pixels.unwrap_or(c.max_pixels);
             c.video_frames = self.video_frames.unwrap_or(c.video_frames);

@@ -78,3 +78,44 @@ fn video_pixel_values_match_transformers() {
         assert!(diff <= 1e-6, "{name}: max |diff| {diff} at row {}, col {}", at / 1536, at % 1536);
     }
 }
+
+/// Qwen2.5-VL's processor (patch 14, factor 28, CLIP mean/std) against transformers 5.24's
+/// `Qwen2VLImageProcessor` configured from its preprocessor_config.json
+/// (tests/fixtures/qwen2_5_vl/processor, tools/make_qwen25vl_fixtures.py).
+#[test]
+fn qwen2_5_vl_pixel_values_match_transformers() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/qwen2_5_vl/processor");
+    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
+    let cases = meta["cases"].as_array().unwrap();
+    assert!(cases.len() >= 4);
+    let images = fixtures().join("images");
+    for case in cases {
+        let name = case["image"].as_str().unwrap();
+        let cfg = ImageProcessorConfig {
+            min_pixels: case["min_pixels"].as_u64().unwrap(),
+            max_pixels: case["max_pixels"].as_u64().unwrap(),
+            ..ImageProcessorConfig::qwen2_5_vl()
+        };
+        let proc = ImageProcessor::new(cfg).unwrap();
+        let img = decode_rgb(&std::fs::read(images.join(name)).unwrap()).unwrap();
+        let out = proc.preprocess_image(&img).unwrap();
+        let grid: Vec<u32> = case["grid_thw"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        assert_eq!(out.grid_thw.to_vec(), grid, "{name}: grid_thw");
+        let hw: Vec<u32> = case["resized_hw"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        assert_eq!([out.resized_size.1, out.resized_size.0].to_vec(), hw, "{name}: resized (h, w)");
+        let expected = read_f32_gz(dir.join(case["pixel_values"].as_str().unwrap()));
+        assert_eq!(expected.len(), out.rows() * 1176, "{name}: rows of 1176 values");
+        let (diff, at) = max_abs_diff(&out.pixel_values, &expected);
+        assert!(diff <= 1e-6, "{name}: max |diff| {diff} at row {}, col {}", at / 1176, at % 1176);
+    }
+}
+
+/// A checkpoint's preprocessor_config.json over the family's defaults.
+#[test]
+fn qwen2_5_vl_config_reads_over_its_defaults() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/qwen2_5_vl/tiny-untied/preprocessor_config.json");
+    let c = ImageProcessorConfig::from_json_file_over(&path, ImageProcessorConfig::qwen2_5_vl()).unwrap();
+    assert_eq!((c.patch_size, c.merge_size, c.min_pixels, c.max_pixels), (14, 2, 3136, 50176));
+    assert_eq!(c.image_mean, ImageProcessorConfig::qwen2_5_vl().image_mean);
+    assert_eq!(c.patch_dim(), 1176);
+}

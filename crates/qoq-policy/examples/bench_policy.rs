@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use clap::Parser;
 use qoq_policy::rope::Grid;
-use qoq_policy::{Inputs, Qwen3VL, SamplingConfig};
+use qoq_policy::{load_policy, Inputs, SamplingConfig};
 use tch::{Device, Tensor};
 
 #[derive(Parser)]
@@ -57,7 +57,7 @@ fn main() -> anyhow::Result<()> {
     };
 
     let start = Instant::now();
-    let model = Qwen3VL::from_pretrained(&args.model, Device::Cpu)?;
+    let model = load_policy(&args.model, Device::Cpu)?;
     line("load", start.elapsed().as_secs_f64(), None);
 
     let t: HashMap<String, Tensor> = Tensor::read_safetensors(&args.inputs)?.into_iter().collect();
@@ -89,7 +89,7 @@ fn main() -> anyhow::Result<()> {
         top_p: None,
         max_new_tokens: args.new_tokens,
         stop_tokens: vec![],
-        banned_tokens: vec![model.config.image_token_id, model.config.video_token_id],
+        banned_tokens: model.special_tokens().banned.clone(),
         samples_per_prompt: args.samples,
         seed: 0,
     };

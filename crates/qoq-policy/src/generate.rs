@@ -5,7 +5,7 @@
 use qoq_data::rng::{stream, unit};
 use tch::{Device, Kind, Tensor};
 
-use crate::model::{Inputs, Qwen3VL};
+use crate::policy::{Inputs, Policy, SpecialTokens};
 use crate::PolicyError;
 
 /// How tokens are drawn. `temperature == 0` is greedy.
@@ -27,17 +27,16 @@ pub struct SamplingConfig {
 }
 
 impl SamplingConfig {
-    /// Qwen's defaults (temperature 0.7, top-k 20, top-p 0.8), stopping at <|im_end|> and
-    /// <|endoftext|>, never emitting a vision placeholder of `model`.
-    pub fn qwen_default(model: &Qwen3VL) -> Self {
-        let c = &model.config;
+    /// Qwen's defaults (temperature 0.7, top-k 20, top-p 0.8), stopping and banning as the
+    /// family's `tokens` say (see [`Policy::special_tokens`]).
+    pub fn qwen_default(tokens: &SpecialTokens) -> Self {
         Self {
             temperature: 0.7,
             top_k: Some(20),
             top_p: Some(0.8),
             max_new_tokens: 512,
-            stop_tokens: vec![151645, 151643],
-            banned_tokens: vec![c.image_token_id, c.video_token_id],
+            stop_tokens: tokens.stop.clone(),
+            banned_tokens: tokens.banned.clone(),
             samples_per_prompt: 1,
             seed: 0,
         }
@@ -53,7 +52,7 @@ pub struct Rollouts {
     pub tokens: Vec<Vec<i64>>,
     /// Log-probability of each generated token under the distribution it was drawn from
     /// (after banned tokens, temperature, top-k and top-p). Without banned tokens, top-k and
-    /// top-p these equal [`Qwen3VL::score`]'s at the same temperature.
+    /// top-p these equal [`Policy::score`]'s at the same temperature.
     pub logprobs: Vec<Vec<f32>>,
     /// Whether each response ended with a stop token (else it hit `max_new_tokens`).
     pub stopped: Vec<bool>,
@@ -115,19 +114,18 @@ fn sample_inverse_cdf(probs: &Tensor, uniforms: &[f32]) -> Tensor {
     cdf.lt_tensor(&u).sum_dim_intlist(-1, false, Kind::Int64).clamp_max(vocab - 1)
 }
 
-impl Qwen3VL {
-    /// Sample `samples_per_prompt` responses for every prompt row of `inputs`. The prompts
-    /// (and their images) are encoded once; the cache is then repeated per sample.
-    pub fn generate(&self, inputs: &Inputs<'_>, config: &SamplingConfig) -> Result<Rollouts, PolicyError> {
+/// Sample `samples_per_prompt` responses for every prompt row of `inputs`. The prompts
+/// (and their images) are encoded once; the cache is then repeated per sample.
+pub fn generate<P: Policy + ?Sized>(policy: &P, inputs: &Inputs<'_>, config: &SamplingConfig) -> Result<Rollouts, PolicyError> {
         let _guard = tch::no_grad_guard();
         let g = config.samples_per_prompt.max(1);
-        let (hidden, state) = self.forward_hidden(inputs)?;
+        let (hidden, state) = policy.forward_hidden(inputs)?;
         let b = hidden.size()[0] as usize;
         let rows: Vec<i64> = (0..b as i64).flat_map(|i| std::iter::repeat_n(i, g)).collect();
         let mut state = state.select_rows(&rows);
         let n = rows.len();
         let last = hidden.select(1, -1);
-        let mut logits = self.logits(&last).index_select(0, &Tensor::from_slice(&rows).to_device(last.device()));
+        let mut logits = policy.logits(&last).index_select(0, &Tensor::from_slice(&rows).to_device(last.device()));
         // One random stream per (prompt, sample): a response's draws depend on the seed and
         // its place in the group only, not on libtorch's global generator or the batch.
         let mut streams: Vec<_> = (0..n).map(|i| stream(config.seed, &[(i / g) as u64, (i % g) as u64])).collect();
@@ -158,17 +156,17 @@ impl Qwen3VL {
             if stopped.iter().all(|&s| s) || step + 1 == config.max_new_tokens {
                 break;
             }
-            logits = self.decode_step(&mut state, &chosen)?;
+            logits = policy.decode_step(&mut state, &chosen)?;
         }
         Ok(Rollouts { prompt_index: rows.iter().map(|&r| r as usize).collect(), tokens, logprobs, stopped })
-    }
+}
 
     /// Per-token log-probs and entropies of `responses` (one per prompt row of `inputs`,
     /// any lengths) under the model at `temperature`: `[B, T]` each, T the longest response;
     /// entries past a response's end are 0. Runs with autograd unless the caller disabled it,
     /// so the log-probs can carry the policy gradient (the entropies never do).
-    pub fn score(&self, inputs: &Inputs<'_>, responses: &[Vec<i64>], temperature: f64) -> Result<(Tensor, Tensor), PolicyError> {
-        let device = self.vs.device();
+pub fn score<P: Policy + ?Sized>(policy: &P, inputs: &Inputs<'_>, responses: &[Vec<i64>], temperature: f64) -> Result<(Tensor, Tensor), PolicyError> {
+        let device = policy.device();
         let ids = inputs.input_ids.ok_or_else(|| PolicyError::Input("input_ids are required".into()))?;
         let (b, l) = ids.size2()?;
         if responses.len() as i64 != b {
@@ -196,18 +194,10 @@ impl Qwen3VL {
         };
         let full_ids = Tensor::cat(&[ids.to_device(device), resp.shallow_clone()], 1);
         let full_mask = Tensor::cat(&[prompt_mask, resp_mask.shallow_clone()], 1);
-        let full = Inputs {
-            input_ids: Some(&full_ids),
-            attention_mask: Some(&full_mask),
-            pixel_values: inputs.pixel_values,
-            image_grids: inputs.image_grids.clone(),
-            pixel_values_videos: inputs.pixel_values_videos,
-            video_grids: inputs.video_grids.clone(),
-            extra_embeddings: inputs.extra_embeddings.iter().map(|(id, t)| (*id, t.shallow_clone())).collect(),
-        };
-        let (hidden, _) = self.forward_hidden(&full)?;
+        let full = inputs.with_ids(&full_ids, &full_mask);
+        let (hidden, _) = policy.forward_hidden(&full)?;
         // Position l - 1 + j predicts response token j.
-        let logits = self.logits(&hidden.narrow(1, l - 1, t)).to_kind(Kind::Float);
+        let logits = policy.logits(&hidden.narrow(1, l - 1, t)).to_kind(Kind::Float);
         let logits = if temperature > 0.0 { logits / temperature } else { logits };
         let logp_all = logits.log_softmax(-1, Kind::Float);
         let valid = resp_mask.to_kind(Kind::Float);
@@ -215,7 +205,6 @@ impl Qwen3VL {
         // Entropy is only logged (never in a loss): no graph for it.
         let entropy = tch::no_grad(|| -(logp_all.exp() * &logp_all).sum_dim_intlist(-1, false, Kind::Float) * &valid);
         Ok((logp, entropy))
-    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,11 @@
-//! The Qwen3-VL policy on libtorch. This first piece turns the data pipeline's
-//! preprocessed media into the model's vision inputs and checks, before any forward,
-//! that a prompt holds exactly as many placeholder tokens as its images produce (the
-//! "image features and image tokens do not match" failure of the Python stacks).
+//! The policy models on libtorch: two families behind one interface, [`Policy`].
+//!
+//! - [`qwen3_vl`]: Qwen3-VL (QoQ-Med3-VL-8B, QoQ-Med3-VL-8B-MIMIC, Qwen3-VL-8B-MIMIC).
+//! - [`qwen2_5_vl`]: Qwen2.5-VL (QoQ-Med-VL-7B).
+//!
+//! [`load_policy`] reads `config.json`'s `model_type` and loads the right family; the
+//! trainer and the tools hold a `Box<dyn Policy>`. Shared layers live in [`layers`];
+//! prompts (chat templates, tokenizer, placeholder expansion) in [`chat`].
 //!
 //! ```no_run
 //! use qoq_data::preprocess::ImageProcessor;
@@ -14,18 +18,20 @@
 //! ```
 
 pub mod chat;
-pub mod config;
-pub mod generate;
 mod error;
-pub mod model;
-pub mod rope;
-pub mod text;
-pub mod vision;
+pub mod generate;
+pub mod layers;
+mod policy;
+pub mod qwen2_5_vl;
+pub mod qwen3_vl;
 mod vision_inputs;
 pub mod weights;
 
-pub use config::Qwen3VLConfig;
 pub use error::PolicyError;
 pub use generate::{Rollouts, SamplingConfig};
-pub use model::{DecodeState, Inputs, Qwen3VL};
+pub use layers::kv_cache::DecodeState;
+pub use layers::rope;
+pub use policy::{load_policy, Embedded, Family, Inputs, ModuleGroup, Policy, PromptFormat, SpecialTokens, VisionPass, VisionTower};
+pub use qwen2_5_vl::{Qwen25VL, Qwen25VLConfig};
+pub use qwen3_vl::{Qwen3VL, Qwen3VLConfig};
 pub use vision_inputs::{count_placeholders, VisionBatch};

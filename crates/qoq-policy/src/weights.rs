@@ -11,6 +11,83 @@ use crate::PolicyError;
 
 const SINGLE: &str = "model.safetensors";
 const INDEX: &str = "model.safetensors.index.json";
+/// transformers' default `max_shard_size` (5 GB).
+pub const DEFAULT_MAX_SHARD_BYTES: u64 = 5 << 30;
+
+/// A JSON file, with errors naming it.
+pub fn read_json(path: &Path) -> Result<serde_json::Value, PolicyError> {
+    let text = std::fs::read_to_string(path).map_err(|e| PolicyError::Checkpoint(format!("{}: {e}", path.display())))?;
+    serde_json::from_str(&text).map_err(|e| PolicyError::Checkpoint(format!("{}: not JSON ({e})", path.display())))
+}
+
+/// Write `value` to `path` atomically (temporary file, then rename).
+pub fn write_json(path: &Path, value: &serde_json::Value) -> Result<(), PolicyError> {
+    let io = |e: std::io::Error| PolicyError::Checkpoint(format!("{}: {e}", path.display()));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    std::fs::write(&tmp, serde_json::to_string_pretty(value).expect("JSON values serialise")).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+/// An error instead of libtorch's panic when `device` is a GPU this build or machine lacks.
+pub fn check_device(device: tch::Device) -> Result<(), PolicyError> {
+    if let tch::Device::Cuda(i) = device {
+        let count = tch::Cuda::device_count();
+        if !tch::Cuda::is_available() || i as i64 >= count {
+            return Err(PolicyError::Input(format!(
+                "device cuda:{i} is not available (this build sees {count} CUDA devices); build with CUDA (bash tools/setup-cuda.sh) or use the CPU"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Tensors a checkpoint carries that its family does not use (e.g. `time_series_embedding.*`
+/// in QoQ-Med's ECG-enabled releases): reported once, kept on the CPU and written back on
+/// save, so an export loses nothing a later modality encoder could use.
+#[derive(Debug, Default)]
+pub struct ExtraTensors(Vec<(String, Tensor)>);
+
+impl ExtraTensors {
+    /// Read `names` from the checkpoint in `dir`; warns once on stderr when there are any.
+    pub fn read(dir: &Path, mut names: Vec<String>, family: crate::Family) -> Result<Self, PolicyError> {
+        if names.is_empty() {
+            return Ok(Self::default());
+        }
+        names.sort();
+        let shown: Vec<&str> = names.iter().take(4).map(String::as_str).collect();
+        eprintln!(
+            "warning: {}: {} tensors are not used by {} and are kept as they are (written back on save): {}{}",
+            dir.display(),
+            names.len(),
+            family.model_type(),
+            shown.join(", "),
+            if names.len() > shown.len() { ", ..." } else { "" }
+        );
+        let wanted: HashSet<&str> = names.iter().map(String::as_str).collect();
+        let mut out = Vec::with_capacity(names.len());
+        for path in weight_files(dir)? {
+            let file = std::fs::File::open(&path).map_err(|e| PolicyError::Checkpoint(format!("{}: {e}", path.display())))?;
+            for (name, entry) in read_header(&file, &path)? {
+                if wanted.contains(name.as_str()) {
+                    let t = Tensor::empty(entry.shape.as_slice(), (entry.kind, tch::Device::Cpu));
+                    read_into(&file, &entry, &t).map_err(|e| PolicyError::Checkpoint(format!("{}: reading `{name}`: {e}", path.display())))?;
+                    out.push((name, t));
+                }
+            }
+        }
+        Ok(Self(out))
+    }
+
+    /// The kept tensors by their checkpoint names.
+    pub fn tensors(&self) -> impl Iterator<Item = (String, Tensor)> + '_ {
+        self.0.iter().map(|(n, t)| (n.clone(), t.shallow_clone()))
+    }
+
+    pub fn names(&self) -> Vec<&str> {
+        self.0.iter().map(|(n, _)| n.as_str()).collect()
+    }
+}
 
 /// The weight files of a checkpoint folder.
 pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, PolicyError> {
@@ -88,24 +165,42 @@ fn read_header(file: &std::fs::File, path: &Path) -> Result<Vec<(String, Entry)>
     Ok(entries)
 }
 
+/// Read `entry`'s bytes into `target`, a contiguous CPU tensor of its shape and dtype.
+fn read_into(file: &std::fs::File, entry: &Entry, target: &Tensor) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let len = (entry.end - entry.start) as usize;
+    debug_assert!(target.device() == tch::Device::Cpu && target.is_contiguous() && target.kind() == entry.kind);
+    if len > 0 {
+        // SAFETY: `target` is a contiguous CPU tensor of exactly `len` bytes (shape and
+        // dtype checked by the callers) that nothing else reads during the copy.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(target.data_ptr() as *mut u8, len) };
+        file.read_exact_at(bytes, entry.start)?;
+    }
+    Ok(())
+}
+
 /// Copy every variable of `vars` from the checkpoint in `dir` (converting the dtype when
 /// the file's differs). Every variable must be found with the right shape; tensors the
 /// model does not use are returned by name (a tied model ignores a stray `lm_head.weight`).
 ///
 /// Bytes are read straight into each variable's memory when dtype and device allow, else
 /// through one tensor-sized buffer: peak memory is the model plus at most one tensor.
-pub fn load_into(vars: &HashMap<String, Tensor>, dir: &Path) -> Result<Vec<String>, PolicyError> {
-    use std::os::unix::fs::FileExt;
+///
+/// `rename` maps a checkpoint name to its variable name (a family whose published files
+/// spell names otherwise, e.g. Qwen2.5-VL's `visual.*`). Unused names are returned as spelt
+/// in the file.
+pub fn load_into(vars: &HashMap<String, Tensor>, dir: &Path, rename: &dyn Fn(&str) -> String) -> Result<Vec<String>, PolicyError> {
     let mut found: HashSet<String> = HashSet::new();
     let mut unused = Vec::new();
     let _guard = tch::no_grad_guard();
     for path in weight_files(dir)? {
         let file = std::fs::File::open(&path).map_err(|e| PolicyError::Checkpoint(format!("{}: {e}", path.display())))?;
         for (name, entry) in read_header(&file, &path)? {
-            let Some(var) = vars.get(&name) else {
+            let Some(var) = vars.get(&rename(&name)) else {
                 unused.push(name);
                 continue;
             };
+            let name = rename(&name);
             if entry.shape != var.size() {
                 return Err(PolicyError::Checkpoint(format!(
                     "{}: `{name}` has shape {:?}, the config gives {:?}; is config.json from the same checkpoint?",
@@ -117,13 +212,7 @@ pub fn load_into(vars: &HashMap<String, Tensor>, dir: &Path) -> Result<Vec<Strin
             let read_err = |e: std::io::Error| PolicyError::Checkpoint(format!("{}: reading `{name}`: {e}", path.display()));
             let direct = var.device() == tch::Device::Cpu && var.kind() == entry.kind && var.is_contiguous();
             let target = if direct { var.shallow_clone() } else { Tensor::empty(entry.shape.as_slice(), (entry.kind, tch::Device::Cpu)) };
-            let len = (entry.end - entry.start) as usize;
-            if len > 0 {
-                // SAFETY: `target` is a contiguous CPU tensor of exactly `len` bytes
-                // (shape and dtype checked above) that nothing else reads during the copy.
-                let bytes = unsafe { std::slice::from_raw_parts_mut(target.data_ptr() as *mut u8, len) };
-                file.read_exact_at(bytes, entry.start).map_err(read_err)?;
-            }
+            read_into(&file, &entry, &target).map_err(read_err)?;
             if !direct {
                 var.shallow_clone().f_copy_(&target)?;
             }

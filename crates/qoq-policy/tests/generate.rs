@@ -6,7 +6,7 @@ mod common;
 
 use common::{case, fixtures, grids, inputs};
 use qoq_policy::generate::warp_logits;
-use qoq_policy::{Inputs, Qwen3VL, SamplingConfig};
+use qoq_policy::{Inputs, Policy, Qwen3VL, SamplingConfig};
 use tch::{Device, Kind, Tensor};
 
 fn model() -> Qwen3VL {

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use common::{case, case_meta, fixtures, grids, inputs};
-use qoq_policy::Qwen3VL;
+use qoq_policy::{Policy, Qwen3VL};
 use tch::{Device, Kind, Tensor};
 
 const TOLERANCE: f64 = 1e-4;
@@ -82,7 +82,7 @@ fn rope_positions_and_deltas_match_the_reference() {
         let t = case(name);
         let ids = Vec::<Vec<i64>>::try_from(&t["input_ids"]).unwrap();
         let mask = Vec::<Vec<i64>>::try_from(&t["attention_mask"]).unwrap();
-        let index = qoq_policy::rope::rope_index(
+        let index = qoq_policy::qwen3_vl::rope_index(
             &ids,
             &mask,
             &grids(t.get("image_grid_thw")),

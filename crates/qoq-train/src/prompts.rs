@@ -5,7 +5,7 @@
 use qoq_data::preprocess::{ImageProcessor, VisionInput};
 use qoq_data::Sample;
 use qoq_policy::chat::{encode_conversation, merged_tokens, Content, Message, RenderOptions, Tokenizer, VideoLayout};
-use qoq_policy::Inputs;
+use qoq_policy::{Inputs, PromptFormat};
 use qoq_rewards::grounding::{BBox, Mask};
 use tch::{Device, Kind, Tensor};
 
@@ -35,6 +35,8 @@ pub struct Prompt {
     pub ids: Vec<i64>,
     pub images: Vec<VisionInput>,
     pub videos: Vec<VisionInput>,
+    /// Seconds per temporal patch of each video (Qwen2.5-VL's rope time).
+    pub video_seconds_per_grid: Vec<f64>,
     pub answer: String,
     /// Ground-truth boxes in the resized image's pixels (what the model sees).
     pub boxes: Vec<BBox>,
@@ -57,9 +59,19 @@ pub fn reference_response(answer: &str, boxes: &[(BBox, &str)]) -> String {
     format!("<think>\n</think>\n```json\n[{}]\n```\n\\boxed{{{answer}}}", items.join(", "))
 }
 
+/// Frame rate assumed for sampled frames without timing metadata (transformers' default).
+pub const VIDEO_FPS: f64 = 24.0;
+
 /// Prepares `sample`: preprocesses its media, renders the user turn (media first, then the
-/// question and `suffix`) with the generation prompt, and checks placeholder counts.
-pub fn prepare(sample: &Sample, processor: &ImageProcessor, tokenizer: &Tokenizer, suffix: &str, key: DomainKey) -> Result<Prompt, TrainError> {
+/// question and `suffix`) with the family's generation prompt, and checks placeholder counts.
+pub fn prepare(
+    sample: &Sample,
+    processor: &ImageProcessor,
+    tokenizer: &Tokenizer,
+    suffix: &str,
+    key: DomainKey,
+    format: PromptFormat,
+) -> Result<Prompt, TrainError> {
     let bad = |what: String| TrainError::Sample { id: sample.id.clone(), message: what };
     let media = processor.prepare(sample).map_err(|e| bad(e.to_string()))?;
     let merge = processor.config.merge_size;
@@ -75,12 +87,15 @@ pub fn prepare(sample: &Sample, processor: &ImageProcessor, tokenizer: &Tokenize
         .map(|v| {
             let frames = (v.grid_thw[0] * processor.config.temporal_patch_size) as usize;
             let per_block = (v.grid_thw[1] * v.grid_thw[2] / (merge * merge)) as usize;
+            if !format.timestamped_video {
+                return Ok(VideoLayout::contiguous(v.grid_thw[0] as usize, per_block));
+            }
             // Frames are sampled uniformly; without timing metadata transformers assumes 24 fps.
-            VideoLayout::from_frame_indices(&(0..frames).collect::<Vec<_>>(), 24.0, processor.config.temporal_patch_size as usize, per_block)
+            VideoLayout::from_frame_indices(&(0..frames).collect::<Vec<_>>(), VIDEO_FPS, processor.config.temporal_patch_size as usize, per_block)
         })
         .collect::<Result<_, _>>()
         .map_err(|e| bad(e.to_string()))?;
-    let options = RenderOptions { add_generation_prompt: true, ..Default::default() };
+    let options = RenderOptions { add_generation_prompt: true, template: format.template, ..Default::default() };
     let ids = encode_conversation(tokenizer, &[Message::user(content)], &options, &image_tokens, &videos).map_err(|e| bad(e.to_string()))?;
     let ids: Vec<i64> = ids.into_iter().map(i64::from).collect();
 
@@ -105,6 +120,7 @@ pub fn prepare(sample: &Sample, processor: &ImageProcessor, tokenizer: &Tokenize
         answer: sample.answer.clone(),
         boxes,
         mask,
+        video_seconds_per_grid: vec![processor.config.temporal_patch_size as f64 / VIDEO_FPS; media.videos.len()],
         images: media.images,
         videos: media.videos,
         image_bytes: sample.images.first().cloned(),
@@ -120,6 +136,7 @@ pub struct PromptBatch {
     pub image_grids: Vec<[i64; 3]>,
     pub pixel_values_videos: Option<Tensor>,
     pub video_grids: Vec<[i64; 3]>,
+    pub video_seconds_per_grid: Vec<f64>,
 }
 
 impl PromptBatch {
@@ -153,6 +170,7 @@ impl PromptBatch {
             image_grids,
             pixel_values_videos,
             video_grids,
+            video_seconds_per_grid: prompts.iter().flat_map(|p| p.video_seconds_per_grid.iter().copied()).collect(),
         })
     }
 
@@ -164,6 +182,7 @@ impl PromptBatch {
             image_grids: self.image_grids.clone(),
             pixel_values_videos: self.pixel_values_videos.as_ref(),
             video_grids: self.video_grids.clone(),
+            video_seconds_per_grid: self.video_seconds_per_grid.clone(),
             extra_embeddings: Vec::new(),
         }
     }

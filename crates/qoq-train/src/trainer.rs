@@ -24,7 +24,7 @@ use std::time::Instant;
 use qoq_data::preprocess::ImageProcessor;
 use qoq_data::{Loader, LoaderConfig, Sample};
 use qoq_policy::chat::Tokenizer;
-use qoq_policy::{Qwen3VL, SamplingConfig};
+use qoq_policy::{load_policy, ModuleGroup, Policy, SamplingConfig, SpecialTokens};
 use qoq_rewards::eval::Evaluator;
 use qoq_rewards::{Scorer, Scores, Target};
 use rayon::prelude::*;
@@ -61,8 +61,8 @@ pub struct Response {
 pub struct Trainer {
     pub config: TrainConfig,
     pub device: Device,
-    pub policy: Qwen3VL,
-    reference: Option<Qwen3VL>,
+    pub policy: Box<dyn Policy>,
+    reference: Option<Box<dyn Policy>>,
     tokenizer: Tokenizer,
     processor: ImageProcessor,
     scorer: Scorer,
@@ -73,9 +73,7 @@ pub struct Trainer {
     /// Rank 0's TensorBoard events (the other ranks log nothing).
     events: Option<EventWriter>,
     out: PathBuf,
-    stop_tokens: Vec<i64>,
-    banned_tokens: Vec<i64>,
-    pad_id: i64,
+    tokens: SpecialTokens,
     prompts_skipped: u64,
     /// The latest validation figures (step, metrics).
     pub last_validation: Option<(u64, Metrics)>,
@@ -107,10 +105,10 @@ impl Trainer {
             Some(dir) => dir.join("model"),
             None => config.model.path.clone(),
         };
-        let policy = Qwen3VL::from_pretrained(&model_dir, device)?;
+        let policy = load_policy(&model_dir, device)?;
         let reference = if config.algorithm.needs_reference() && config.rl.steps > 0 {
-            let r = Qwen3VL::from_pretrained(&config.model.path, device)?;
-            r.vs.variables().values().for_each(|t| {
+            let r = load_policy(&config.model.path, device)?;
+            r.var_store().variables().values().for_each(|t| {
                 let _ = t.shallow_clone().set_requires_grad(false);
             });
             Some(r)
@@ -118,7 +116,9 @@ impl Trainer {
             None
         };
         let tokenizer = Tokenizer::from_file(config.model.path.join("tokenizer.json"))?;
-        let processor = ImageProcessor::new(config.processor())?;
+        // The processor of the model's family (and its preprocessor_config.json), then [processor].
+        let base = policy.family().processor_config(&config.model.path)?;
+        let processor = ImageProcessor::new(config.processor.resolve_on(base))?;
         let scorer = Scorer::new(&config.reward).map_err(|e| TrainError::Config(format!("[reward]: {e}")))?;
         let (shards, loader_config) = config.loader().map_err(TrainError::Config)?;
         let mut loader = Loader::open(&shards, loader_config)?;
@@ -143,17 +143,17 @@ impl Trainer {
         };
         loader.seek(state.cursor)?;
 
-        freeze(&policy, &config.model.freeze);
+        policy.freeze(&module_groups(&config.model.freeze)?);
         let in_sft = state.sft_steps_done < config.sft.steps;
         let optim_config = if in_sft { config.sft.optim.clone() } else { config.rl.optim.clone() };
-        let mut optimizer = Optimizer::new(optim_config, trainable(&policy), &dp);
+        let mut optimizer = Optimizer::new(optim_config, policy.trainable_parameters(), &dp);
         // A checkpoint holds the active phase's optimizer (at the SFT -> RL boundary, the
         // fresh RL one: `run_until` swaps it in before saving).
         if let (Some(dir), Some(moments)) = (&resume_from, &moments) {
             optimizer.load_state(moments, state.optimizer_step, &dp).map_err(|e| TrainError::Checkpoint(format!("{}: {e}", dir.display())))?;
         }
         // Every rank starts from rank 0's weights.
-        let mut variables: Vec<(String, Tensor)> = policy.vs.variables().into_iter().collect();
+        let mut variables: Vec<(String, Tensor)> = policy.var_store().variables().into_iter().collect();
         variables.sort_by(|a, b| a.0.cmp(&b.0));
         dp.broadcast(&variables.into_iter().map(|(_, t)| t).collect::<Vec<_>>())?;
 
@@ -162,10 +162,8 @@ impl Trainer {
         } else {
             None
         };
-        let c = &policy.config;
-        let stop_tokens = [tokenizer.im_end_id(), tokenizer.token_id("<|endoftext|>").unwrap_or(tokenizer.im_end_id())].map(i64::from).to_vec();
-        let banned_tokens = vec![c.image_token_id, c.video_token_id, c.vision_start_token_id, c.vision_end_token_id];
-        let pad_id = i64::from(tokenizer.token_id("<|endoftext|>").unwrap_or(0));
+        // Stop, banned and pad ids come from the family and the tokenizer.
+        let tokens = policy.special_tokens().clone().with_tokenizer(&tokenizer);
         Ok(Self {
             config,
             device,
@@ -180,9 +178,7 @@ impl Trainer {
             state,
             events,
             out,
-            stop_tokens,
-            banned_tokens,
-            pad_id,
+            tokens,
             prompts_skipped: 0,
             last_validation: None,
         })
@@ -219,7 +215,7 @@ impl Trainer {
             on_step(step, &metrics);
             // Entering RL: a fresh optimizer with the RL settings.
             if in_sft && self.state.sft_steps_done == self.config.sft.steps {
-                self.optimizer = Optimizer::new(self.config.rl.optim.clone(), trainable(&self.policy), &self.dp);
+                self.optimizer = Optimizer::new(self.config.rl.optim.clone(), self.policy.trainable_parameters(), &self.dp);
             }
             let last = step == end;
             // Also at the end of SFT, so the RL phase's effect shows against its start.
@@ -322,16 +318,16 @@ impl Trainer {
     fn prepare_many(&self, samples: &[&Sample]) -> Result<Vec<Prompt>, TrainError> {
         let suffix = &self.config.prompt.suffix;
         let key = self.config.prompt.domain_key;
-        let (processor, tokenizer) = (&self.processor, &self.tokenizer);
-        samples.par_iter().map(|s| prepare(s, processor, tokenizer, suffix, key)).collect()
+        let (processor, tokenizer, format) = (&self.processor, &self.tokenizer, self.policy.prompt_format());
+        samples.par_iter().map(|s| prepare(s, processor, tokenizer, suffix, key, format)).collect()
     }
 
     /// Per-token log-probs (and entropies) of `responses` under `model`, micro-batched.
-    fn score_rows(&self, model: &Qwen3VL, prompts: &[Prompt], rows: &[(usize, &[i64])], temperature: f64) -> Result<Vec<Vec<f32>>, TrainError> {
+    fn score_rows(&self, model: &dyn Policy, prompts: &[Prompt], rows: &[(usize, &[i64])], temperature: f64) -> Result<Vec<Vec<f32>>, TrainError> {
         let _guard = tch::no_grad_guard();
         let mut out = Vec::with_capacity(rows.len());
         for chunk in rows.chunks(self.config.rl.micro_batch.max(1)) {
-            let batch = PromptBatch::new(&chunk.iter().map(|(p, _)| &prompts[*p]).collect::<Vec<_>>(), self.pad_id, self.device)?;
+            let batch = PromptBatch::new(&chunk.iter().map(|(p, _)| &prompts[*p]).collect::<Vec<_>>(), self.tokens.pad, self.device)?;
             let responses: Vec<Vec<i64>> = chunk.iter().map(|(_, r)| r.to_vec()).collect();
             let (logp, _) = model.score(&batch.inputs(), &responses, temperature)?;
             let logp = logp.to_kind(Kind::Float).to_device(Device::Cpu);
@@ -362,7 +358,7 @@ impl Trainer {
         let mut loss_sum = 0.0;
         let mut correct = 0.0;
         for chunk in (0..prompts.len()).collect::<Vec<_>>().chunks(self.config.sft.micro_batch) {
-            let batch = PromptBatch::new(&chunk.iter().map(|&i| &prompts[i]).collect::<Vec<_>>(), self.pad_id, self.device)?;
+            let batch = PromptBatch::new(&chunk.iter().map(|&i| &prompts[i]).collect::<Vec<_>>(), self.tokens.pad, self.device)?;
             let responses: Vec<Vec<i64>> = chunk.iter().map(|&i| targets[i].clone()).collect();
             let (logp, _) = self.policy.score(&batch.inputs(), &responses, 1.0)?;
             let mask = response_mask(&responses.iter().map(Vec::len).collect::<Vec<_>>(), self.device);
@@ -399,8 +395,8 @@ impl Trainer {
             top_k: (rl.top_k > 0 && temperature > 0.0).then_some(rl.top_k),
             top_p: (rl.top_p < 1.0 && temperature > 0.0).then_some(rl.top_p),
             max_new_tokens,
-            stop_tokens: self.stop_tokens.clone(),
-            banned_tokens: self.banned_tokens.clone(),
+            stop_tokens: self.tokens.stop.clone(),
+            banned_tokens: self.tokens.banned.clone(),
             samples_per_prompt: g,
             seed,
         }
@@ -415,13 +411,13 @@ impl Trainer {
         for start in (0..prompts.len()).step_by(batch) {
             let end = (start + batch).min(prompts.len());
             let chunk: Vec<&Prompt> = prompts[start..end].iter().collect();
-            let inputs = PromptBatch::new(&chunk, self.pad_id, self.device)?;
+            let inputs = PromptBatch::new(&chunk, self.tokens.pad, self.device)?;
             let first = positions[start];
             let aligned = first % batch == 0 && positions[start..end].windows(2).all(|w| w[1] == w[0] + 1);
             let stream = if aligned { (first / batch) as u64 } else { (1 << 40) + first as u64 };
             let config = SamplingConfig { seed: derive_seed(self.state.seed, step, stream), ..sampling.clone() };
             let rollouts = self.policy.generate(&inputs.inputs(), &config)?;
-            let texts = rollouts.texts(&self.tokenizer, &self.stop_tokens)?;
+            let texts = rollouts.texts(&self.tokenizer, &self.tokens.stop)?;
             for (i, text) in texts.into_iter().enumerate() {
                 out.push(Response {
                     prompt: start + rollouts.prompt_index[i],
@@ -474,11 +470,11 @@ impl Trainer {
         // 3. old_log_prob (and ref): the same forward as the update, so ratio = 1 at first.
         let t = Instant::now();
         let rows: Vec<(usize, &[i64])> = responses.iter().map(|r| (r.prompt, r.tokens.as_slice())).collect();
-        let old = self.score_rows(&self.policy, &prompts, &rows, rl.temperature)?;
+        let old = self.score_rows(self.policy.as_ref(), &prompts, &rows, rl.temperature)?;
         timing.insert("old_log_prob", t.elapsed().as_secs_f64());
         let t = Instant::now();
         let refs = match &self.reference {
-            Some(r) => Some(self.score_rows(r, &prompts, &rows, rl.temperature)?),
+            Some(r) => Some(self.score_rows(r.as_ref(), &prompts, &rows, rl.temperature)?),
             None => None,
         };
         timing.insert("ref", t.elapsed().as_secs_f64());
@@ -605,7 +601,7 @@ impl Trainer {
         temperature: f64,
         sums: &mut LossSums,
     ) -> Result<LossTerms, TrainError> {
-        let batch = PromptBatch::new(&micro.iter().map(|r| &prompts[r.prompt]).collect::<Vec<_>>(), self.pad_id, self.device)?;
+        let batch = PromptBatch::new(&micro.iter().map(|r| &prompts[r.prompt]).collect::<Vec<_>>(), self.tokens.pad, self.device)?;
         let tokens: Vec<Vec<i64>> = micro.iter().map(|r| r.tokens.clone()).collect();
         let (logp, entropy) = self.policy.score(&batch.inputs(), &tokens, temperature)?;
         let lengths: Vec<usize> = tokens.iter().map(Vec::len).collect();
@@ -801,26 +797,12 @@ struct RolloutRecord {
     advantage: f64,
 }
 
-/// Parameters that train after freezing.
-fn trainable(model: &Qwen3VL) -> Vec<(String, Tensor)> {
-    let mut v: Vec<(String, Tensor)> = model.vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
-}
-
-/// Module of a parameter name, for freezing.
-pub fn module_of(name: &str) -> &'static str {
-    if name.starts_with("model.visual.") {
-        if name.contains("merger") { "merger" } else { "vision_tower" }
-    } else {
-        "llm"
-    }
-}
-
-fn freeze(model: &Qwen3VL, modules: &[String]) {
-    for (name, t) in model.vs.variables() {
-        if modules.iter().any(|m| m == module_of(&name)) {
-            let _ = t.shallow_clone().set_requires_grad(false);
-        }
-    }
+/// The module groups a config names (validated when the config was read).
+fn module_groups(names: &[String]) -> Result<Vec<ModuleGroup>, TrainError> {
+    names
+        .iter()
+        .map(|n| {
+            ModuleGroup::ALL.into_iter().find(|g| g.name() == n).ok_or_else(|| TrainError::Config(format!("model.freeze: unknown module {n:?}")))
+        })
+        .collect()
 }

@@ -4,7 +4,7 @@
 mod common;
 
 use common::{config_text, repo, setup, weights, write_config};
-use qoq_policy::Qwen3VL;
+use qoq_policy::{Policy, Qwen3VL};
 use tch::Tensor;
 
 use std::path::{Path, PathBuf};

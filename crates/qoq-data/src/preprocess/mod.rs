@@ -29,7 +29,7 @@ use crate::error::{DataError, Result};
 use crate::sample::{LabeledBox, Sample};
 
 /// The fields of a checkpoint's `preprocessor_config.json` that matter here.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(default)]
 pub struct ImageProcessorConfig {
     pub patch_size: u32,
@@ -78,14 +78,41 @@ struct SizeField {
 }
 
 impl ImageProcessorConfig {
+    /// Qwen2.5-VL-7B-Instruct's released preprocessor_config.json: patch 14 (factor 28),
+    /// OpenAI CLIP mean and std, 3,136 to 12,845,056 pixels.
+    pub fn qwen2_5_vl() -> Self {
+        Self {
+            patch_size: 14,
+            min_pixels: 3_136,
+            max_pixels: 12_845_056,
+            image_mean: [0.481_454_66, 0.457_827_5, 0.408_210_73],
+            image_std: [0.268_629_54, 0.261_302_58, 0.275_777_1],
+            // Qwen2-VL's video processor: 128 to 768 merged-token units of 28x28 pixels.
+            video_min_pixels: 128 * 28 * 28,
+            video_max_pixels: 768 * 28 * 28,
+            ..Self::default()
+        }
+    }
+
     /// Reads `preprocessor_config.json`, accepting both `size{shortest_edge, longest_edge}`
-    /// and the legacy `min_pixels` / `max_pixels` keys.
+    /// and the legacy `min_pixels` / `max_pixels` keys; absent keys take Qwen3-VL's values.
     pub fn from_json_file(path: impl AsRef<Path>) -> Result<Self> {
+        Self::from_json_file_over(path, Self::default())
+    }
+
+    /// As [`Self::from_json_file`], absent keys taking `base`'s values (a model family's).
+    pub fn from_json_file_over(path: impl AsRef<Path>, base: Self) -> Result<Self> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|e| DataError::io(path, e))?;
         let value: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| DataError::invalid(path, format!("not JSON: {e}")))?;
-        let mut cfg: Self = serde_json::from_value(value.clone())
+        let mut merged = serde_json::to_value(&base).expect("the config serialises");
+        if let (Some(into), Some(from)) = (merged.as_object_mut(), value.as_object()) {
+            for (k, v) in from {
+                into.insert(k.clone(), v.clone());
+            }
+        }
+        let mut cfg: Self = serde_json::from_value(merged)
             .map_err(|e| DataError::invalid(path, format!("bad preprocessor config: {e}")))?;
         if let Some(size) = value.get("size") {
             let size: SizeField = serde_json::from_value(size.clone())

@@ -1,4 +1,5 @@
-//! Ask a Qwen3-VL checkpoint about one image, the way the trainer prompts it.
+//! Ask a checkpoint (Qwen3-VL or Qwen2.5-VL, by its config.json) about one image, the way
+//! the trainer prompts it.
 //!
 //!     cargo run --release --bin diagnose -- --model DIR --image PATH --prompt TEXT \
 //!         [--max-new-tokens N] [--greedy | --temperature T --top-p P --seed S] [--dump OUT.safetensors]
@@ -6,20 +7,20 @@
 //! Builds one user turn (the image, then the prompt) with the generation prompt, generates,
 //! prints the response. Boxes in the response's ```json block (pixels of the resized image)
 //! are drawn on the original image, written next to `--dump` (or `./diagnose-boxes.png`).
-//! `--dump` also writes input_ids [L], pixel_values [N, 1536], image_grid_thw [1, 3],
+//! `--dump` also writes input_ids [L], pixel_values [N, 3 * 2 * patch²], image_grid_thw [1, 3],
 //! prefill_logits [L, vocab] and gen_tokens [generated].
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use qoq_data::preprocess::{ImageProcessor, ImageProcessorConfig};
+use qoq_data::preprocess::ImageProcessor;
 use qoq_policy::chat::{encode_conversation, merged_tokens, Content, Message, RenderOptions, Tokenizer};
-use qoq_policy::{Inputs, Qwen3VL, SamplingConfig};
+use qoq_policy::{load_policy, Inputs, SamplingConfig};
 use tch::{Device, Kind, Tensor};
 
 #[derive(Parser)]
-#[command(about = "Generate a diagnosis for one image with a Qwen3-VL checkpoint")]
+#[command(about = "Generate a diagnosis for one image with a Qwen3-VL or Qwen2.5-VL checkpoint")]
 struct Args {
     /// Hugging Face checkpoint folder: config.json, weights, tokenizer.json, preprocessor_config.json.
     #[arg(long)]
@@ -49,21 +50,16 @@ struct Args {
 fn main() -> Result<()> {
     let args = Args::parse();
     let dir = &args.model;
-    let model = Qwen3VL::from_pretrained(dir, Device::Cpu).with_context(|| format!("loading the checkpoint {}", dir.display()))?;
+    let model = load_policy(dir, Device::Cpu).with_context(|| format!("loading the checkpoint {}", dir.display()))?;
     let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json")).with_context(|| format!("{}: the checkpoint's tokenizer", dir.display()))?;
-    let processor_path = dir.join("preprocessor_config.json");
-    let processor_config = if processor_path.is_file() {
-        ImageProcessorConfig::from_json_file(&processor_path)?
-    } else {
-        ImageProcessorConfig::default()
-    };
+    let processor_config = model.family().processor_config(dir)?;
     let merge = processor_config.merge_size;
     let processor = ImageProcessor::new(processor_config)?;
     let image = image::open(&args.image).with_context(|| format!("cannot read the image {}", args.image.display()))?.to_rgb8();
     let vision = processor.preprocess_image(&image)?;
 
     let messages = [Message::user(vec![Content::Image, Content::text(args.prompt.clone())])];
-    let options = RenderOptions { add_generation_prompt: true, ..Default::default() };
+    let options = RenderOptions { add_generation_prompt: true, template: model.prompt_format().template, ..Default::default() };
     let ids = encode_conversation(&tokenizer, &messages, &options, &[merged_tokens(vision.grid_thw, merge)], &[])?;
     let ids: Vec<i64> = ids.into_iter().map(i64::from).collect();
     let input_ids = Tensor::from_slice(&ids).view([1, -1]);
@@ -71,7 +67,8 @@ fn main() -> Result<()> {
     let pixels = Tensor::from_slice(&vision.pixel_values).view([vision.rows() as i64, -1]);
     let inputs = Inputs { input_ids: Some(&input_ids), pixel_values: Some(&pixels), image_grids: vec![grid], ..Default::default() };
 
-    let mut config = SamplingConfig::qwen_default(&model);
+    let tokens = model.special_tokens().clone().with_tokenizer(&tokenizer);
+    let mut config = SamplingConfig::qwen_default(&tokens);
     config.max_new_tokens = args.max_new_tokens;
     config.seed = args.seed;
     if args.greedy {
@@ -83,9 +80,6 @@ fn main() -> Result<()> {
         config.top_p = Some(args.top_p);
         config.top_k = Some(args.top_k);
     }
-    config.stop_tokens = [tokenizer.im_end_id(), tokenizer.token_id("<|endoftext|>").unwrap_or(tokenizer.im_end_id())]
-        .map(i64::from)
-        .to_vec();
     let rollouts = model.generate(&inputs, &config)?;
     let tokens = &rollouts.tokens[0];
     let response = rollouts.texts(&tokenizer, &config.stop_tokens)?.remove(0);

@@ -1,25 +1,42 @@
-//! Write a tiny random Qwen3-VL checkpoint folder that every tool accepts: config.json,
-//! model.safetensors, the real Qwen tokenizer (tools/setup.sh fetches it) and
-//! preprocessor_config.json. For trying `diagnose` and the trainer without a download.
+//! Write a tiny random checkpoint folder of either family that every tool accepts:
+//! config.json, model.safetensors, the real Qwen tokenizer (tools/setup.sh fetches Qwen3's
+//! and derives Qwen2.5's from it) and preprocessor_config.json. For trying `diagnose` and
+//! the trainer without a download.
 //!
-//!     cargo run --release -p qoq-policy --bin make-tiny-checkpoint -- --out DIR [--seed S]
+//!     cargo run --release --bin make-tiny-checkpoint -- --out DIR [--family qwen2_5_vl] [--seed S]
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use qoq_policy::{Qwen3VL, Qwen3VLConfig};
+use qoq_policy::{Family, Policy, Qwen25VL, Qwen25VLConfig, Qwen3VL, Qwen3VLConfig};
 
 #[derive(Parser)]
 struct Args {
     #[arg(long)]
     out: PathBuf,
-    /// Folder holding tokenizer.json (and tokenizer_config.json); default: the checkout's .qwen-tokenizer.
+    /// `qwen3_vl` (QoQ-Med3-VL-8B's family) or `qwen2_5_vl` (QoQ-Med-VL-7B's).
+    #[arg(long, default_value = "qwen3_vl")]
+    family: String,
+    /// Folder holding tokenizer.json (and tokenizer_config.json); default: the checkout's
+    /// .qwen-tokenizer (Qwen3) or .qwen2.5-tokenizer (Qwen2.5).
     #[arg(long)]
     tokenizer: Option<PathBuf>,
     #[arg(long, default_value_t = 0)]
     seed: i64,
 }
+
+/// Qwen2.5-VL-7B-Instruct's image processor settings.
+const QWEN2_5_PREPROCESSOR_CONFIG: &str = r#"{
+  "image_processor_type": "Qwen2VLImageProcessor",
+  "processor_class": "Qwen2_5_VLProcessor",
+  "do_resize": true, "do_rescale": true, "do_normalize": true, "do_convert_rgb": true,
+  "rescale_factor": 0.00392156862745098,
+  "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
+  "patch_size": 14, "temporal_patch_size": 2, "merge_size": 2,
+  "min_pixels": 3136, "max_pixels": 12845056
+}
+"#;
 
 /// Qwen3-VL's image processor settings (pixel budgets as in the released checkpoints).
 const PREPROCESSOR_CONFIG: &str = r#"{
@@ -34,16 +51,24 @@ const PREPROCESSOR_CONFIG: &str = r#"{
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let tokenizer_dir = args.tokenizer.unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.qwen-tokenizer"));
+    let family = Family::from_model_type(&args.family).map_err(anyhow::Error::msg)?;
+    let default_dir = match family {
+        Family::Qwen3Vl => ".qwen-tokenizer",
+        Family::Qwen25Vl => ".qwen2.5-tokenizer",
+    };
+    let tokenizer_dir = args.tokenizer.unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").join(default_dir));
     let tokenizer = tokenizer_dir.join("tokenizer.json");
     anyhow::ensure!(tokenizer.is_file(), "{} is missing: run `bash tools/setup.sh` or pass --tokenizer DIR", tokenizer.display());
     tch::manual_seed(args.seed);
-    let model = Qwen3VL::new(&Qwen3VLConfig::tiny(), tch::Device::Cpu)?;
+    let model: Box<dyn Policy> = match family {
+        Family::Qwen3Vl => Box::new(Qwen3VL::new(&Qwen3VLConfig::tiny(), tch::Device::Cpu)?),
+        Family::Qwen25Vl => Box::new(Qwen25VL::new(&Qwen25VLConfig::tiny(), tch::Device::Cpu)?),
+    };
     // transformers' initialisation (initializer_range 0.02): matrices and embeddings
     // N(0, 0.02), biases 0, norms 1. tch's defaults (unit-variance embeddings) start a
     // tied 151k vocabulary at a loss near 26 instead of ln(151936) = 11.9.
     tch::no_grad(|| {
-        for (name, mut t) in model.vs.variables() {
+        for (name, mut t) in model.var_store().variables() {
             if t.dim() >= 2 {
                 let _ = t.normal_(0.0, 0.02);
             } else if name.ends_with(".bias") {
@@ -57,7 +82,11 @@ fn main() -> Result<()> {
     if tokenizer_config.is_file() {
         std::fs::copy(&tokenizer_config, args.out.join("tokenizer_config.json"))?;
     }
-    std::fs::write(args.out.join("preprocessor_config.json"), PREPROCESSOR_CONFIG)?;
-    println!("wrote a tiny random Qwen3-VL checkpoint to {}", args.out.display());
+    let preprocessor = match family {
+        Family::Qwen3Vl => PREPROCESSOR_CONFIG,
+        Family::Qwen25Vl => QWEN2_5_PREPROCESSOR_CONFIG,
+    };
+    std::fs::write(args.out.join("preprocessor_config.json"), preprocessor)?;
+    println!("wrote a tiny random {} checkpoint to {}", family.model_type(), args.out.display());
     Ok(())
 }

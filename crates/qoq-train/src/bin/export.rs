@@ -1,17 +1,18 @@
-//! Export a training checkpoint as a Hugging Face Qwen3-VL folder.
+//! Export a training checkpoint as a Hugging Face folder of its family (Qwen3-VL or Qwen2.5-VL).
 //!
 //!     cargo run --release --bin export -- --checkpoint OUTPUT_DIR/checkpoints/step_N --out HF_DIR
 //!
 //! Writes config.json, sharded safetensors with their index, and the tokenizer, processor
-//! and chat-template files the checkpoint carries from the source model. transformers'
-//! `Qwen3VLForConditionalGeneration.from_pretrained(HF_DIR)` and `diagnose --model HF_DIR`
+//! and chat-template files the checkpoint carries from the source model, in the weight
+//! layout the model was loaded from. transformers' `Qwen3VLForConditionalGeneration` or
+//! `Qwen2_5_VLForConditionalGeneration.from_pretrained(HF_DIR)` and `diagnose --model HF_DIR`
 //! load it.
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use qoq_policy::Qwen3VL;
+use qoq_policy::load_policy;
 use qoq_train::checkpoint::MODEL_SIDE_FILES;
 
 #[derive(Parser)]
@@ -26,7 +27,7 @@ struct Args {
     /// Largest safetensors shard in bytes (transformers' default 5 GB).
     #[arg(long, default_value_t = 5_000_000_000)]
     max_shard_bytes: u64,
-    /// Write the weights as bfloat16 (as released Qwen3-VL checkpoints are).
+    /// Write the weights as bfloat16 (as released Qwen checkpoints are).
     #[arg(long)]
     bf16: bool,
 }
@@ -41,7 +42,7 @@ fn main() -> Result<()> {
         bail!("{} exists and is not empty: choose a new folder", args.out.display());
     }
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
-    let mut model = Qwen3VL::from_pretrained(&model_dir, tch::Device::Cpu).with_context(|| format!("loading {}", model_dir.display()))?;
+    let mut model = load_policy(&model_dir, tch::Device::Cpu).with_context(|| format!("loading {}", model_dir.display()))?;
     if args.bf16 {
         model.set_kind(tch::Kind::BFloat16);
     }
@@ -58,7 +59,7 @@ fn main() -> Result<()> {
         eprintln!("warning: the checkpoint carries no tokenizer.json; copy the base model's tokenizer files into {}", args.out.display());
     }
     if !copied.iter().any(|n| n.starts_with("chat_template")) {
-        eprintln!("warning: the source model had no chat_template.json / .jinja; copy the base Qwen3-VL model's into {}", args.out.display());
+        eprintln!("warning: the source model had no chat_template.json / .jinja; copy the base model's into {}", args.out.display());
     }
     println!("exported {} to {} ({})", args.checkpoint.display(), args.out.display(), copied.join(", "));
     Ok(())

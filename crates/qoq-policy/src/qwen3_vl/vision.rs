@@ -3,10 +3,12 @@
 //! final merger. Module and weight names mirror transformers' `Qwen3VLVisionModel`.
 
 use tch::nn::{self, Module};
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
-use crate::config::VisionConfig;
-use crate::rope::{apply_rotary, vision_cos_sin, vision_rows_cols, Grid};
+use super::config::VisionConfig;
+use crate::layers::rope::{vision_cos_sin, vision_rows_cols, Grid};
+use crate::layers::vision_attention::VisionAttention;
+use crate::policy::{VisionPass, VisionTower};
 
 /// `gelu_pytorch_tanh` in the block MLPs; exact erf GELU in the mergers.
 fn gelu_tanh(x: &Tensor) -> Tensor {
@@ -19,45 +21,6 @@ fn gelu_erf(x: &Tensor) -> Tensor {
 
 fn layer_norm(p: nn::Path, dim: i64) -> nn::LayerNorm {
     nn::layer_norm(p, vec![dim], nn::LayerNormConfig { eps: 1e-6, ..Default::default() })
-}
-
-#[derive(Debug)]
-struct VisionAttention {
-    qkv: nn::Linear,
-    proj: nn::Linear,
-    heads: i64,
-}
-
-impl VisionAttention {
-    fn new(p: nn::Path, c: &VisionConfig) -> Self {
-        let d = c.hidden_size;
-        Self { qkv: nn::linear(&p / "qkv", d, 3 * d, Default::default()), proj: nn::linear(&p / "proj", d, d, Default::default()), heads: c.num_heads }
-    }
-
-    /// `x` [N, C]; attention only within each segment of `lengths` tokens.
-    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, lengths: &[i64]) -> Tensor {
-        let n = x.size()[0];
-        let qkv = self.qkv.forward(x).view([n, 3, self.heads, -1]).permute([1, 0, 2, 3]);
-        let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
-        // [N, heads, hd] with cos/sin [N, 1, hd]; rotation in f32.
-        let (cos, sin) = (cos.unsqueeze(1), sin.unsqueeze(1));
-        let q = apply_rotary(&q.to_kind(Kind::Float), &cos, &sin).to_kind(x.kind());
-        let k = apply_rotary(&k.to_kind(Kind::Float), &cos, &sin).to_kind(x.kind());
-        let head_dim = q.size()[2];
-        let scale = (head_dim as f64).powf(-0.5);
-        let mut outputs = Vec::with_capacity(lengths.len());
-        let mut start = 0;
-        for &len in lengths {
-            // [heads, len, hd]
-            let qs = q.narrow(0, start, len).transpose(0, 1);
-            let ks = k.narrow(0, start, len).transpose(0, 1);
-            let vs = v.narrow(0, start, len).transpose(0, 1);
-            let weights = (qs.matmul(&ks.transpose(1, 2)) * scale).softmax(-1, Kind::Float).to_kind(x.kind());
-            outputs.push(weights.matmul(&vs).transpose(0, 1));
-            start += len;
-        }
-        self.proj.forward(&Tensor::cat(&outputs, 0).reshape([n, -1]))
-    }
 }
 
 #[derive(Debug)]
@@ -74,7 +37,7 @@ impl VisionBlock {
         Self {
             norm1: layer_norm(&p / "norm1", c.hidden_size),
             norm2: layer_norm(&p / "norm2", c.hidden_size),
-            attn: VisionAttention::new(&p / "attn", c),
+            attn: VisionAttention::new(&p / "attn", c.hidden_size, c.num_heads),
             fc1: nn::linear(&p / "mlp" / "linear_fc1", c.hidden_size, c.intermediate_size, Default::default()),
             fc2: nn::linear(&p / "mlp" / "linear_fc2", c.intermediate_size, c.hidden_size, Default::default()),
         }
@@ -120,14 +83,6 @@ impl PatchMerger {
     }
 }
 
-/// What the tower returns: merged tokens `[N / 4, out]` and one DeepStack feature of the
-/// same shape per `deepstack_visual_indexes` entry.
-#[derive(Debug)]
-pub struct VisionOutput {
-    pub embeds: Tensor,
-    pub deepstack: Vec<Tensor>,
-}
-
 #[derive(Debug)]
 pub struct VisionModel {
     patch_weight: Tensor,
@@ -135,7 +90,7 @@ pub struct VisionModel {
     pos_embed: Tensor,
     blocks: Vec<VisionBlock>,
     merger: PatchMerger,
-    deepstack_mergers: Vec<PatchMerger>,
+    deepstack_merger_list: Vec<PatchMerger>,
     config: VisionConfig,
 }
 
@@ -151,36 +106,11 @@ impl VisionModel {
             pos_embed: (&p / "pos_embed").var("weight", &[c.num_position_embeddings, c.hidden_size], nn::Init::Randn { mean: 0.0, stdev: 1.0 }),
             blocks: (0..c.depth).map(|i| VisionBlock::new(&p / "blocks" / i, c)).collect(),
             merger: PatchMerger::new(&p / "merger", c, false),
-            deepstack_mergers: (0..c.deepstack_visual_indexes.len())
+            deepstack_merger_list: (0..c.deepstack_visual_indexes.len())
                 .map(|i| PatchMerger::new(&p / "deepstack_merger_list" / i as i64, c, true))
                 .collect(),
             config: c.clone(),
         }
-    }
-
-    /// `pixel_values` [N, C_in * t * p * p] (rows in (c, t, py, px) order) for the packed
-    /// `grids`.
-    pub fn forward(&self, pixel_values: &Tensor, grids: &[Grid]) -> VisionOutput {
-        let c = &self.config;
-        let x = pixel_values.to_kind(self.patch_weight.kind());
-        // Conv3d with kernel = stride over one patch is a linear map of the flattened patch.
-        let w = self.patch_weight.view([c.hidden_size, -1]);
-        let x = x.matmul(&w.tr()) + &self.patch_bias;
-        let kind = x.kind();
-        let x = x + self.position_embeddings(grids).to_kind(kind);
-        let head_dim = c.hidden_size / c.num_heads;
-        let (cos, sin) = vision_cos_sin(grids, c.spatial_merge_size, head_dim, c.rope_theta);
-        let (cos, sin) = (cos.to_device(x.device()), sin.to_device(x.device()));
-        let lengths: Vec<i64> = grids.iter().flat_map(|&[t, h, w]| std::iter::repeat_n(h * w, t as usize)).collect();
-        let mut x = x;
-        let mut deepstack = Vec::new();
-        for (i, block) in self.blocks.iter().enumerate() {
-            x = block.forward(&x, &cos, &sin, &lengths);
-            if let Some(j) = c.deepstack_visual_indexes.iter().position(|&d| d == i as i64) {
-                deepstack.push(self.deepstack_mergers[j].forward(&x));
-            }
-        }
-        VisionOutput { embeds: self.merger.forward(&x), deepstack }
     }
 
     /// The learned position table bilinearly resampled (align_corners) to each grid, in
@@ -212,6 +142,40 @@ impl VisionModel {
         let weight = Tensor::from_slice(&weight).to_device(device).view([-1, 4, 1]);
         let taps = self.pos_embed.index_select(0, &index).view([-1, 4, self.config.hidden_size]);
         (taps * weight.to_kind(self.pos_embed.kind())).sum_dim_intlist(1, false, None)
+    }
+}
+
+impl VisionTower for VisionModel {
+    /// `pixel_values` [N, C_in * t * p * p] (rows in (c, t, py, px) order) for the packed
+    /// `grids`: patch embedding plus the interpolated learned positions.
+    fn prepare(&self, pixel_values: &Tensor, grids: &[Grid]) -> VisionPass {
+        let c = &self.config;
+        let x = pixel_values.to_kind(self.patch_weight.kind());
+        // Conv3d with kernel = stride over one patch is a linear map of the flattened patch.
+        let w = self.patch_weight.view([c.hidden_size, -1]);
+        let x = x.matmul(&w.tr()) + &self.patch_bias;
+        let x = &x + self.position_embeddings(grids).to_kind(x.kind());
+        let head_dim = c.hidden_size / c.num_heads;
+        let (cos, sin) = vision_cos_sin(grids, c.spatial_merge_size, head_dim, c.rope_theta);
+        let (cos, sin) = (cos.to_device(x.device()), sin.to_device(x.device()));
+        let frames: Vec<i64> = grids.iter().flat_map(|&[t, h, w]| std::iter::repeat_n(h * w, t as usize)).collect();
+        VisionPass { x, cos, sin, frames, windows: Vec::new(), window_index: None }
+    }
+
+    fn num_blocks(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// Every block attends within frames; blocks named in `deepstack_visual_indexes` also
+    /// give their DeepStack merger's feature.
+    fn block(&self, i: usize, x: &Tensor, pass: &VisionPass) -> (Tensor, Option<Tensor>) {
+        let x = self.blocks[i].forward(x, &pass.cos, &pass.sin, &pass.frames);
+        let tap = self.config.deepstack_visual_indexes.iter().position(|&d| d == i as i64).map(|j| self.deepstack_merger_list[j].forward(&x));
+        (x, tap)
+    }
+
+    fn merge(&self, x: &Tensor, _pass: &VisionPass) -> Tensor {
+        self.merger.forward(x)
     }
 }
 

@@ -7,6 +7,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::layers::DecoderConfig;
 use crate::PolicyError;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -250,6 +251,25 @@ impl Qwen3VLConfig {
                 "rope_parameters": { "rope_type": "axial", "rope_theta": v.rope_theta },
             },
         })
+    }
+
+    /// The shared decoder's settings: Qwen3 layers (q/k norm, `attention_bias` on all
+    /// four projections).
+    pub fn decoder_config(&self) -> DecoderConfig {
+        let t = &self.text_config;
+        DecoderConfig {
+            vocab_size: t.vocab_size,
+            hidden_size: t.hidden_size,
+            intermediate_size: t.intermediate_size,
+            num_hidden_layers: t.num_hidden_layers,
+            num_attention_heads: t.num_attention_heads,
+            num_key_value_heads: t.num_key_value_heads,
+            head_dim: t.head_dim,
+            rms_norm_eps: t.rms_norm_eps,
+            qkv_bias: t.attention_bias,
+            o_bias: t.attention_bias,
+            qk_norm: true,
+        }
     }
 
     /// The invariants the forward relies on.
