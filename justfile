@@ -44,7 +44,7 @@ chat-fixtures instruct thinking:
 # A tiny random checkpoint with the real tokenizer (for trying `diagnose` without a download).
 tiny-checkpoint:
     bash tools/setup.sh
-    cargo run --release -p qoq-policy --bin make-tiny-checkpoint -- --out data/tiny-qwen3-vl
+    cargo run --release --bin make-tiny-checkpoint -- --out data/tiny-qwen3-vl
 
 # The reward parity fixtures need a copy of the original QoQ-Med medical.py.
 reward-fixtures medical_py:

@@ -66,7 +66,7 @@ cd "$repo"
 LIBTORCH="$tree" CARGO_TARGET_DIR="$repo/target/cuda" \
     cargo build --release -p qoq-policy --features cuda --examples
 LIBTORCH="$tree" CARGO_TARGET_DIR="$repo/target/cuda" \
-    cargo build --release -p qoq-train --features cuda --bins
-echo "setup-cuda: built target/cuda/release/{train,export} and examples/gpu_check; on a GPU node:"
+    cargo build --release -p qoq-tools --features cuda --bins
+echo "setup-cuda: built target/cuda/release/{train,export,diagnose,...} and examples/gpu_check; on a GPU node:"
 echo "  eval \"\$(bash tools/setup-cuda.sh --print-env)\" && target/cuda/release/examples/gpu_check"
 echo "  eval \"\$(bash tools/setup-cuda.sh --print-env)\" && torchrun --no-python --nproc-per-node 8 target/cuda/release/train CONFIG"

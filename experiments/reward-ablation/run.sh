@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 bash tools/setup.sh
-[ -f data/tiny-qwen3-vl/config.json ] || cargo run --release --quiet -p qoq-policy --bin make-tiny-checkpoint -- --out data/tiny-qwen3-vl
+[ -f data/tiny-qwen3-vl/config.json ] || cargo run --release --quiet --bin make-tiny-checkpoint -- --out data/tiny-qwen3-vl
 [ -d data/synthetic ] || cargo run --release --quiet --bin make-synthetic -- --out data/synthetic --samples 1000 --seed 0
 variants=("$@")
 [ ${#variants[@]} -gt 0 ] || variants=(qoq-med paper qoq-med3 f1-only no-iou)

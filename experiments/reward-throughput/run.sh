@@ -12,7 +12,7 @@ medical_py=$(realpath "$medical_py")
 cd "$(dirname "$0")/../.."
 py=$(bash tools/reference-env.sh)
 bash tools/setup.sh >/dev/null
-cargo build --release --quiet --bin bench-rewards --bin score
+cargo build --release --quiet --example bench_rewards --bin score
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
 cores=${CORES:-0,1}
@@ -21,7 +21,7 @@ for kind in text mask; do
     "$py" experiments/reward-throughput/make_set.py --out "$dir/$kind" --n 2560 --seed 0 "${flag[@]}"
     echo "== $kind: qoq-rewards, 1 and 2 threads (scoring only, masks decoded once beforehand)"
     for t in 1 2; do
-        taskset -c "$cores" ./target/release/bench-rewards "$dir/$kind/responses.jsonl" --threads "$t" --repeat 20
+        taskset -c "$cores" ./target/release/examples/bench_rewards "$dir/$kind/responses.jsonl" --threads "$t" --repeat 20
     done
     echo "== $kind: score tool end to end (read, decode masks, score, write), 2 threads"
     /usr/bin/time -f '{"score_tool_wall_s": %e, "max_rss_kib": %M}' \

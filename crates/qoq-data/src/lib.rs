@@ -23,6 +23,7 @@ mod loader;
 mod plan;
 pub mod preprocess;
 pub mod rng;
+pub mod run_config;
 mod sample;
 pub mod schema;
 mod shards;

@@ -9,7 +9,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use qoq_cli::config::{loader_from_table, ProcessorConfig};
+use qoq_data::run_config::{loader_from_table, ProcessorConfig};
 use qoq_data::preprocess::ImageProcessorConfig;
 use qoq_data::LoaderConfig;
 use qoq_rewards::RewardConfig;

@@ -18,6 +18,7 @@ pub mod config;
 mod error;
 pub mod kmeans;
 pub mod loss;
+pub mod memory;
 pub mod optim;
 pub mod parallel;
 pub mod prompts;

@@ -379,7 +379,7 @@ impl Trainer {
         m.insert("actor/lr".into(), lr);
         m.insert("timing_s/step".into(), t0.elapsed().as_secs_f64());
         m.insert("perf/throughput".into(), normaliser / t0.elapsed().as_secs_f64());
-        if let Some(rss) = qoq_cli::peak_rss_mib() {
+        if let Some(rss) = crate::memory::peak_rss_mib() {
             m.insert("perf/max_memory_rss_mib".into(), rss);
         }
         m.insert("perf/optimizer_state_mib".into(), self.optimizer.state_bytes() as f64 / (1 << 20) as f64);
@@ -574,7 +574,7 @@ impl Trainer {
         let tokens: usize = all.iter().map(|r| r.tokens + r.prompt_tokens).sum();
         m.insert("perf/throughput".into(), tokens as f64 / timing["step"]);
         m.insert("perf/time_per_step".into(), timing["step"]);
-        if let Some(rss) = qoq_cli::peak_rss_mib() {
+        if let Some(rss) = crate::memory::peak_rss_mib() {
             m.insert("perf/max_memory_rss_mib".into(), rss);
         }
         m.insert("perf/optimizer_state_mib".into(), self.optimizer.state_bytes() as f64 / (1 << 20) as f64);

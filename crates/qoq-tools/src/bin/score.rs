@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use qoq_cli::scoring::{output_line, score_records, MaskCache, RecordReader};
+use qoq_tools::scoring::{output_line, score_records, MaskCache, RecordReader};
 use qoq_rewards::answer::LabelOptions;
 use qoq_rewards::eval::Evaluator;
 use qoq_rewards::{IouAggregation, Preset, RewardConfig, Scorer, Weights};
@@ -98,7 +98,7 @@ fn run(args: &Args, scorer: &Scorer, tmp: &Path) -> Result<String> {
     let mut out = BufWriter::new(file);
     let mut evaluator = Evaluator::new(LabelOptions { normalize: scorer.labels.normalize });
     let total_bytes = std::fs::metadata(&args.input).map(|m| m.len()).unwrap_or(0);
-    let bar = qoq_cli::progress_bar(total_bytes, "scoring (bytes)");
+    let bar = qoq_tools::progress_bar(total_bytes, "scoring (bytes)");
     let (mut n, mut sums) = (0usize, [0.0f64; 6]);
     loop {
         let records = reader.next_chunk(args.chunk)?;

@@ -57,7 +57,7 @@ fn main() -> Result<()> {
         frames_per_video: args.frames_per_video,
         max_bad_fraction: args.max_bad_fraction,
     };
-    let bar = qoq_cli::progress_bar(args.input.len() as u64, "files");
+    let bar = qoq_tools::progress_bar(args.input.len() as u64, "files");
     let (mut rows, mut bad) = (0, 0);
     for input in &args.input {
         bar.set_message(input.display().to_string());

@@ -1,5 +1,6 @@
-//! Shared pieces of the command-line tools: progress bars, memory readings, run
-//! configuration, and the `score` tool's input handling ([`scoring`]).
+//! The binaries of the project (`src/bin/*`) and what they share: progress bars, memory
+//! readings, run configuration, and the `score` tool's input handling ([`scoring`]).
+//! No library depends on this crate.
 
 pub mod scoring;
 
@@ -52,13 +53,7 @@ pub fn prepare_counts(
         .collect()
 }
 
-/// Peak resident set size of this process in MiB (Linux `VmHWM`), if known.
-pub fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
-}
+pub use qoq_train::memory::peak_rss_mib;
 
 /// The `[data]` and `[processor]` tables of a run configuration (configs/data/*.toml; the
 /// trainer's configs carry the same tables). Unknown keys are errors naming the key.
@@ -67,16 +62,9 @@ pub mod config {
 
     use anyhow::{anyhow, Context, Result};
     use qoq_data::preprocess::ImageProcessorConfig;
+    use qoq_data::run_config::{loader_from_table, ProcessorConfig};
     use qoq_data::LoaderConfig;
     use serde::Deserialize;
-
-    #[derive(Debug, Clone, Default, Deserialize)]
-    #[serde(deny_unknown_fields)]
-    pub struct ProcessorConfig {
-        pub min_pixels: Option<u64>,
-        pub max_pixels: Option<u64>,
-        pub video_frames: Option<usize>,
-    }
 
     #[derive(Debug)]
     pub struct RunConfig {
@@ -108,33 +96,6 @@ pub mod config {
         }
     }
 
-    impl ProcessorConfig {
-        /// The image processor settings: the defaults with this table's keys applied.
-        pub fn resolve(&self) -> ImageProcessorConfig {
-            self.resolve_on(ImageProcessorConfig::default())
-        }
-
-        /// `base` (a model family's processor) with this table's keys applied.
-        pub fn resolve_on(&self, base: ImageProcessorConfig) -> ImageProcessorConfig {
-            let mut c = base;
-            c.min_pixels = self.min_pixels.unwrap_or(c.min_pixels);
-            c.max_pixels = self.max_pixels.unwrap_or(c.max_pixels);
-            c.video_frames = self.video_frames.unwrap_or(c.video_frames);
-            c
-        }
-    }
-
-    /// A `[data]` table: `shards` (the shard directory) and the rest as `LoaderConfig`'s
-    /// fields with its defaults. The error names the key.
-    pub fn loader_from_table(mut data: toml::Table) -> std::result::Result<(PathBuf, LoaderConfig), String> {
-        let shards = match data.remove("shards") {
-            Some(toml::Value::String(s)) => PathBuf::from(s),
-            Some(other) => return Err(format!("`data.shards` must be a path string, found {}", other.type_str())),
-            None => return Err("missing key `data.shards` (the shard directory)".into()),
-        };
-        let loader: LoaderConfig = data.try_into().map_err(|e| format!("[data]: {e}"))?;
-        Ok((shards, loader))
-    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! The `score` tool's input: JSONL records read in chunks, and their masks loaded once per
-//! distinct file. Shared by `score` and `bench-rewards`.
+//! distinct file. Shared by `score` and the `bench_rewards` example.
 //!
 //! A record: `id` (string or integer), `response`, `answer` (labels joined by ", "),
 //! optional `gt_boxes` ([[x1, y1, x2, y2], ...]), `mask` (a PNG path relative to the input

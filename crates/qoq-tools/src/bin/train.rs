@@ -163,7 +163,7 @@ fn train(args: &Args, config: TrainConfig, group: Rc<ProcessGroup>) -> Result<()
             if trainer.config.distributed.sharded_optimizer && world > 1 { ", sharded optimizer" } else { "" }
         );
     }
-    let bar = if main_rank { qoq_cli::progress_bar(total, "steps") } else { indicatif::ProgressBar::hidden() };
+    let bar = if main_rank { qoq_tools::progress_bar(total, "steps") } else { indicatif::ProgressBar::hidden() };
     bar.set_position(done);
     let limit = args.max_steps.map(|n| done + n);
     let mut rl_rewards = Vec::new();
@@ -188,7 +188,7 @@ fn train(args: &Args, config: TrainConfig, group: Rc<ProcessGroup>) -> Result<()
     });
     bar.finish();
     result.with_context(|| format!("training in {}", out.display()))?;
-    let peak = qoq_cli::peak_rss_mib().unwrap_or(0.0);
+    let peak = qoq_tools::peak_rss_mib().unwrap_or(0.0);
     let state_mib = trainer.optimizer_state_bytes() as f64 / (1 << 20) as f64;
     if world > 1 {
         // One write, so lines of ranks sharing a terminal do not interleave.

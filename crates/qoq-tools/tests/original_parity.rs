@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use qoq_cli::scoring::{score_records, MaskCache, RecordReader};
+use qoq_tools::scoring::{score_records, MaskCache, RecordReader};
 use qoq_rewards::{RewardConfig, Scorer, Scores};
 use serde_json::Value;
 

@@ -49,7 +49,7 @@ fn main() -> Result<()> {
             }
         }
     }
-    let bar = qoq_cli::progress_bar(args.samples as u64, "generating");
+    let bar = qoq_tools::progress_bar(args.samples as u64, "generating");
     let start = std::time::Instant::now();
     let files = qoq_data::synthetic::write_synthetic(&args.out, args.samples, args.seed, |n| bar.inc(n as u64))
         .with_context(|| format!("writing the synthetic set into {}", args.out.display()))?;

@@ -3,14 +3,14 @@
 //! scoring is timed, `--repeat` times. Prints one JSON line. Benchmarks live here, not in
 //! the tests; experiments/reward-throughput/run.sh runs it beside the original Python.
 //!
-//!     cargo run --release --bin bench-rewards -- IN.jsonl [--threads T] [--repeat K]
+//!     cargo run --release --example bench_rewards -- IN.jsonl [--threads T] [--repeat K]
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Result;
 use clap::Parser;
-use qoq_cli::scoring::{score_records, MaskCache, RecordReader};
+use qoq_tools::scoring::{score_records, MaskCache, RecordReader};
 use qoq_rewards::{Preset, RewardConfig, Scorer};
 
 #[derive(Parser)]
@@ -57,7 +57,7 @@ fn main() -> Result<()> {
             "mask_decode_s": decode_s,
             "threads": threads,
             "mean_overall": checksum / scored.max(1) as f64,
-            "peak_rss_mib": qoq_cli::peak_rss_mib(),
+            "peak_rss_mib": qoq_tools::peak_rss_mib(),
         })
     );
     Ok(())

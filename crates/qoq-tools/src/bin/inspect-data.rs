@@ -12,7 +12,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use qoq_data::preprocess::{ImageProcessor, ImageProcessorConfig};
-use qoq_cli::config::RunConfig;
+use qoq_tools::config::RunConfig;
 use qoq_data::{Checks, Loader, LoaderConfig, Sample, ShardSet};
 
 #[derive(Parser)]
@@ -75,7 +75,7 @@ fn main() -> Result<()> {
     };
     let cfg_max_bad = cfg.max_bad_fraction;
     let mut loader = Loader::from_set(set, cfg)?;
-    let bar = qoq_cli::progress_bar(total, "reading");
+    let bar = qoq_tools::progress_bar(total, "reading");
     let start = Instant::now();
     let mut counts: BTreeMap<(String, String), Counts> = BTreeMap::new();
     let (mut prep_images, mut prep_tokens, mut prep_secs) = (0u64, 0u64, 0f64);
@@ -96,7 +96,7 @@ fn main() -> Result<()> {
         if batch.len() >= 64 || (done && !batch.is_empty()) {
             if args.preprocess {
                 let t = Instant::now();
-                let results = qoq_cli::prepare_counts(&processor, &batch);
+                let results = qoq_tools::prepare_counts(&processor, &batch);
                 prep_secs += t.elapsed().as_secs_f64();
                 for (s, r) in batch.iter().zip(results) {
                     match r {
@@ -155,7 +155,7 @@ fn main() -> Result<()> {
             rayon::current_num_threads()
         );
     }
-    if let Some(mb) = qoq_cli::peak_rss_mib() {
+    if let Some(mb) = qoq_tools::peak_rss_mib() {
         println!("peak RSS: {mb:.0} MiB");
     }
     for f in prep_failures.iter().take(args.show_bad) {

@@ -2,7 +2,7 @@
 //! work a training data worker does. Prints one JSON line. Benchmarks live here, not in
 //! the tests; experiments/preprocess-throughput/run.sh runs it beside transformers.
 //!
-//!     cargo run --release --bin bench-preprocess -- DIR [--limit N] [--threads T]
+//!     cargo run --release --example bench_preprocess -- DIR [--limit N] [--threads T]
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -39,7 +39,7 @@ fn main() -> Result<()> {
         let limit = args.limit.unwrap_or(usize::MAX);
         let mut taken = 0;
         let mut flush = |batch: &mut Vec<Sample>| -> Result<()> {
-            for counts in qoq_cli::prepare_counts(&processor, batch) {
+            for counts in qoq_tools::prepare_counts(&processor, batch) {
                 let counts = counts?;
                 images += counts.inputs;
                 values += counts.values;
@@ -64,7 +64,7 @@ fn main() -> Result<()> {
         "{{\"impl\": \"qoq-data\", \"threads\": {threads}, \"max_pixels\": {}, \"images\": {images}, \"seconds\": {secs:.3}, \"images_per_s\": {:.1}, \"pixel_values\": {values}, \"peak_rss_mib\": {:.0}}}",
         args.max_pixels,
         images as f64 / secs,
-        qoq_cli::peak_rss_mib().unwrap_or(f64::NAN)
+        qoq_tools::peak_rss_mib().unwrap_or(f64::NAN)
     );
     Ok(())
 }
