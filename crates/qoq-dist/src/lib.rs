@@ -205,7 +205,7 @@ impl ProcessGroup {
     /// parts and gives rank r the reduction over ranks of part r.
     pub fn reduce_scatter(&self, input: &Tensor, op: ReduceOp) -> Result<Tensor, DistError> {
         let n = input.numel();
-        if n % self.world_size != 0 || input.dim() != 1 {
+        if !n.is_multiple_of(self.world_size) || input.dim() != 1 {
             return Err(self.usage("reduce_scatter", format!("needs a 1-D tensor whose length divides by {}, got shape {:?}", self.world_size, input.size())));
         }
         if self.world_size == 1 {
@@ -324,12 +324,9 @@ impl ProcessGroup {
         let started = Instant::now();
         // The last complete look: rank 0 may exit (taking the store) while we wait.
         let mut last: Option<(Vec<String>, Vec<String>)> = None;
-        loop {
-            match self.look_at_peers() {
-                Ok(seen) => last = Some(seen),
-                Err(_) => break,
-            }
-            let silent = last.as_ref().map_or(0, |(_, s)| s.len());
+        while let Ok(seen) = self.look_at_peers() {
+            let silent = seen.1.len();
+            last = Some(seen);
             if silent == 0 || started.elapsed() >= CENSUS_WAIT {
                 break;
             }

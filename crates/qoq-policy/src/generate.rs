@@ -84,7 +84,7 @@ pub fn warp_logits(logits: &Tensor, config: &SamplingConfig) -> Tensor {
         }
     }
     if config.temperature > 0.0 {
-        x = x / config.temperature;
+        x = x.divide_scalar(config.temperature);
     }
     if let Some(k) = config.top_k.filter(|&k| k > 0 && k < x.size()[1]) {
         let (top, _) = x.topk(k, -1, true, true);

@@ -171,8 +171,8 @@ fn rope_positions_and_deltas_match_the_reference() {
         let expected = Vec::<Vec<Vec<i64>>>::try_from(&t["position_ids"]).unwrap();
         let deltas = Vec::<Vec<i64>>::try_from(&t["rope_deltas"]).unwrap();
         for (row, got) in index.iter().enumerate() {
-            for axis in 0..3 {
-                assert_eq!(got.positions[axis], expected[axis][row], "{name} row {row} axis {axis}");
+            for (axis, positions) in got.positions.iter().enumerate() {
+                assert_eq!(positions, &expected[axis][row], "{name} row {row} axis {axis}");
             }
             assert_eq!(got.delta, deltas[row][0], "{name} row {row} delta");
         }

@@ -129,7 +129,8 @@ fn agrees_with_the_original_except_where_listed() {
         }
         for (field, a) in FIELDS.iter().zip(&ours) {
             let b = theirs[*field].as_f64().unwrap_or(f64::NAN);
-            if !((a - b).abs() <= 1e-6) {
+            let diff = (a - b).abs();
+            if diff.is_nan() || diff > 1e-6 {
                 failures.push(format!("{} {field}: ours {a}, original {b}", record.id));
             }
         }

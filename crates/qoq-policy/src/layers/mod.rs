@@ -72,8 +72,11 @@ pub fn add_at_mask(x: &Tensor, mask: &Tensor, values: &Tensor) -> Tensor {
     flat.index_add(0, &index, &values.to_kind(x.kind())).view(x.size().as_slice())
 }
 
-/// Ids and mask of a batch as row vectors (for the rope index), the mask defaulting to ones.
-pub fn id_rows(ids: &Tensor, mask: &Tensor) -> Result<(Vec<Vec<i64>>, Vec<Vec<i64>>), PolicyError> {
+/// A batch's rows as vectors.
+pub type Rows = Vec<Vec<i64>>;
+
+/// Ids and mask of a batch as row vectors (for the rope index).
+pub fn id_rows(ids: &Tensor, mask: &Tensor) -> Result<(Rows, Rows), PolicyError> {
     let ids = Vec::<Vec<i64>>::try_from(&ids.to_device(Device::Cpu))?;
     let mask = Vec::<Vec<i64>>::try_from(&mask.to_kind(Kind::Int64).to_device(Device::Cpu))?;
     Ok((ids, mask))
