@@ -60,6 +60,10 @@ trainer-fixtures core_algos:
 reward-ablation:
     bash experiments/reward-ablation/run.sh
 
+# The demo on a tiny random Qwen2.5-VL (QoQ-Med-VL-7B's family; configs/demo-qwen2_5_vl.toml).
+demo-qwen2_5_vl:
+    FAMILY=qwen2_5_vl bash tools/demo.sh
+
 # The demo on 2 local ranks (data parallel over c10d Gloo).
 demo-2-ranks:
     NPROC=2 bash tools/demo.sh

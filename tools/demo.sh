@@ -5,13 +5,23 @@
 # runs/demo (TensorBoard: tensorboard --logdir runs/demo/tensorboard).
 # Idempotent: the set and the tiny model are deterministic; each run starts runs/demo afresh.
 #   bash tools/demo.sh            (SAMPLES=N to change the set size; default 1000;
-#                                  NPROC=N to train on N local ranks, data parallel)
+#                                  NPROC=N to train on N local ranks, data parallel;
+#                                  FAMILY=qwen2_5_vl for the same demo on a tiny random
+#                                  Qwen2.5-VL with the Qwen2.5 tokenizer:
+#                                  configs/demo-qwen2_5_vl.toml, data/tiny-qwen2.5-vl,
+#                                  runs/demo-qwen2_5_vl)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+family=${FAMILY:-qwen3_vl}
+case "$family" in
+    qwen3_vl) model=data/tiny-qwen3-vl; config=configs/demo.toml; out=runs/demo ;;
+    qwen2_5_vl) model=data/tiny-qwen2.5-vl; config=configs/demo-qwen2_5_vl.toml; out=runs/demo-qwen2_5_vl ;;
+    *) echo "demo: FAMILY must be qwen3_vl or qwen2_5_vl, not '$family'" >&2; exit 1 ;;
+esac
 bash tools/setup.sh
 samples=${SAMPLES:-1000}
 cargo build --release --quiet --bin make-synthetic --bin train --bin make-tiny-checkpoint
 ./target/release/make-synthetic --out data/synthetic --samples "$samples" --seed 0 --force
-[ -f data/tiny-qwen3-vl/config.json ] || ./target/release/make-tiny-checkpoint --out data/tiny-qwen3-vl
-rm -rf runs/demo
-./target/release/train configs/demo.toml --nproc "${NPROC:-1}"
+[ -f "$model/config.json" ] || ./target/release/make-tiny-checkpoint --family "$family" --out "$model"
+rm -rf "$out"
+./target/release/train "$config" --nproc "${NPROC:-1}"
