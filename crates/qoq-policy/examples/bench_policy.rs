@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Parser;
-use qoq_policy::rope::Grid;
+use qoq_policy::Grid;
 use qoq_policy::{load_policy, Inputs, SamplingConfig};
 use tch::{Device, Tensor};
 

@@ -19,8 +19,8 @@
 
 pub mod chat;
 mod error;
-pub mod generate;
-pub mod layers;
+mod generate;
+mod layers;
 mod policy;
 pub mod qwen2_5_vl;
 pub mod qwen3_vl;
@@ -28,9 +28,10 @@ mod vision_inputs;
 pub mod weights;
 
 pub use error::PolicyError;
-pub use generate::{Rollouts, SamplingConfig};
-pub use layers::kv_cache::DecodeState;
-pub use layers::rope;
+pub use generate::{warp_logits, Rollouts, SamplingConfig};
+pub use layers::decoder::{DecoderLayer, TextModel};
+pub use layers::kv_cache::{DecodeState, LayerCache};
+pub use layers::rope::{Grid, RopeIndex};
 pub use policy::{load_policy, Embedded, Family, Inputs, ModuleGroup, Policy, PromptFormat, SpecialTokens, VisionPass, VisionTower};
 pub use qwen2_5_vl::{Qwen25VL, Qwen25VLConfig};
 pub use qwen3_vl::{Qwen3VL, Qwen3VLConfig};

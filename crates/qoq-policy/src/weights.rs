@@ -15,13 +15,13 @@ const INDEX: &str = "model.safetensors.index.json";
 pub const DEFAULT_MAX_SHARD_BYTES: u64 = 5 << 30;
 
 /// A JSON file, with errors naming it.
-pub fn read_json(path: &Path) -> Result<serde_json::Value, PolicyError> {
+pub(crate) fn read_json(path: &Path) -> Result<serde_json::Value, PolicyError> {
     let text = std::fs::read_to_string(path).map_err(|e| PolicyError::Checkpoint(format!("{}: {e}", path.display())))?;
     serde_json::from_str(&text).map_err(|e| PolicyError::Checkpoint(format!("{}: not JSON ({e})", path.display())))
 }
 
 /// Write `value` to `path` atomically (temporary file, then rename).
-pub fn write_json(path: &Path, value: &serde_json::Value) -> Result<(), PolicyError> {
+pub(crate) fn write_json(path: &Path, value: &serde_json::Value) -> Result<(), PolicyError> {
     let io = |e: std::io::Error| PolicyError::Checkpoint(format!("{}: {e}", path.display()));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = path.with_file_name(format!(".{name}.tmp"));
@@ -30,7 +30,7 @@ pub fn write_json(path: &Path, value: &serde_json::Value) -> Result<(), PolicyEr
 }
 
 /// An error instead of libtorch's panic when `device` is a GPU this build or machine lacks.
-pub fn check_device(device: tch::Device) -> Result<(), PolicyError> {
+pub(crate) fn check_device(device: tch::Device) -> Result<(), PolicyError> {
     if let tch::Device::Cuda(i) = device {
         let count = tch::Cuda::device_count();
         if !tch::Cuda::is_available() || i as i64 >= count {
@@ -46,11 +46,11 @@ pub fn check_device(device: tch::Device) -> Result<(), PolicyError> {
 /// in QoQ-Med's ECG-enabled releases): reported once, kept on the CPU and written back on
 /// save, so an export loses nothing a later modality encoder could use.
 #[derive(Debug, Default)]
-pub struct ExtraTensors(Vec<(String, Tensor)>);
+pub(crate) struct ExtraTensors(Vec<(String, Tensor)>);
 
 impl ExtraTensors {
     /// Read `names` from the checkpoint in `dir`; warns once on stderr when there are any.
-    pub fn read(dir: &Path, mut names: Vec<String>, family: crate::Family) -> Result<Self, PolicyError> {
+    pub(crate) fn read(dir: &Path, mut names: Vec<String>, family: crate::Family) -> Result<Self, PolicyError> {
         if names.is_empty() {
             return Ok(Self::default());
         }
@@ -80,11 +80,11 @@ impl ExtraTensors {
     }
 
     /// The kept tensors by their checkpoint names.
-    pub fn tensors(&self) -> impl Iterator<Item = (String, Tensor)> + '_ {
+    pub(crate) fn tensors(&self) -> impl Iterator<Item = (String, Tensor)> + '_ {
         self.0.iter().map(|(n, t)| (n.clone(), t.shallow_clone()))
     }
 
-    pub fn names(&self) -> Vec<&str> {
+    pub(crate) fn names(&self) -> Vec<&str> {
         self.0.iter().map(|(n, _)| n.as_str()).collect()
     }
 }
@@ -189,7 +189,7 @@ fn read_into(file: &std::fs::File, entry: &Entry, target: &Tensor) -> std::io::R
 /// `rename` maps a checkpoint name to its variable name (a family whose published files
 /// spell names otherwise, e.g. Qwen2.5-VL's `visual.*`). Unused names are returned as spelt
 /// in the file.
-pub fn load_into(vars: &HashMap<String, Tensor>, dir: &Path, rename: &dyn Fn(&str) -> String) -> Result<Vec<String>, PolicyError> {
+pub(crate) fn load_into(vars: &HashMap<String, Tensor>, dir: &Path, rename: &dyn Fn(&str) -> String) -> Result<Vec<String>, PolicyError> {
     let mut found: HashSet<String> = HashSet::new();
     let mut unused = Vec::new();
     let _guard = tch::no_grad_guard();
@@ -238,7 +238,7 @@ pub fn load_into(vars: &HashMap<String, Tensor>, dir: &Path, rename: &dyn Fn(&st
 /// `max_shard_bytes` plus `model.safetensors.index.json`, as transformers lays them out.
 /// Files are written under temporary names and renamed at the end, so an interrupted save
 /// never leaves a half-written checkpoint under the final names.
-pub fn save(tensors: &[(String, Tensor)], dir: &Path, max_shard_bytes: u64) -> Result<(), PolicyError> {
+pub(crate) fn save(tensors: &[(String, Tensor)], dir: &Path, max_shard_bytes: u64) -> Result<(), PolicyError> {
     let io = |e: std::io::Error| PolicyError::Checkpoint(format!("{}: {e}", dir.display()));
     std::fs::create_dir_all(dir).map_err(io)?;
     let mut sorted: Vec<&(String, Tensor)> = tensors.iter().collect();

@@ -5,7 +5,7 @@
 mod common;
 
 use common::{case, fixtures, grids, inputs};
-use qoq_policy::generate::warp_logits;
+use qoq_policy::warp_logits;
 use qoq_policy::{Inputs, Policy, Qwen3VL, SamplingConfig};
 use tch::{Device, Kind, Tensor};
 

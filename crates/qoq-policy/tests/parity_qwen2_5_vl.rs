@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use qoq_policy::qwen2_5_vl::{rope_index, window_index, NameLayout, RopeInputs};
-use qoq_policy::rope::Grid;
+use qoq_policy::Grid;
 use qoq_policy::{load_policy, Family, Inputs, Policy, Qwen25VL};
 use tch::{Device, Kind, Tensor};
 

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use qoq_policy::rope::Grid;
+use qoq_policy::Grid;
 use qoq_policy::Inputs;
 use tch::Tensor;
 
