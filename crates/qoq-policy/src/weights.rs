@@ -11,8 +11,8 @@ use crate::PolicyError;
 
 const SINGLE: &str = "model.safetensors";
 const INDEX: &str = "model.safetensors.index.json";
-/// transformers' default `max_shard_size` (5 GB).
-pub const DEFAULT_MAX_SHARD_BYTES: u64 = 5 << 30;
+/// transformers' default `max_shard_size` ("5GB": 5 x 10^9 bytes).
+pub const DEFAULT_MAX_SHARD_BYTES: u64 = 5_000_000_000;
 
 /// A JSON file, with errors naming it.
 pub(crate) fn read_json(path: &Path) -> Result<serde_json::Value, PolicyError> {

@@ -25,7 +25,7 @@ struct Args {
     #[arg(long)]
     out: PathBuf,
     /// Largest safetensors shard in bytes (transformers' default 5 GB).
-    #[arg(long, default_value_t = 5_000_000_000)]
+    #[arg(long, default_value_t = qoq_policy::weights::DEFAULT_MAX_SHARD_BYTES)]
     max_shard_bytes: u64,
     /// Write the weights as bfloat16 (as released Qwen checkpoints are).
     #[arg(long)]
