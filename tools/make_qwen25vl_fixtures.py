@@ -2,7 +2,9 @@
 """Writes tests/fixtures/qwen2_5_vl: tiny random Qwen2.5-VL checkpoints and transformers 5.24's
 outputs on them (prefill logits, rope positions, vision features, greedy KV-cache decoding),
 Qwen2.5-VL image-processor outputs, and Qwen2.5-VL chat-template renderings with the token ids of
-a Qwen2.5 tokenizer derived from the project's Qwen3 one. With these, the Rust port of
+a Qwen2.5 tokenizer derived from the project's Qwen3 one, and (diagnose/) a tiny random Qwen2.5-VL over
+the whole Qwen2.5 vocabulary with transformers' own processor + chat template + generate outputs
+for one image and prompt, as `diagnose` prompts. With these, the Rust port of
 `Qwen2_5_VLForConditionalGeneration` (and its processor / chat template) can be checked for exact
 fp32 parity without Python. Mirrors tools/make_policy_fixtures.py (Qwen3-VL).
 
@@ -11,7 +13,7 @@ Needs the reference environment (see tools/reference-env.sh):
 and the Qwen3 tokenizer files that tools/setup.sh links at .qwen-tokenizer.
 
 Run from the repository root:
-    python tools/make_qwen25vl_fixtures.py [--out tests/fixtures/qwen2_5_vl] [--tokenizer-dir .qwen-tokenizer]
+    python tools/make_qwen25vl_fixtures.py [--out tests/fixtures/qwen2_5_vl] [--tokenizer-dir .qwen-tokenizer] [--only diagnose]
 
 Deterministic: fixed seeds, one CPU thread, deterministic algorithms; a rerun writes identical bytes.
 """
@@ -33,7 +35,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import transformers
-from transformers import (GenerationConfig, PreTrainedTokenizerFast, Qwen2_5_VLConfig,
+from transformers import (AutoProcessor, GenerationConfig, PreTrainedTokenizerFast, Qwen2_5_VLConfig,
                           Qwen2_5_VLForConditionalGeneration)
 from transformers.cache_utils import DynamicCache
 from transformers.models.qwen2_5_vl.processing_qwen2_5_vl import Qwen2_5_VLProcessor
@@ -141,7 +143,7 @@ def randomise(model, seed, embed_std=0.4):
     assert tied == (model.lm_head.weight is model.model.language_model.embed_tokens.weight)
 
 
-def to_flat_legacy_config(cfg):
+def to_flat_legacy_config(cfg, vision_token_id=VISION_PAD_ID):
     """Rewrites a 5.24 config.json dict into the flat layout of the published
     Qwen/Qwen2.5-VL-7B-Instruct config.json (same keys, same key order; values of the tiny model)."""
     tc, vc = cfg["text_config"], cfg["vision_config"]
@@ -153,7 +155,7 @@ def to_flat_legacy_config(cfg):
         "eos_token_id": tc["eos_token_id"],
         "vision_start_token_id": cfg["vision_start_token_id"],
         "vision_end_token_id": cfg["vision_end_token_id"],
-        "vision_token_id": VISION_PAD_ID,
+        "vision_token_id": vision_token_id,
         "image_token_id": cfg["image_token_id"],
         "video_token_id": cfg["video_token_id"],
         "hidden_act": tc["hidden_act"],
@@ -783,18 +785,207 @@ def make_chat_fixtures(out, tokenizer_dir):
     return facts
 
 
+# ----------------------------------------------------------------------------- diagnose
+
+# A tiny random Qwen2.5-VL whose (tied) embedding covers the real Qwen2.5 vocabulary: the
+# published Qwen2.5-VL-7B vocab_size 152064 (the tokenizer's 151665 ids, padded), hidden 8 so
+# the weight file stays under 5 MB. Real special ids; the published preprocessor config.
+DIAG_VOCAB = 152064
+DIAG_IDS = dict(image_token_id=151655, video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653)
+DIAG_VISION_PAD_ID = 151654
+DIAG_STOP = [151645, 151643]  # <|im_end|>, <|endoftext|> (generation_config.json of the 7B)
+DIAG_PAD = 151643
+DIAG_NEW_TOKENS = 5
+DIAG_PROMPT = "What is the diagnosis? Answer with boxes as JSON, then \\boxed{}."
+DIAG_IMAGE = "xray.png"  # written by this script: 180 x 124 (W x H) -> resized 168 x 112, grid [1, 8, 12]
+DIAG_TOPK = 8
+# The published Qwen/Qwen2.5-VL-7B-Instruct preprocessor_config.json (keys and values).
+DIAG_PREPROCESSOR = {
+    "min_pixels": PUBLISHED_MIN_PIXELS,
+    "max_pixels": PUBLISHED_MAX_PIXELS,
+    "patch_size": 14,
+    "temporal_patch_size": 2,
+    "merge_size": 2,
+    "image_mean": CLIP_MEAN,
+    "image_std": CLIP_STD,
+    "image_processor_type": "Qwen2VLImageProcessor",
+    "processor_class": "Qwen2_5_VLProcessor",
+}
+
+
+def make_diagnose_config():
+    return Qwen2_5_VLConfig(
+        text_config=dict(
+            vocab_size=DIAG_VOCAB, hidden_size=8, intermediate_size=16, num_hidden_layers=2,
+            num_attention_heads=1, num_key_value_heads=1, hidden_act="silu", rms_norm_eps=1e-6,
+            max_position_embeddings=128000, use_sliding_window=False, sliding_window=32768, max_window_layers=28,
+            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 1, 1]},
+            bos_token_id=151643, eos_token_id=151645,
+        ),
+        vision_config=dict(
+            depth=4, hidden_size=16, intermediate_size=24, num_heads=2, hidden_act="silu",
+            patch_size=14, temporal_patch_size=2, spatial_merge_size=2, in_channels=3,
+            window_size=112, fullatt_block_indexes=[1, 3], out_hidden_size=8, tokens_per_second=2,
+        ),
+        tie_word_embeddings=True, **DIAG_IDS,
+    )
+
+
+def make_diagnose_fixture(out, tokenizer_dir):
+    """diagnose/: nested/ (5.24 save_pretrained, nested config.json; tokenizer_config.json,
+    chat_template.json, preprocessor_config.json as the published checkpoint has them; no
+    tokenizer.json: tools/setup.sh derives it into .qwen2.5-tokenizer), flat-config.json (the
+    same model in the published flat config form), xray.png and reference.{safetensors,json}:
+    transformers' Qwen2_5_VLProcessor + chat template + forward + greedy generate for one user
+    turn [image, DIAG_PROMPT] with the generation prompt, exactly what `diagnose` builds."""
+    folder = os.path.join(out, "diagnose")
+    shutil.rmtree(folder, ignore_errors=True)
+    nested = os.path.join(folder, "nested")
+    os.makedirs(nested)
+    torch.manual_seed(0)
+    built = Qwen2_5_VLForConditionalGeneration(make_diagnose_config()).eval()
+    randomise(built, 3)
+    built.save_pretrained(nested)
+    os.remove(os.path.join(nested, "generation_config.json"))
+    write_json(os.path.join(nested, "preprocessor_config.json"), DIAG_PREPROCESSOR, sort_keys=False)
+    with open(os.path.join(nested, "chat_template.json"), "w", encoding="utf-8") as f:
+        f.write(json.dumps({"chat_template": CHAT_TEMPLATE}, indent=2) + "\n")
+    with open(os.path.join(nested, "config.json")) as f:
+        nested_cfg = json.load(f)
+    write_json(os.path.join(folder, "flat-config.json"), to_flat_legacy_config(nested_cfg, DIAG_VISION_PAD_ID),
+               sort_keys=False)
+    names = header_listing(os.path.join(nested, "model.safetensors"))
+    assert "lm_head.weight" not in names and all(k.startswith(("visual.", "model.layers.", "model.embed_tokens.",
+                                                               "model.norm.")) for k in names), sorted(names)
+    weight_bytes = os.path.getsize(os.path.join(nested, "model.safetensors"))
+    assert weight_bytes <= 6_000_000, weight_bytes
+    drawn(124, 180, 40).save(os.path.join(folder, DIAG_IMAGE))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        # The checkpoint as a user has it: the weights, configs and the Qwen2.5 tokenizer.json.
+        derived = os.path.join(tmp, "tokenizer")
+        facts = derive_qwen25_tokenizer(tokenizer_dir, derived)
+        with open(os.path.join(derived, "tokenizer_config.json"), encoding="utf-8") as f:
+            tc = f.read()
+        with open(os.path.join(nested, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+            f.write(tc)
+        runs = {}
+        for form in ["nested", "flat"]:
+            d = os.path.join(tmp, form)
+            shutil.copytree(nested, d)
+            shutil.copy(os.path.join(derived, "tokenizer.json"), d)
+            if form == "flat":
+                shutil.copy(os.path.join(folder, "flat-config.json"), os.path.join(d, "config.json"))
+            runs[form] = diagnose_reference(d, os.path.join(folder, DIAG_IMAGE))
+        a, b = runs["nested"], runs["flat"]
+        assert a[0].keys() == b[0].keys()
+        for k in a[0]:
+            assert torch.equal(a[0][k], b[0][k]), f"flat vs nested config: {k} differs"
+        tensors, meta = a
+    meta.update(
+        weight_bytes=weight_bytes, tokenizer_json_sha256=facts["derived_tokenizer_json_sha256"],
+        checks=meta["checks"] | {"flat_config_equals_nested": True},
+        transformers=transformers.__version__, torch=torch.__version__, made_by="tools/make_qwen25vl_fixtures.py",
+    )
+    tensors = {k: v.contiguous() for k, v in tensors.items()}
+    save_file(tensors, os.path.join(folder, "reference.safetensors"))
+    meta["tensors"] = {k: [str(v.dtype).replace("torch.", ""), list(v.shape)] for k, v in sorted(tensors.items())}
+    write_json(os.path.join(folder, "reference.json"), meta, sort_keys=False)
+    print(f"diagnose: L={meta['seq_len']} grid={meta['image_grid_thw']} gen={meta['gen_tokens']} "
+          f"positions={meta['logit_positions']} weights={weight_bytes} bytes checks={meta['checks']}", file=sys.stderr)
+
+
+@torch.no_grad()
+def diagnose_reference(model_dir, image_path):
+    """transformers' pipeline on a checkpoint folder: AutoProcessor (Qwen2_5_VLProcessor), its chat
+    template on [image, prompt] with the generation prompt, the prefill forward, greedy generate."""
+    proc = AutoProcessor.from_pretrained(model_dir)
+    assert type(proc).__name__ == "Qwen2_5_VLProcessor", type(proc)
+    assert proc.chat_template == CHAT_TEMPLATE
+    ip = proc.image_processor
+    assert (ip.patch_size, ip.merge_size, dict(ip.size)) == (
+        14, 2, {"shortest_edge": PUBLISHED_MIN_PIXELS, "longest_edge": PUBLISHED_MAX_PIXELS}), (ip.patch_size, ip.size)
+    image = Image.open(image_path)
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": DIAG_PROMPT}]}]
+    rendered = proc.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    inputs = proc(text=[rendered], images=[image], return_tensors="pt")
+    # The one-call form (the image inside the message) gives the same inputs.
+    one_call = proc.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": DIAG_PROMPT}]}],
+        tokenize=True, add_generation_prompt=True, return_dict=True, return_tensors="pt")
+    for k in ["input_ids", "pixel_values", "image_grid_thw"]:
+        assert torch.equal(inputs[k], one_call[k]), k
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir, attn_implementation="eager",
+                                                               dtype=torch.float32).eval()
+    assert model.config.text_config.vocab_size == DIAG_VOCAB and model.config.tie_word_embeddings
+    ids = inputs["input_ids"]
+    L = ids.shape[1]
+    model.model.rope_deltas = None
+    logits = model(**inputs).logits[0].to(torch.float32)  # [L, V]
+    model.model.rope_deltas = None
+    gc = GenerationConfig(do_sample=False, max_new_tokens=DIAG_NEW_TOKENS, eos_token_id=DIAG_STOP,
+                          pad_token_id=DIAG_PAD, bos_token_id=151643, use_cache=True,
+                          output_logits=True, return_dict_in_generate=True)
+    out = model.generate(**inputs, generation_config=gc)
+    gen = out.sequences[0, L:]
+    step_logits = torch.stack(out.logits, dim=1)[0].to(torch.float32)
+    assert torch.equal(gen, step_logits.argmax(-1)[:len(gen)])
+    # diagnose never samples the media tokens; a plain greedy trace that picked one would differ.
+    banned = [DIAG_IDS[k] for k in ["image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id"]]
+    assert not any(t in banned for t in gen.tolist()), gen
+    id_list = ids[0].tolist()
+    pads = [i for i, t in enumerate(id_list) if t == DIAG_IDS["image_token_id"]]
+    vend = id_list.index(DIAG_IDS["vision_end_token_id"])
+    # Full logit rows at: the first token, the first image pad, the first text token after the
+    # image, the last position; the top-DIAG_TOPK ids and values at every position.
+    positions = [0, pads[0], vend + 1, L - 1]
+    top = logits.topk(DIAG_TOPK, dim=-1)
+    tensors = {
+        "input_ids": ids[0].to(torch.int64),
+        "mm_token_type_ids": inputs["mm_token_type_ids"][0].to(torch.int64),
+        "pixel_values": inputs["pixel_values"].to(torch.float32),
+        "image_grid_thw": inputs["image_grid_thw"].to(torch.int64),
+        "logit_positions": torch.tensor(positions, dtype=torch.int64),
+        "logits_at": logits[positions],
+        "top_ids": top.indices.to(torch.int64),
+        "top_logits": top.values,
+        "gen_tokens": gen.to(torch.int64),
+    }
+    d_step0 = (step_logits[0] - logits[-1]).abs().max().item()
+    meta = {
+        "description": "transformers 5.24 Qwen2_5_VLProcessor (AutoProcessor on the checkpoint folder) + the "
+                       "Qwen2-VL chat template (default system prompt) on one user turn [image, prompt] with "
+                       "add_generation_prompt; prefill forward; model.generate greedy (do_sample=False)",
+        "image": DIAG_IMAGE, "image_size_hw": [image.height, image.width], "prompt": DIAG_PROMPT,
+        "rendered": rendered, "seq_len": L, "image_grid_thw": inputs["image_grid_thw"][0].tolist(),
+        "image_tokens": len(pads), "new_tokens": DIAG_NEW_TOKENS, "stop_tokens": DIAG_STOP,
+        "gen_tokens": gen.tolist(), "gen_text": proc.tokenizer.decode(gen.tolist(), skip_special_tokens=False),
+        "logit_positions": positions, "top_k": DIAG_TOPK,
+        "max_abs_logit": round(logits.abs().max().item(), 4), "logits_std": round(logits.std().item(), 4),
+        "top2_gap_min_at_last_and_generated": round(min(
+            (r[0] - r[1]).item() for r in [logits[-1].topk(2).values] + [s.topk(2).values for s in step_logits]), 6),
+        "checks": {"generate_step0_vs_prefill_last": d_step0},
+    }
+    assert d_step0 < 1e-4, d_step0
+    return tensors, meta
+
+
 # ----------------------------------------------------------------------------- main
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.path.join("tests", "fixtures", "qwen2_5_vl"))
     ap.add_argument("--tokenizer-dir", default=".qwen-tokenizer")
+    ap.add_argument("--only", choices=["diagnose"], help="write only this part (diagnose/)")
     args = ap.parse_args()
     out = args.out
     assert transformers.__version__ == "5.24.0", transformers.__version__
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
     os.makedirs(out, exist_ok=True)
+    if args.only == "diagnose":
+        make_diagnose_fixture(out, args.tokenizer_dir)
+        return
 
     built = save_models(out)
     models = {n: load(out, n) for n in ["tiny-untied", "tiny-tied"]}
@@ -851,6 +1042,7 @@ def main():
 
     make_processor_fixtures(out)
     facts = make_chat_fixtures(out, args.tokenizer_dir)
+    make_diagnose_fixture(out, args.tokenizer_dir)
     print(f"derived Qwen2.5 tokenizer.json sha256 {facts['derived_tokenizer_json_sha256']} "
           f"({facts['derived_tokenizer_json_bytes']} bytes)", file=sys.stderr)
 

@@ -70,3 +70,69 @@ fn bad_inputs_are_named() {
     let o = run("diagnose", &["--model", empty.to_str().unwrap(), "--image", &image, "--prompt", "q", "--greedy"]);
     assert!(!o.status.success() && stderr(&o).contains("config.json"), "{}", stderr(&o));
 }
+
+/// `tests/fixtures/qwen2_5_vl/diagnose` (tools/make_qwen25vl_fixtures.py): a tiny random
+/// Qwen2.5-VL over the whole Qwen2.5 vocabulary, once with transformers 5.24's nested
+/// config.json (`nested/`) and once with the published flat one (`flat-config.json`), the
+/// published preprocessor and tokenizer configs; `reference.safetensors` is transformers' own
+/// pipeline (Qwen2_5_VLProcessor, its chat template, forward, greedy generate) on the
+/// fixture's image and prompt. `diagnose --greedy --dump` must reproduce it on both folders.
+#[test]
+fn diagnose_matches_transformers_on_qwen2_5_vl_checkpoints_in_both_config_forms() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/qwen2_5_vl/diagnose");
+    let tokenizer = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.qwen2.5-tokenizer/tokenizer.json");
+    assert!(tokenizer.is_file(), "run `bash tools/setup.sh` first (it derives the Qwen2.5 tokenizer)");
+    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture.join("reference.json")).unwrap()).unwrap();
+    let prompt = meta["prompt"].as_str().unwrap();
+    let image = fixture.join(meta["image"].as_str().unwrap());
+    let new_tokens = meta["new_tokens"].as_u64().unwrap().to_string();
+    let want: HashMap<String, Tensor> = Tensor::read_safetensors(fixture.join("reference.safetensors")).unwrap().into_iter().collect();
+    let want_ids = Vec::<i64>::try_from(&want["input_ids"]).unwrap();
+    let want_gen = Vec::<i64>::try_from(&want["gen_tokens"]).unwrap();
+    let positions = Vec::<i64>::try_from(&want["logit_positions"]).unwrap();
+
+    let tmp = tempfile::tempdir().unwrap();
+    for form in ["nested", "flat"] {
+        let dir = tmp.path().join(form);
+        std::fs::create_dir(&dir).unwrap();
+        for entry in std::fs::read_dir(fixture.join("nested")).unwrap() {
+            let path = entry.unwrap().path();
+            std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+        }
+        std::fs::copy(&tokenizer, dir.join("tokenizer.json")).unwrap();
+        if form == "flat" {
+            std::fs::copy(fixture.join("flat-config.json"), dir.join("config.json")).unwrap();
+            let flat: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+            assert!(flat.get("text_config").is_none() && flat["rope_scaling"]["type"] == "mrope", "not the flat form");
+        }
+        let dump = tmp.path().join(format!("{form}.safetensors"));
+        let o = run(
+            "diagnose",
+            &["--model", dir.to_str().unwrap(), "--image", image.to_str().unwrap(), "--prompt", prompt, "--max-new-tokens", &new_tokens, "--greedy", "--dump", dump.to_str().unwrap()],
+        );
+        assert!(o.status.success(), "{form}: {}", stderr(&o));
+        let got: HashMap<String, Tensor> = Tensor::read_safetensors(&dump).unwrap().into_iter().collect();
+
+        // The processor's and chat template's output.
+        assert_eq!(Vec::<i64>::try_from(&got["input_ids"]).unwrap(), want_ids, "{form}: input ids differ from Qwen2_5_VLProcessor's");
+        assert!(got["image_grid_thw"].equal(&want["image_grid_thw"]), "{form}: image_grid_thw {:?}", got["image_grid_thw"]);
+        assert_eq!(got["pixel_values"].size(), want["pixel_values"].size(), "{form}: pixel_values shape");
+        let dp = (&got["pixel_values"] - &want["pixel_values"]).abs().max().double_value(&[]);
+        assert!(dp <= 1e-6, "{form}: pixel values differ by {dp:e}");
+
+        // Prefill logits: whole rows at a few positions, the reference's top ids everywhere.
+        let logits = &got["prefill_logits"];
+        assert_eq!(logits.size(), [want_ids.len() as i64, 152_064], "{form}: prefill_logits shape");
+        let rows = logits.index_select(0, &want["logit_positions"]);
+        let dl = (&rows - &want["logits_at"]).abs().max().double_value(&[]);
+        assert!(dl <= 1e-4, "{form}: logits at positions {positions:?} differ by {dl:e}");
+        let at_top = logits.gather(1, &want["top_ids"], false);
+        let dt = (&at_top - &want["top_logits"]).abs().max().double_value(&[]);
+        assert!(dt <= 1e-4, "{form}: logits at the reference's top-{} ids differ by {dt:e}", meta["top_k"]);
+        assert!(logits.argmax(-1, false).equal(&want["top_ids"].select(1, 0)), "{form}: a position's argmax differs");
+
+        // Greedy decoding with the KV cache: the same tokens, the same text.
+        assert_eq!(Vec::<i64>::try_from(&got["gen_tokens"]).unwrap(), want_gen, "{form}: greedy tokens differ from model.generate's");
+        assert_eq!(String::from_utf8_lossy(&o.stdout).trim_end_matches('\n'), meta["gen_text"].as_str().unwrap(), "{form}: response text");
+    }
+}
