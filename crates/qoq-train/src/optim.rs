@@ -48,7 +48,7 @@ impl OptimConfig {
         if !self.betas.iter().all(|b| (0.0..1.0).contains(b)) {
             return Err(format!("{table}.betas must each be in [0, 1), got {:?}", self.betas));
         }
-        if !(self.eps > 0.0) || self.weight_decay < 0.0 || self.grad_clip < 0.0 {
+        if self.eps.is_nan() || self.eps <= 0.0 || self.weight_decay < 0.0 || self.grad_clip < 0.0 {
             return Err(format!("{table}: eps must be positive, weight_decay and grad_clip non-negative"));
         }
         if !(0.0..=1.0).contains(&self.min_lr_ratio) {

@@ -6,7 +6,7 @@
 //!   3. old_log_prob / ref   log-probs under the rollout policy (and the reference model)
 //!   4. adv     A = DRPO(r) over the whole batch
 //!   5. update_actor   one PPO epoch: P / prompts_per_update optimizer steps, each
-//!              accumulating gradients over micro-batches of the loss of `loss.rs`
+//!      accumulating gradients over micro-batches of the loss of `loss.rs`
 //!
 //! Metric names follow verl / EasyR1 (`actor/pg_loss`, `timing_s/gen`, ...), plus the DRPO
 //! figures per domain (`drpo/<domain>/...`).
@@ -413,7 +413,7 @@ impl Trainer {
             let chunk: Vec<&Prompt> = prompts[start..end].iter().collect();
             let inputs = PromptBatch::new(&chunk, self.tokens.pad, self.device)?;
             let first = positions[start];
-            let aligned = first % batch == 0 && positions[start..end].windows(2).all(|w| w[1] == w[0] + 1);
+            let aligned = first.is_multiple_of(batch) && positions[start..end].windows(2).all(|w| w[1] == w[0] + 1);
             let stream = if aligned { (first / batch) as u64 } else { (1 << 40) + first as u64 };
             let config = SamplingConfig { seed: derive_seed(self.state.seed, step, stream), ..sampling.clone() };
             let rollouts = self.policy.generate(&inputs.inputs(), &config)?;
