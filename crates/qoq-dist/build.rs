@@ -44,7 +44,9 @@ fn main() {
     println!("cargo:rustc-link-lib=dylib=c10");
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
     if std::env::var_os("CARGO_FEATURE_CUDA").is_some() {
-        for arg in ["-Wl,--no-as-needed", "-ltorch_cuda", "-lc10_cuda", "-Wl,--as-needed", "-Wl,--allow-shlib-undefined"] {
+        for arg in
+            ["-Wl,--no-as-needed", "-ltorch_cuda", "-lc10_cuda", "-Wl,--as-needed", "-Wl,--allow-shlib-undefined"]
+        {
             println!("cargo:rustc-link-arg={arg}");
         }
     }

@@ -8,8 +8,21 @@
 
 /// Canonical domain names used in shards, configs and per-domain metrics.
 pub const DOMAINS: [&str; 15] = [
-    "chest_xray", "mammography", "dermoscopy", "ct", "mri", "ultrasound", "fundus",
-    "pathology", "ecg", "eeg", "ehr", "endoscopy", "genomics", "molecular", "imu",
+    "chest_xray",
+    "mammography",
+    "dermoscopy",
+    "ct",
+    "mri",
+    "ultrasound",
+    "fundus",
+    "pathology",
+    "ecg",
+    "eeg",
+    "ehr",
+    "endoscopy",
+    "genomics",
+    "molecular",
+    "imu",
 ];
 
 /// CLIMB / QoQ-Med folder name (first path component) -> canonical domain.
@@ -49,10 +62,7 @@ pub fn domain_of_folder(folder: &str) -> Option<&'static str> {
 /// `chest_xray/vindr/train/x.jpg` -> `("chest_xray", "vindr")`. A leading `./` or
 /// `high_modality/` (the original root folder) is ignored.
 pub fn domain_and_dataset_from_path(path: &str) -> Option<(&'static str, String)> {
-    let mut parts = path
-        .split('/')
-        .filter(|p| !p.is_empty() && *p != ".")
-        .skip_while(|p| *p == "high_modality");
+    let mut parts = path.split('/').filter(|p| !p.is_empty() && *p != ".").skip_while(|p| *p == "high_modality");
     let folder = parts.next()?;
     let dataset = parts.next()?;
     // A path with only two components is `<domain>/<file>`: no dataset folder.
@@ -67,9 +77,18 @@ mod tests {
     #[test]
     fn folders_map_to_canonical_domains() {
         assert_eq!(domain_and_dataset_from_path("mammo/vindr/jpegs/a/b.jpg"), Some(("mammography", "vindr".into())));
-        assert_eq!(domain_and_dataset_from_path("chest_xray/vindr/train/jpegs/x.jpg"), Some(("chest_xray", "vindr".into())));
-        assert_eq!(domain_and_dataset_from_path("high_modality/derm/ham10000/x.jpg"), Some(("dermoscopy", "ham10000".into())));
-        assert_eq!(domain_and_dataset_from_path("./fundus/Messidor-2/IMAGES/x.png"), Some(("fundus", "Messidor-2".into())));
+        assert_eq!(
+            domain_and_dataset_from_path("chest_xray/vindr/train/jpegs/x.jpg"),
+            Some(("chest_xray", "vindr".into()))
+        );
+        assert_eq!(
+            domain_and_dataset_from_path("high_modality/derm/ham10000/x.jpg"),
+            Some(("dermoscopy", "ham10000".into()))
+        );
+        assert_eq!(
+            domain_and_dataset_from_path("./fundus/Messidor-2/IMAGES/x.png"),
+            Some(("fundus", "Messidor-2".into()))
+        );
         assert_eq!(domain_and_dataset_from_path("CT/kits23/dataset/case/imaging"), Some(("ct", "kits23".into())));
     }
 

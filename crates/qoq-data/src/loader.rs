@@ -129,12 +129,18 @@ impl Loader {
             return Err(DataError::Config(format!("rank {} is not below world size {}", cfg.rank, cfg.world_size)));
         }
         if !(0.0..=1.0).contains(&cfg.max_bad_fraction) {
-            return Err(DataError::Config(format!("max_bad_fraction = {} must be within [0, 1]", cfg.max_bad_fraction)));
+            return Err(DataError::Config(format!(
+                "max_bad_fraction = {} must be within [0, 1]",
+                cfg.max_bad_fraction
+            )));
         }
         let mut cfg = cfg;
         for c in &cfg.columns {
             if !col::ALL.contains(&c.as_str()) {
-                return Err(DataError::Config(format!("unknown column `{c}` in columns; known: {}", col::ALL.join(", "))));
+                return Err(DataError::Config(format!(
+                    "unknown column `{c}` in columns; known: {}",
+                    col::ALL.join(", ")
+                )));
             }
         }
         if !cfg.columns.is_empty() {
@@ -277,7 +283,10 @@ impl Loader {
                 if self.seen_in_epoch > 0 && self.good_in_epoch == 0 {
                     return Err(DataError::invalid(
                         &self.set.dir,
-                        format!("epoch {} gave rank {} no usable row; fix the data or the filters", self.cursor.epoch, rank),
+                        format!(
+                            "epoch {} gave rank {} no usable row; fix the data or the filters",
+                            self.cursor.epoch, rank
+                        ),
                     ));
                 }
                 self.seen_in_epoch = 0;
@@ -286,10 +295,8 @@ impl Loader {
                 continue;
             }
             let positions = self.plan.window_of(self.cursor.position, rank, world);
-            let refs: Vec<(u64, RowRef)> = positions
-                .clone()
-                .map(|p| (p, self.plan.items[EpochPlan::global_index(p, rank, world)]))
-                .collect();
+            let refs: Vec<(u64, RowRef)> =
+                positions.clone().map(|p| (p, self.plan.items[EpochPlan::global_index(p, rank, world)])).collect();
             let mut rows = self.read_refs(&refs)?;
             let samples: Vec<Sample> = refs.iter().map(|&(_, r)| take_sample(&mut rows, r)).collect();
             // Checks decode media: run them on all cores.
@@ -407,7 +414,12 @@ impl Iterator for Loader {
 
 /// Factor rho per unit and row: (w_d / sum w) * N / N_d from the `domain` column when
 /// mixing, times 0 for rows whose `split` is filtered out. Empty when neither applies.
-fn row_factors(set: &ShardSet, units: &[Unit], weights: Option<&BTreeMap<String, f64>>, splits: Option<&[String]>) -> Result<Vec<Vec<f32>>> {
+fn row_factors(
+    set: &ShardSet,
+    units: &[Unit],
+    weights: Option<&BTreeMap<String, f64>>,
+    splits: Option<&[String]>,
+) -> Result<Vec<Vec<f32>>> {
     if weights.is_none() && splits.is_none() {
         return Ok(Vec::new());
     }
@@ -432,8 +444,13 @@ fn row_factors(set: &ShardSet, units: &[Unit], weights: Option<&BTreeMap<String,
             offsets[s] += u.rows as usize;
             (start..start + u.rows as usize)
                 .map(|i| {
-                    let factor = rho.as_ref().map_or(1.0, |(domains, rho)| rho.get(&domains[s][i]).copied().unwrap_or(0.0));
-                    if keep[s][i] { factor as f32 } else { 0.0 }
+                    let factor =
+                        rho.as_ref().map_or(1.0, |(domains, rho)| rho.get(&domains[s][i]).copied().unwrap_or(0.0));
+                    if keep[s][i] {
+                        factor as f32
+                    } else {
+                        0.0
+                    }
                 })
                 .collect()
         })
@@ -468,10 +485,8 @@ fn domain_rho(set: &ShardSet, weights: &BTreeMap<String, f64>, keep: &[Vec<bool>
         return Err(DataError::Config("domain_weights give every domain in the data weight 0".into()));
     }
     let n: usize = counts.values().sum();
-    let rho = counts
-        .iter()
-        .map(|(d, &nd)| (d.to_string(), weights[*d] / total_weight * n as f64 / nd as f64))
-        .collect();
+    let rho =
+        counts.iter().map(|(d, &nd)| (d.to_string(), weights[*d] / total_weight * n as f64 / nd as f64)).collect();
     Ok((domains, rho))
 }
 

@@ -114,7 +114,11 @@ impl EpochPlan {
     /// Number of samples rank `rank` of `world` gets in this epoch.
     pub fn rank_len(&self, rank: usize, world: usize) -> u64 {
         let n = self.items.len();
-        if n <= rank { 0 } else { ((n - rank).div_ceil(world)) as u64 }
+        if n <= rank {
+            0
+        } else {
+            ((n - rank).div_ceil(world)) as u64
+        }
     }
 
     /// The global index of rank `rank`'s `position`-th sample.

@@ -9,9 +9,7 @@
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
-use arrow_array::builder::{
-    BinaryBuilder, Float32Builder, Int32Builder, ListBuilder, StringBuilder,
-};
+use arrow_array::builder::{BinaryBuilder, Float32Builder, Int32Builder, ListBuilder, StringBuilder};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float32Type, Int32Type};
 use arrow_array::{Array, ArrayRef, RecordBatch};
@@ -41,8 +39,23 @@ pub mod col {
     pub const EXTRA: &str = "extra";
 
     pub const ALL: [&str; 17] = [
-        ID, DATASET, DOMAIN, MODALITY, SPLIT, PROBLEM, ANSWER, CHOICES, IMAGES, VIDEOS,
-        ECG_VALUES, ECG_LEADS, ECG_SAMPLING_RATE, BOXES, BOX_LABELS, MASK, EXTRA,
+        ID,
+        DATASET,
+        DOMAIN,
+        MODALITY,
+        SPLIT,
+        PROBLEM,
+        ANSWER,
+        CHOICES,
+        IMAGES,
+        VIDEOS,
+        ECG_VALUES,
+        ECG_LEADS,
+        ECG_SAMPLING_RATE,
+        BOXES,
+        BOX_LABELS,
+        MASK,
+        EXTRA,
     ];
     /// A shard without one of these cannot be trained on.
     pub const REQUIRED: [&str; 4] = [ID, DOMAIN, PROBLEM, ANSWER];
@@ -51,9 +64,7 @@ pub mod col {
 /// The canonical schema of a shard, as [`samples_to_batch`] writes it.
 pub fn sample_schema() -> SchemaRef {
     static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
-    SCHEMA
-        .get_or_init(|| samples_to_batch(&[]).expect("empty batch always builds").schema())
-        .clone()
+    SCHEMA.get_or_init(|| samples_to_batch(&[]).expect("empty batch always builds").schema()).clone()
 }
 
 /// Encode samples as one Arrow record batch with the canonical schema.
@@ -217,7 +228,11 @@ pub(crate) fn batch_to_samples(batch: &RecordBatch) -> Vec<Sample> {
             let images = get(col::IMAGES)
                 .map(|a| {
                     let l = a.as_list::<i32>();
-                    if l.is_null(row) { Vec::new() } else { binary_list(l.value(row).as_ref()) }
+                    if l.is_null(row) {
+                        Vec::new()
+                    } else {
+                        binary_list(l.value(row).as_ref())
+                    }
                 })
                 .unwrap_or_default();
             let videos = get(col::VIDEOS)
@@ -311,7 +326,11 @@ pub fn infer_modality(s: &Sample) -> &'static str {
     if s.domain == "ehr" {
         "ehr"
     } else if !s.videos.is_empty() {
-        if matches!(s.domain.as_str(), "ct" | "mri") { "volume" } else { "video" }
+        if matches!(s.domain.as_str(), "ct" | "mri") {
+            "volume"
+        } else {
+            "video"
+        }
     } else if !s.images.is_empty() {
         "image"
     } else if s.ecg.is_some() {

@@ -9,8 +9,7 @@ use std::sync::Arc;
 use arrow_array::RecordBatch;
 use arrow_schema::Schema;
 use parquet::arrow::arrow_reader::{
-    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection,
-    RowSelector,
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection, RowSelector,
 };
 use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::Compression;
@@ -226,14 +225,10 @@ fn no_panic<T>(path: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
 fn open_shard(path: PathBuf) -> Result<Shard> {
     let file = File::open(&path).map_err(|e| DataError::io(&path, e))?;
     let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
-    let metadata = no_panic(&path, || ArrowReaderMetadata::load(&file, options).map_err(|e| DataError::parquet(&path, e)))?;
+    let metadata =
+        no_panic(&path, || ArrowReaderMetadata::load(&file, options).map_err(|e| DataError::parquet(&path, e)))?;
     check_schema(&path, metadata.schema())?;
-    let row_groups = metadata
-        .metadata()
-        .row_groups()
-        .iter()
-        .map(|rg| rg.num_rows().max(0) as usize)
-        .collect();
+    let row_groups = metadata.metadata().row_groups().iter().map(|rg| rg.num_rows().max(0) as usize).collect();
     Ok(Shard { path, metadata, row_groups })
 }
 
@@ -274,9 +269,7 @@ fn read_selected(s: &Shard, rg: usize, rows: &[usize], columns: &[&str]) -> Resu
         .with_batch_size(rows.len().clamp(1, 1024))
         .build()
         .map_err(|e| DataError::parquet(&s.path, format!("row group {rg}: {e}")))?;
-    reader
-        .map(|b| b.map_err(|e| DataError::parquet(&s.path, format!("row group {rg}: {e}"))))
-        .collect()
+    reader.map(|b| b.map_err(|e| DataError::parquet(&s.path, format!("row group {rg}: {e}")))).collect()
 }
 
 /// Skip/select runs for sorted unique `rows` within a row group of `total` rows.

@@ -22,9 +22,23 @@ use crate::shards::ShardWriter;
 pub const SIZE: u32 = 512;
 /// Slots of the 10 : 4 : 2 : 1 domain cycle.
 const CYCLE: [&str; 17] = [
-    "chest_xray", "chest_xray", "mammography", "chest_xray", "dermoscopy", "chest_xray",
-    "mammography", "chest_xray", "ecg", "chest_xray", "mammography", "chest_xray",
-    "dermoscopy", "chest_xray", "mammography", "chest_xray", "chest_xray",
+    "chest_xray",
+    "chest_xray",
+    "mammography",
+    "chest_xray",
+    "dermoscopy",
+    "chest_xray",
+    "mammography",
+    "chest_xray",
+    "ecg",
+    "chest_xray",
+    "mammography",
+    "chest_xray",
+    "dermoscopy",
+    "chest_xray",
+    "mammography",
+    "chest_xray",
+    "chest_xray",
 ];
 pub const DIFFICULTIES: [&str; 3] = ["easy", "medium", "hard"];
 
@@ -34,7 +48,12 @@ const DERM_LABELS: [&str; 2] = ["nevus", "melanoma"];
 const ECG_LABELS: [&str; 4] = ["normal sinus rhythm", "sinus bradycardia", "sinus tachycardia", "atrial fibrillation"];
 
 /// Writes `samples` rows into `dir` as `synthetic-NNNNN.parquet` shards.
-pub fn write_synthetic(dir: &std::path::Path, samples: usize, seed: u64, mut progress: impl FnMut(usize)) -> Result<Vec<std::path::PathBuf>> {
+pub fn write_synthetic(
+    dir: &std::path::Path,
+    samples: usize,
+    seed: u64,
+    mut progress: impl FnMut(usize),
+) -> Result<Vec<std::path::PathBuf>> {
     let mut writer = ShardWriter::new(dir, "synthetic")?.rows_per_file(256).rows_per_row_group(32);
     for start in (0..samples).step_by(64) {
         let end = (start + 64).min(samples);
@@ -110,7 +129,12 @@ impl Canvas {
                     let i = (y * SIZE + x) as usize;
                     self.v[i] += delta;
                     self.mask[i] = true;
-                    tight = [tight[0].min(x as f32), tight[1].min(y as f32), tight[2].max(x as f32 + 1.0), tight[3].max(y as f32 + 1.0)];
+                    tight = [
+                        tight[0].min(x as f32),
+                        tight[1].min(y as f32),
+                        tight[2].max(x as f32 + 1.0),
+                        tight[3].max(y as f32 + 1.0),
+                    ];
                 }
             }
         }
@@ -124,7 +148,9 @@ impl Canvas {
     }
 
     fn grey_png(&self) -> Vec<u8> {
-        let img = GrayImage::from_fn(SIZE, SIZE, |x, y| image::Luma([self.v[(y * SIZE + x) as usize].clamp(0.0, 255.0) as u8]));
+        let img = GrayImage::from_fn(SIZE, SIZE, |x, y| {
+            image::Luma([self.v[(y * SIZE + x) as usize].clamp(0.0, 255.0) as u8])
+        });
         encode_png(img.as_raw(), image::ExtendedColorType::L8)
     }
 
@@ -139,9 +165,13 @@ impl Canvas {
 
 fn encode_png(raw: &[u8], color: image::ExtendedColorType) -> Vec<u8> {
     let mut out = Vec::new();
-    image::codecs::png::PngEncoder::new_with_quality(&mut out, image::codecs::png::CompressionType::Fast, image::codecs::png::FilterType::Adaptive)
-        .write_image(raw, SIZE, SIZE, color)
-        .expect("encoding a valid buffer into memory cannot fail");
+    image::codecs::png::PngEncoder::new_with_quality(
+        &mut out,
+        image::codecs::png::CompressionType::Fast,
+        image::codecs::png::FilterType::Adaptive,
+    )
+    .write_image(raw, SIZE, SIZE, color)
+    .expect("encoding a valid buffer into memory cannot fail");
     out
 }
 
@@ -165,7 +195,11 @@ fn chest_xray(r: &mut ChaCha8Rng, tier: usize) -> Drawn {
     let mut c = Canvas::new(|x, y| {
         let lung = |cx: f32| ((x - cx) / (0.17 * s)).powi(2) + ((y - 0.48 * s) / (0.33 * s)).powi(2) < 1.0;
         let base = 40.0 + 10.0 * ((x / s) * 6.0 * tilt + phase).sin();
-        if lung(0.32 * s) || lung(0.68 * s) { base + 60.0 } else { base }
+        if lung(0.32 * s) || lung(0.68 * s) {
+            base + 60.0
+        } else {
+            base
+        }
     });
     let k = contrast(tier);
     let mut labels = Vec::new();
@@ -182,7 +216,8 @@ fn chest_xray(r: &mut ChaCha8Rng, tier: usize) -> Drawn {
     if chance(r, 0.4) {
         let rad = uniform(r, 0.03, 0.06) * s * [1.0, 0.8, 0.6][tier];
         let (nx, ny) = (uniform(r, 0.22, 0.78) * s, uniform(r, 0.25, 0.5) * s);
-        let b = c.paint([nx - rad, ny - rad, nx + rad, ny + rad], k, |x, y| (x - nx).powi(2) + (y - ny).powi(2) < rad * rad);
+        let b = c
+            .paint([nx - rad, ny - rad, nx + rad, ny + rad], k, |x, y| (x - nx).powi(2) + (y - ny).powi(2) < rad * rad);
         labels.push("nodule".to_string());
         boxes.push(LabeledBox { bbox: b, label: "nodule".into() });
     }
@@ -191,7 +226,8 @@ fn chest_xray(r: &mut ChaCha8Rng, tier: usize) -> Drawn {
         let cx = if left { 0.32 * s } else { 0.68 * s };
         let top = uniform(r, 0.62, 0.7) * s;
         let b = c.paint([cx - 0.17 * s, top, cx + 0.17 * s, 0.81 * s], k, |x, y| {
-            y > top + 6.0 * ((x / 9.0).sin()) && ((x - cx) / (0.17 * s)).powi(2) + ((y - 0.48 * s) / (0.33 * s)).powi(2) < 1.0
+            y > top + 6.0 * ((x / 9.0).sin())
+                && ((x - cx) / (0.17 * s)).powi(2) + ((y - 0.48 * s) / (0.33 * s)).powi(2) < 1.0
         });
         labels.push("pleural effusion".to_string());
         boxes.push(LabeledBox { bbox: b, label: "pleural effusion".into() });
@@ -204,8 +240,15 @@ fn chest_xray(r: &mut ChaCha8Rng, tier: usize) -> Drawn {
         labels.push("no finding".to_string());
     }
     c.noise(r, 12.0);
-    (labels, CXR_LABELS.to_vec(), c.grey_png(), boxes, c.mask_png(), None,
-     "Above is a chest X-ray image of a patient. What is the diagnosis of the patient in the X-ray image?")
+    (
+        labels,
+        CXR_LABELS.to_vec(),
+        c.grey_png(),
+        boxes,
+        c.mask_png(),
+        None,
+        "Above is a chest X-ray image of a patient. What is the diagnosis of the patient in the X-ray image?",
+    )
 }
 
 fn mammography(r: &mut ChaCha8Rng, tier: usize) -> Drawn {
@@ -214,7 +257,11 @@ fn mammography(r: &mut ChaCha8Rng, tier: usize) -> Drawn {
     let bx = if right { s } else { 0.0 };
     let mut c = Canvas::new(|x, y| {
         let d = ((x - bx) / (0.75 * s)).powi(2) + ((y - 0.5 * s) / (0.48 * s)).powi(2);
-        if d < 1.0 { 70.0 + 50.0 * (1.0 - d) } else { 8.0 }
+        if d < 1.0 {
+            70.0 + 50.0 * (1.0 - d)
+        } else {
+            8.0
+        }
     });
     let kind = rng::below(r, 3) as usize;
     let mut boxes = Vec::new();
@@ -231,8 +278,15 @@ fn mammography(r: &mut ChaCha8Rng, tier: usize) -> Drawn {
         boxes.push(LabeledBox { bbox: b, label: MAMMO_LABELS[kind].into() });
     }
     c.noise(r, 10.0);
-    (vec![MAMMO_LABELS[kind].to_string()], MAMMO_LABELS.to_vec(), c.grey_png(), boxes, c.mask_png(), None,
-     "Above is a mammogram of a patient. What is the finding in the mammogram?")
+    (
+        vec![MAMMO_LABELS[kind].to_string()],
+        MAMMO_LABELS.to_vec(),
+        c.grey_png(),
+        boxes,
+        c.mask_png(),
+        None,
+        "Above is a mammogram of a patient. What is the finding in the mammogram?",
+    )
 }
 
 fn dermoscopy(r: &mut ChaCha8Rng, tier: usize) -> Drawn {
@@ -257,17 +311,28 @@ fn dermoscopy(r: &mut ChaCha8Rng, tier: usize) -> Drawn {
         let mut rgb = skin;
         if lesion {
             // Melanoma: darker with a blue-grey veil varying across the lesion.
-            let shade = if melanoma { [110.0, 110.0, 90.0 - 40.0 * (x as f32 / 23.0).sin()] } else { [70.0, 80.0, 80.0] };
+            let shade =
+                if melanoma { [110.0, 110.0, 90.0 - 40.0 * (x as f32 / 23.0).sin()] } else { [70.0, 80.0, 80.0] };
             for ch in 0..3 {
                 rgb[ch] -= shade[ch] * k;
             }
         }
-        p.0 = [(rgb[0] + n).clamp(0.0, 255.0) as u8, (rgb[1] + n).clamp(0.0, 255.0) as u8, (rgb[2] + n).clamp(0.0, 255.0) as u8];
+        p.0 = [
+            (rgb[0] + n).clamp(0.0, 255.0) as u8,
+            (rgb[1] + n).clamp(0.0, 255.0) as u8,
+            (rgb[2] + n).clamp(0.0, 255.0) as u8,
+        ];
     }
     let label = DERM_LABELS[usize::from(melanoma)];
-    (vec![label.to_string()], DERM_LABELS.to_vec(), encode_png(img.as_raw(), image::ExtendedColorType::Rgb8),
-     vec![LabeledBox { bbox, label: label.into() }], mask.mask_png(), None,
-     "Above is a dermoscopy image of a skin lesion. What is the diagnosis?")
+    (
+        vec![label.to_string()],
+        DERM_LABELS.to_vec(),
+        encode_png(img.as_raw(), image::ExtendedColorType::Rgb8),
+        vec![LabeledBox { bbox, label: label.into() }],
+        mask.mask_png(),
+        None,
+        "Above is a dermoscopy image of a skin lesion. What is the diagnosis?",
+    )
 }
 
 fn ecg(r: &mut ChaCha8Rng, tier: usize) -> Drawn {
@@ -310,22 +375,32 @@ fn ecg(r: &mut ChaCha8Rng, tier: usize) -> Drawn {
     }
     // Plot of lead II (index 1) on ECG paper, 10 s across the image.
     let s = SIZE as f32;
-    let mut c = Canvas::new(|x, y| if (x as u32).is_multiple_of(25) || (y as u32).is_multiple_of(25) { 215.0 } else { 245.0 });
+    let mut c =
+        Canvas::new(|x, y| if (x as u32).is_multiple_of(25) || (y as u32).is_multiple_of(25) { 215.0 } else { 245.0 });
     let lead2 = &values[SAMPLES..2 * SAMPLES];
     let mut prev = None;
     for px in 0..SIZE {
         let i = ((px as f32 / s) * SAMPLES as f32) as usize;
         let y = (0.6 * s - lead2[i] * 0.25 * s).clamp(0.0, s - 1.0);
-        let (lo, hi) = match prev { Some(p) => (f32::min(p, y), f32::max(p, y)), None => (y, y) };
+        let (lo, hi) = match prev {
+            Some(p) => (f32::min(p, y), f32::max(p, y)),
+            None => (y, y),
+        };
         for yy in lo as u32..=hi as u32 {
             c.v[(yy * SIZE + px) as usize] = 20.0;
         }
         prev = Some(y);
     }
     let label = ECG_LABELS[kind];
-    (vec![label.to_string()], ECG_LABELS.to_vec(), c.grey_png(), Vec::new(), None,
-     Some(Signal { leads: LEADS as u32, samples: SAMPLES as u32, sampling_rate_hz: RATE, values }),
-     "Above is lead II of a 10-second ECG (8 leads at 250 Hz are attached). What is the rhythm?")
+    (
+        vec![label.to_string()],
+        ECG_LABELS.to_vec(),
+        c.grey_png(),
+        Vec::new(),
+        None,
+        Some(Signal { leads: LEADS as u32, samples: SAMPLES as u32, sampling_rate_hz: RATE, values }),
+        "Above is lead II of a 10-second ECG (8 leads at 250 Hz are attached). What is the rhythm?",
+    )
 }
 
 #[cfg(test)]
@@ -370,16 +445,21 @@ mod tests {
             for b in &s.boxes {
                 let [x1, y1, x2, y2] = b.bbox;
                 assert!(x2 > x1 && y2 > y1);
-                let hits = m.enumerate_pixels().filter(|(x, y, p)| {
-                    p.0[0] > 0 && (*x as f32) >= x1 && (*x as f32) < x2 && (*y as f32) >= y1 && (*y as f32) < y2
-                }).count();
+                let hits = m
+                    .enumerate_pixels()
+                    .filter(|(x, y, p)| {
+                        p.0[0] > 0 && (*x as f32) >= x1 && (*x as f32) < x2 && (*y as f32) >= y1 && (*y as f32) < y2
+                    })
+                    .count();
                 assert!(hits > 0, "sample {i}: box {:?} has no mask pixels", b.bbox);
             }
             for (x, y, p) in m.enumerate_pixels() {
                 if p.0[0] > 0 {
                     let (x, y) = (x as f32, y as f32);
-                    assert!(s.boxes.iter().any(|b| x >= b.bbox[0] && x < b.bbox[2] && y >= b.bbox[1] && y < b.bbox[3]),
-                        "sample {i}: mask pixel ({x}, {y}) outside every box");
+                    assert!(
+                        s.boxes.iter().any(|b| x >= b.bbox[0] && x < b.bbox[2] && y >= b.bbox[1] && y < b.bbox[3]),
+                        "sample {i}: mask pixel ({x}, {y}) outside every box"
+                    );
                 }
             }
         }

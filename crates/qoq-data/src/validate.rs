@@ -36,9 +36,8 @@ impl std::fmt::Display for BadRow {
 
 /// Width and height of an encoded image; decodes it fully when `full`.
 pub fn image_size(bytes: &[u8], full: bool) -> Result<(u32, u32), String> {
-    let reader = ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| format!("unreadable image: {e}"))?;
+    let reader =
+        ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| format!("unreadable image: {e}"))?;
     if reader.format().is_none() {
         return Err("image is neither PNG nor JPEG".into());
     }
@@ -88,8 +87,13 @@ pub fn check_sample(s: &Sample, checks: Checks) -> Result<(), String> {
             let size = image_size(frame, full).map_err(|e| format!("videos[{v}][{f}]: {e}"))?;
             check_aspect(size).map_err(|e| format!("videos[{v}][{f}]: {e}"))?;
             if *video_size.get_or_insert(size) != size {
-                return Err(format!("videos[{v}][{f}] is {}x{}, frame 0 is {}x{}: frames must share one size",
-                    size.0, size.1, video_size.unwrap().0, video_size.unwrap().1));
+                return Err(format!(
+                    "videos[{v}][{f}] is {}x{}, frame 0 is {}x{}: frames must share one size",
+                    size.0,
+                    size.1,
+                    video_size.unwrap().0,
+                    video_size.unwrap().1
+                ));
             }
         }
         first_size = first_size.or(video_size);
@@ -125,8 +129,11 @@ pub fn check_sample(s: &Sample, checks: Checks) -> Result<(), String> {
             return Err(format!("ecg has {} values, not a multiple of {} leads", sig.values.len(), sig.leads));
         }
         if let Some(i) = sig.values.iter().position(|v| !v.is_finite()) {
-            return Err(format!("ecg value {i} (lead {}, sample {}) is not finite",
-                i / sig.samples.max(1) as usize, i % sig.samples.max(1) as usize));
+            return Err(format!(
+                "ecg value {i} (lead {}, sample {}) is not finite",
+                i / sig.samples.max(1) as usize,
+                i % sig.samples.max(1) as usize
+            ));
         }
         if !(sig.sampling_rate_hz.is_finite() && sig.sampling_rate_hz > 0.0) {
             return Err(format!("ecg sampling rate {} is not a positive number", sig.sampling_rate_hz));

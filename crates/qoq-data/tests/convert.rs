@@ -73,19 +73,23 @@ fn climb_images_take_domain_and_dataset_from_their_folders() {
     let a = png(&mammo.join("jpegs/s1/a.png"), 32, 24, 10);
     let b = png(&mammo.join("jpegs/s1/b.png"), 16, 16, 20);
     let question = "<image>\nAbove is a mammogram. What is the BI-RADS category? Answer with one of the following:\nBIRAD 1\nBIRAD 2\nBIRAD 3";
-    jsonl(&mammo.join("annotation_train.jsonl"), &[
-        json!({"images": ["jpegs/s1/a.png"], "explanation": "", "age": ["036Y"], "sex": "F",
+    jsonl(
+        &mammo.join("annotation_train.jsonl"),
+        &[
+            json!({"images": ["jpegs/s1/a.png"], "explanation": "", "age": ["036Y"], "sex": "F",
                "conversations": human_gpt(question, " BIRAD 2 \n")}),
-        json!(""),
-        json!({"images": ["jpegs/s1/a.png", "jpegs/s1/b.png"], "id": "cmmd-7",
+            json!(""),
+            json!({"images": ["jpegs/s1/a.png", "jpegs/s1/b.png"], "id": "cmmd-7",
                "conversations": human_gpt("<image>\n<image>\nTwo views. Benign or malignant?", "Malignant")}),
-    ]);
+        ],
+    );
     // The same dataset name in another domain.
     let cxr = tmp.path().join("climb/chest_xray/vindr");
     let c = png(&cxr.join("train/jpegs/x.png"), 8, 8, 30);
-    jsonl(&cxr.join("annotation_test.jsonl"), &[
-        json!({"images": ["train/jpegs/x.png"], "conversations": human_gpt("<image>\nFindings?", "No Finding")}),
-    ]);
+    jsonl(
+        &cxr.join("annotation_test.jsonl"),
+        &[json!({"images": ["train/jpegs/x.png"], "conversations": human_gpt("<image>\nFindings?", "No Finding")})],
+    );
 
     let out = tmp.path().join("out");
     let report = convert_jsonl(&mammo.join("annotation_train.jsonl"), &out, &opts(SourceFormat::Climb)).unwrap();
@@ -140,20 +144,25 @@ fn climb_videos_are_frame_directories() {
     // `X.mp4` with its frames extracted into `X/`: the directory is read.
     std::fs::create_dir_all(ds.join("dataset/case_00002")).unwrap();
     std::fs::write(ds.join("dataset/case_00002/imaging.mp4"), b"\0\0\0\x18ftypmp42").unwrap();
-    let two: Vec<Vec<u8>> = (0..2u8).map(|i| png(&ds.join(format!("dataset/case_00002/imaging/{i}.png")), 6, 6, i)).collect();
+    let two: Vec<Vec<u8>> =
+        (0..2u8).map(|i| png(&ds.join(format!("dataset/case_00002/imaging/{i}.png")), 6, 6, i)).collect();
     std::fs::create_dir_all(ds.join("videos")).unwrap();
     std::fs::write(ds.join("videos/x.mp4"), b"\0\0\0\x18ftypmp42").unwrap();
     std::fs::write(ds.join("videos/vol.nii.gz"), b"\x1f\x8b").unwrap();
     let q = "<video>\nAbove is a CT scan of a patient. Is the tumour benign or malignant? Answer with one of the following:\nBenign\nMalignant";
     let input = ds.join("annotation_valid.jsonl");
-    jsonl(&input, &[
-        json!({"videos": ["dataset/case_00001/imaging"], "conversations": human_gpt(q, "Malignant")}),
-        json!({"video": "dataset/case_00002/imaging.mp4", "interval": [3, 9], "conversations": human_gpt(q, "Benign")}),
-        json!({"videos": ["videos/x.mp4"], "conversations": human_gpt(q, "Benign")}),
-        json!({"videos": ["videos/vol.nii.gz"], "conversations": human_gpt(q, "Benign")}),
-    ]);
+    jsonl(
+        &input,
+        &[
+            json!({"videos": ["dataset/case_00001/imaging"], "conversations": human_gpt(q, "Malignant")}),
+            json!({"video": "dataset/case_00002/imaging.mp4", "interval": [3, 9], "conversations": human_gpt(q, "Benign")}),
+            json!({"videos": ["videos/x.mp4"], "conversations": human_gpt(q, "Benign")}),
+            json!({"videos": ["videos/vol.nii.gz"], "conversations": human_gpt(q, "Benign")}),
+        ],
+    );
     let out = tmp.path().join("out");
-    let report = convert_jsonl(&input, &out, &ConvertOptions { max_bad_fraction: 0.5, ..opts(SourceFormat::Climb) }).unwrap();
+    let report =
+        convert_jsonl(&input, &out, &ConvertOptions { max_bad_fraction: 0.5, ..opts(SourceFormat::Climb) }).unwrap();
     assert_eq!((report.rows_written, report.lines, report.bad_count), (2, 4, 2));
     assert_eq!(report.bad[0].row, 3);
     assert_eq!(report.bad[0].id, "ct/kits23/val/3");
@@ -162,7 +171,11 @@ fn climb_videos_are_frame_directories() {
     let reason = &report.bad[0].reason;
     assert!(reason.starts_with("`videos[0]`") && reason.contains("ffmpeg -i") && reason.contains(&mp4), "{reason}");
     assert_eq!(report.bad[1].row, 4);
-    assert!(report.bad[1].reason.contains("vol.nii.gz") && report.bad[1].reason.contains("slices"), "{}", report.bad[1].reason);
+    assert!(
+        report.bad[1].reason.contains("vol.nii.gz") && report.bad[1].reason.contains("slices"),
+        "{}",
+        report.bad[1].reason
+    );
 
     let samples = read_all(&out);
     assert_eq!(samples.len(), 2);
@@ -201,7 +214,10 @@ fn climb_overrides_when_the_path_names_no_domain() {
     let report = convert_jsonl(&input, &out, &o).unwrap();
     assert_eq!(report.files, vec![out.join("dermoscopy-ham10000-annotation_train-00000.parquet")]);
     let s = &read_all(&out)[0];
-    assert_eq!((s.id.as_str(), s.domain.as_str(), s.dataset.as_str(), s.split.as_str()), ("dermoscopy/ham10000/val/1", "dermoscopy", "ham10000", "val"));
+    assert_eq!(
+        (s.id.as_str(), s.domain.as_str(), s.dataset.as_str(), s.split.as_str()),
+        ("dermoscopy/ham10000/val/1", "dermoscopy", "ham10000", "val")
+    );
     assert_eq!(s.images, vec![img]);
 
     let bad = ConvertOptions { domain: Some("astronomy".into()), ..o };
@@ -217,31 +233,45 @@ fn qoq_med_rows() {
     let x = png(&root.join("chest_xray/vindr/train/x.png"), 20, 20, 50);
     let cxr = png(&root.join("chest_xray/mimic-cxr/files/p1.png"), 8, 8, 1);
     let derm = png(&root.join("derm_imgs/a.png"), 8, 8, 2);
-    let frames: Vec<Vec<u8>> = (0..3u8).map(|i| png(&root.join(format!("ultrasound/covid_us/videos/v1/{i}.png")), 8, 8, i)).collect();
+    let frames: Vec<Vec<u8>> =
+        (0..3u8).map(|i| png(&root.join(format!("ultrasound/covid_us/videos/v1/{i}.png")), 8, 8, i)).collect();
     let ecg: Vec<f32> = (0..10).map(|i| i as f32 * 0.5 - 1.0).collect();
-    npy(&root.join("ecg/ptbxl/HR1.npy"), "<f4", "(2, 5)", &ecg.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<_>>());
+    npy(
+        &root.join("ecg/ptbxl/HR1.npy"),
+        "<f4",
+        "(2, 5)",
+        &ecg.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<_>>(),
+    );
     std::fs::write(root.join("ecg/ptbxl/A1.csv"), "I,II,V1\n1,10,100\n2,20,200\n3,30,300\n4,40,400\n").unwrap();
     std::fs::write(root.join("ecg/ptbxl/G1.pt"), b"PK\x03\x04").unwrap();
-    npy(&root.join("ecg/ptbxl/G1.npy"), "<f8", "(3,)", &[1.5f64, -2.0, 0.25].iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<_>>());
+    npy(
+        &root.join("ecg/ptbxl/G1.npy"),
+        "<f8",
+        "(3,)",
+        &[1.5f64, -2.0, 0.25].iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<_>>(),
+    );
     let input = root.join("geom_valid_mini.jsonl");
     let mq = "<image>\nAbove is a mammogram. Answer with one of the following:\nBIRAD 1\nBIRAD 4";
-    jsonl(&input, &[
-        json!({"problem": mq, "answer": "BIRAD 4", "images": ["mammo/vindr/jpegs/a/b.png"], "videos": [],
+    jsonl(
+        &input,
+        &[
+            json!({"problem": mq, "answer": "BIRAD 4", "images": ["mammo/vindr/jpegs/a/b.png"], "videos": [],
                "data_source": "mammo", "dataset": "vindr", "bbox": [4, 5, 20.5, 25], "segmentation_path": "mammo/vindr/masks/b.png",
                "demo": "age: 45, race: Asian"}),
-        json!({"problem": "<image>\nFindings?", "answer": "Nodule", "images": ["chest_xray/vindr/train/x.png"], "videos": [],
+            json!({"problem": "<image>\nFindings?", "answer": "Nodule", "images": ["chest_xray/vindr/train/x.png"], "videos": [],
                "bbox": [[1, 1, 5, 5], [2, 3, 6, 7]]}),
-        json!({"problem": "<image>\nFindings?", "answer": "No Finding", "images": ["chest_xray/vindr/train/x.png"], "videos": [],
+            json!({"problem": "<image>\nFindings?", "answer": "No Finding", "images": ["chest_xray/vindr/train/x.png"], "videos": [],
                "bbox": [0, 0, 0, 0], "segmentation_path": null}),
-        json!({"problem": "<ECG> Diagnosis?", "answer": "normal", "images": [], "videos": [], "time-series": ["ecg/ptbxl/HR1.npy"], "dataset": "ptbxl"}),
-        json!({"problem": "Rhythm?", "answer": "afib", "images": [], "videos": [], "time-series": ["ecg/ptbxl/A1.csv"], "dataset": "CPSC", "sampling_rate": 500}),
-        json!({"problem": "<image> How long will the patient stay in the hospital? Answer in days.", "answer": "3",
+            json!({"problem": "<ECG> Diagnosis?", "answer": "normal", "images": [], "videos": [], "time-series": ["ecg/ptbxl/HR1.npy"], "dataset": "ptbxl"}),
+            json!({"problem": "Rhythm?", "answer": "afib", "images": [], "videos": [], "time-series": ["ecg/ptbxl/A1.csv"], "dataset": "CPSC", "sampling_rate": 500}),
+            json!({"problem": "<image> How long will the patient stay in the hospital? Answer in days.", "answer": "3",
                "images": ["chest_xray/mimic-cxr/files/p1.png"], "videos": [], "data_source": "multimodal"}),
-        json!({"problem": "Rhythm?", "answer": "sttc", "images": [], "videos": [], "time-series": ["ecg/ptbxl/G1.pt"], "dataset": "Ga"}),
-        json!({"problem": "<image>\nBenign or malignant?", "answer": "Benign", "images": ["derm_imgs/a.png"], "videos": [],
+            json!({"problem": "Rhythm?", "answer": "sttc", "images": [], "videos": [], "time-series": ["ecg/ptbxl/G1.pt"], "dataset": "Ga"}),
+            json!({"problem": "<image>\nBenign or malignant?", "answer": "Benign", "images": ["derm_imgs/a.png"], "videos": [],
                "data_source": "derm", "dataset": "isic2020"}),
-        json!({"problem": "<video>\nCOVID?", "answer": "covid", "images": [], "videos": ["ultrasound/covid_us/videos/v1"], "id": 77}),
-    ]);
+            json!({"problem": "<video>\nCOVID?", "answer": "covid", "images": [], "videos": ["ultrasound/covid_us/videos/v1"], "id": 77}),
+        ],
+    );
     let out = tmp.path().join("out");
     let report = convert_jsonl(&input, &out, &opts(SourceFormat::QoqMed)).unwrap();
     assert_eq!((report.rows_written, report.bad_count), (9, 0), "{:?}", report.bad);
@@ -269,7 +299,12 @@ fn qoq_med_rows() {
     assert_eq!(s[3].ecg, Some(Signal { leads: 2, samples: 5, sampling_rate_hz: 250.0, values: ecg }));
     assert_eq!(
         s[4].ecg,
-        Some(Signal { leads: 3, samples: 4, sampling_rate_hz: 500.0, values: vec![1., 2., 3., 4., 10., 20., 30., 40., 100., 200., 300., 400.] })
+        Some(Signal {
+            leads: 3,
+            samples: 4,
+            sampling_rate_hz: 500.0,
+            values: vec![1., 2., 3., 4., 10., 20., 30., 40., 100., 200., 300., 400.]
+        })
     );
     assert_eq!(s[4].dataset, "CPSC");
     assert_eq!(extra(&s[4]), json!({}));
@@ -282,7 +317,10 @@ fn qoq_med_rows() {
     assert_eq!((s[6].domain.as_str(), s[6].dataset.as_str()), ("ecg", "Ga"));
     assert_eq!((s[7].domain.as_str(), s[7].dataset.as_str()), ("dermoscopy", "isic2020"));
     assert_eq!(s[7].images, vec![derm]);
-    assert_eq!((s[8].id.as_str(), s[8].domain.as_str(), s[8].dataset.as_str(), s[8].modality.as_str()), ("77", "ultrasound", "covid_us", "video"));
+    assert_eq!(
+        (s[8].id.as_str(), s[8].domain.as_str(), s[8].dataset.as_str(), s[8].modality.as_str()),
+        ("77", "ultrasound", "covid_us", "video")
+    );
     assert_eq!(s[8].videos, vec![frames]);
 }
 
@@ -291,31 +329,46 @@ fn mimic_rows() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("multimodal/mimiciv");
     let img = png(&dir.join("files/p10/s1/a.png"), 16, 12, 9);
-    npy(&dir.join("resampled/1.npy"), "<f4", "(1, 2)", &[1f32, 2.].iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<_>>());
+    npy(
+        &dir.join("resampled/1.npy"),
+        "<f4",
+        "(1, 2)",
+        &[1f32, 2.].iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<_>>(),
+    );
     std::fs::write(dir.join("resampled/2.mat"), b"MATLAB 5.0").unwrap();
     let q = "<image> Patient is a 67-year-old F admitted with fever. Which is the most likely primary diagnosis?\nA. Sepsis\nB. Acute kidney failureInclude the answer in \\boxed{} with a single letter";
     let input = dir.join("qa_train.jsonl");
-    jsonl(&input, &[
-        json!({"question": q, "problem": q, "choices": ["A. Sepsis", "B. Acute kidney failure"], "correct_choice": "B", "answer": "B",
+    jsonl(
+        &input,
+        &[
+            json!({"question": q, "problem": q, "choices": ["A. Sepsis", "B. Acute kidney failure"], "correct_choice": "B", "answer": "B",
                "images": ["files/p10/s1/a.png"], "time-series": [], "data_source": "mimic_qa", "dataset": "qa_type_3", "insurance_type": "Medicare"}),
-        json!({"problem": "How many diagnoses were coded?", "answer": 3, "choices": [""], "images": [], "dataset": "qa_type_5"}),
-        json!({"question": "Which rhythm?", "correct_choice": "C", "choices": ["A", "B", "C"], "dataset": "qa_type_6",
+            json!({"problem": "How many diagnoses were coded?", "answer": 3, "choices": [""], "images": [], "dataset": "qa_type_5"}),
+            json!({"question": "Which rhythm?", "correct_choice": "C", "choices": ["A", "B", "C"], "dataset": "qa_type_6",
                "time-series": ["resampled/1.npy", "resampled/9.npy"], "sampling_rate": 500.0}),
-        json!({"question": "q", "answer": true, "dataset": "qa_type_3"}),
-        json!({"question": "q", "answer": "A", "time-series": ["resampled/2.mat"], "dataset": "qa_type_3"}),
-    ]);
+            json!({"question": "q", "answer": true, "dataset": "qa_type_3"}),
+            json!({"question": "q", "answer": "A", "time-series": ["resampled/2.mat"], "dataset": "qa_type_3"}),
+        ],
+    );
     let out = tmp.path().join("out");
-    let report = convert_jsonl(&input, &out, &ConvertOptions { max_bad_fraction: 0.5, ..opts(SourceFormat::Mimic) }).unwrap();
+    let report =
+        convert_jsonl(&input, &out, &ConvertOptions { max_bad_fraction: 0.5, ..opts(SourceFormat::Mimic) }).unwrap();
     assert_eq!((report.rows_written, report.lines, report.bad_count), (3, 5, 2));
     assert_eq!((report.bad[0].row, report.bad[0].id.as_str()), (4, "qa_train/4"));
     assert_eq!(report.bad[0].reason, "`answer` must be a string, found a boolean");
     let mat = &report.bad[1].reason;
     assert_eq!(report.bad[1].row, 5);
-    assert!(mat.contains("2.mat") && mat.contains(".npy") && mat.contains("python -c") && mat.contains("scipy.io.loadmat"), "{mat}");
+    assert!(
+        mat.contains("2.mat") && mat.contains(".npy") && mat.contains("python -c") && mat.contains("scipy.io.loadmat"),
+        "{mat}"
+    );
 
     let s = read_all(&out);
     assert_eq!(s[0].id, "qa_train/1");
-    assert_eq!((s[0].domain.as_str(), s[0].dataset.as_str(), s[0].modality.as_str(), s[0].split.as_str()), ("ehr", "qa_type_3", "ehr", "train"));
+    assert_eq!(
+        (s[0].domain.as_str(), s[0].dataset.as_str(), s[0].modality.as_str(), s[0].split.as_str()),
+        ("ehr", "qa_type_3", "ehr", "train")
+    );
     assert_eq!(s[0].problem, &q["<image> ".len()..]);
     assert_eq!(s[0].answer, "B");
     assert_eq!(s[0].choices, ["A. Sepsis", "B. Acute kidney failure"]);
@@ -323,7 +376,10 @@ fn mimic_rows() {
     assert!(s[0].ecg.is_none());
     assert_eq!(extra(&s[0]), json!({"correct_choice": "B", "insurance_type": "Medicare"}));
 
-    assert_eq!((s[1].problem.as_str(), s[1].answer.as_str(), s[1].dataset.as_str()), ("How many diagnoses were coded?", "3", "qa_type_5"));
+    assert_eq!(
+        (s[1].problem.as_str(), s[1].answer.as_str(), s[1].dataset.as_str()),
+        ("How many diagnoses were coded?", "3", "qa_type_5")
+    );
     assert!(s[1].choices.is_empty());
     assert_eq!(extra(&s[1]), json!({}));
 
@@ -342,23 +398,26 @@ fn bad_rows_are_reported_with_line_numbers_and_reasons() {
     std::fs::write(root.join("mammo/vindr/tiny.gif"), b"GIF89a\x01\x00\x01\x00\x00\x00\x00;").unwrap();
     let good = json!({"problem": "<image>\nq", "answer": "a", "images": ["mammo/vindr/a.png"]});
     let input = root.join("geom_train.jsonl");
-    jsonl(&input, &[
-        good.clone(),                                                                                 // 1
-        json!("   "),                                                                                 // 2: blank
-        json!(r#"{"problem": "q", "answer": "#),                                                      // 3
-        json!({"problem": "q", "answer": "a", "images": ["mammo/vindr/missing.png"]}),               // 4
-        json!({"problem": "q", "answer": 5, "images": ["mammo/vindr/a.png"]}),                        // 5
-        json!({"problem": "q", "answer": "a", "images": "mammo/vindr/a.png"}),                        // 6
-        json!({"problem": "q", "answer": "  ", "images": ["mammo/vindr/a.png"]}),                     // 7
-        json!({"problem": "q", "answer": "a", "images": ["mammo/vindr/a.png"], "bbox": [0, 0, 41, 10]}), // 8
-        json!({"answer": "a", "images": ["mammo/vindr/a.png"]}),                                      // 9
-        json!("[1, 2]"),                                                                              // 10
-        json!({"problem": "q", "answer": "a", "images": ["mammo/vindr/notes.png"]}),                  // 11
-        json!({"problem": "q", "answer": "a", "images": ["mammo/vindr/tiny.gif"]}),                   // 12
-        json!({"problem": "q", "answer": "a", "images": ["mammo/vindr/a.png", 3]}),                   // 13
-        json!({"problem": "q", "answer": "a", "images": [], "time-series": ["ecg/x.npy"], "dataset": "ptbxl"}), // 14
-        good,                                                                                         // 15
-    ]);
+    jsonl(
+        &input,
+        &[
+            good.clone(),                                                                                           // 1
+            json!("   "),                                                                  // 2: blank
+            json!(r#"{"problem": "q", "answer": "#),                                       // 3
+            json!({"problem": "q", "answer": "a", "images": ["mammo/vindr/missing.png"]}), // 4
+            json!({"problem": "q", "answer": 5, "images": ["mammo/vindr/a.png"]}),         // 5
+            json!({"problem": "q", "answer": "a", "images": "mammo/vindr/a.png"}),         // 6
+            json!({"problem": "q", "answer": "  ", "images": ["mammo/vindr/a.png"]}),      // 7
+            json!({"problem": "q", "answer": "a", "images": ["mammo/vindr/a.png"], "bbox": [0, 0, 41, 10]}), // 8
+            json!({"answer": "a", "images": ["mammo/vindr/a.png"]}),                       // 9
+            json!("[1, 2]"),                                                               // 10
+            json!({"problem": "q", "answer": "a", "images": ["mammo/vindr/notes.png"]}),   // 11
+            json!({"problem": "q", "answer": "a", "images": ["mammo/vindr/tiny.gif"]}),    // 12
+            json!({"problem": "q", "answer": "a", "images": ["mammo/vindr/a.png", 3]}),    // 13
+            json!({"problem": "q", "answer": "a", "images": [], "time-series": ["ecg/x.npy"], "dataset": "ptbxl"}), // 14
+            good, // 15
+        ],
+    );
     let out = root.join("out");
     let report: ConvertReport =
         convert_jsonl(&input, &out, &ConvertOptions { max_bad_fraction: 1.0, ..opts(SourceFormat::QoqMed) }).unwrap();
@@ -388,23 +447,30 @@ fn bad_rows_are_reported_with_line_numbers_and_reasons() {
     // Climb conversation errors.
     let ds = root.join("derm/isic2020");
     let climb = ds.join("annotation_train.jsonl");
-    jsonl(&climb, &[
-        json!({"conversations": [{"from": "human", "value": "q"}]}),
-        json!({"conversations": "q"}),
-        json!({"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": 1}]}),
-        json!({"images": []}),
-        json!({"conversations": human_gpt("<image>\n", "a")}),
-        json!({"conversations": human_gpt("q", "a")}),
-    ]);
-    let report = convert_jsonl(&climb, &out, &ConvertOptions { max_bad_fraction: 1.0, ..opts(SourceFormat::Climb) }).unwrap();
+    jsonl(
+        &climb,
+        &[
+            json!({"conversations": [{"from": "human", "value": "q"}]}),
+            json!({"conversations": "q"}),
+            json!({"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": 1}]}),
+            json!({"images": []}),
+            json!({"conversations": human_gpt("<image>\n", "a")}),
+            json!({"conversations": human_gpt("q", "a")}),
+        ],
+    );
+    let report =
+        convert_jsonl(&climb, &out, &ConvertOptions { max_bad_fraction: 1.0, ..opts(SourceFormat::Climb) }).unwrap();
     let reasons: Vec<&str> = report.bad.iter().map(|b| b.reason.as_str()).collect();
-    assert_eq!(reasons, [
-        "`conversations` has no `gpt` turn (the answer)",
-        "`conversations` must be a list of turns, found a string",
-        "`conversations[1].value` must be a string, found a number",
-        "missing key `conversations`",
-        "empty question (the `human` turn of `conversations`)",
-    ]);
+    assert_eq!(
+        reasons,
+        [
+            "`conversations` has no `gpt` turn (the answer)",
+            "`conversations` must be a list of turns, found a string",
+            "`conversations[1].value` must be a string, found a number",
+            "missing key `conversations`",
+            "empty question (the `human` turn of `conversations`)",
+        ]
+    );
     assert_eq!(report.bad[0].id, "dermoscopy/isic2020/train/1");
     assert_eq!(report.rows_written, 1);
 }
@@ -504,5 +570,8 @@ fn options_are_checked() {
     let err = "jsonl".parse::<SourceFormat>().unwrap_err().to_string();
     assert!(err.contains("climb, qoq-med, mimic"), "{err}");
     let d = ConvertOptions::default();
-    assert_eq!((d.format, d.frames_per_video, d.max_bad_fraction, d.split.as_deref()), (SourceFormat::Climb, 4, 0.01, None));
+    assert_eq!(
+        (d.format, d.frames_per_video, d.max_bad_fraction, d.split.as_deref()),
+        (SourceFormat::Climb, 4, 0.01, None)
+    );
 }

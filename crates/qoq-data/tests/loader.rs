@@ -93,9 +93,8 @@ fn ecg_and_masks_round_trip() {
 fn shuffled_epochs_are_permutations_deterministic_per_seed() {
     let dir = tempfile::tempdir().unwrap();
     write_set(dir.path(), 60);
-    let run = |seed| {
-        ids(Loader::open(dir.path(), LoaderConfig { shuffle: true, seed, epochs: Some(2), ..cfg() }).unwrap())
-    };
+    let run =
+        |seed| ids(Loader::open(dir.path(), LoaderConfig { shuffle: true, seed, epochs: Some(2), ..cfg() }).unwrap());
     let a = run(1);
     assert_eq!(a.len(), 120);
     let (e0, e1) = a.split_at(60);
@@ -192,14 +191,18 @@ fn pandas_written_shards_are_read() {
     assert_eq!(got[0].boxes, vec![LabeledBox { bbox: [1.0, 2.0, 30.0, 40.0], label: "nodule".into() }]);
     assert_eq!(got[0].dataset, "chest_xray", "dataset defaults to the domain");
     assert_eq!(got[0].modality, "image");
-    assert_eq!(got[1].ecg, Some(Signal { leads: 2, samples: 3, sampling_rate_hz: 250.0, values: vec![0.5, -0.25, 1.0, 2.0, 0.0, 0.125] }));
+    assert_eq!(
+        got[1].ecg,
+        Some(Signal { leads: 2, samples: 3, sampling_rate_hz: 250.0, values: vec![0.5, -0.25, 1.0, 2.0, 0.0, 0.125] })
+    );
     assert_eq!(got[1].modality, "ecg");
 }
 
 // ---- bad input -------------------------------------------------------------------------
 
 fn write_batch(path: &Path, columns: Vec<(&str, ArrayRef)>) {
-    let schema = Schema::new(columns.iter().map(|(n, a)| Field::new(*n, a.data_type().clone(), true)).collect::<Vec<_>>());
+    let schema =
+        Schema::new(columns.iter().map(|(n, a)| Field::new(*n, a.data_type().clone(), true)).collect::<Vec<_>>());
     let batch = RecordBatch::try_new(Arc::new(schema), columns.into_iter().map(|(_, a)| a).collect()).unwrap();
     let mut w = ArrowWriter::try_new(std::fs::File::create(path).unwrap(), batch.schema(), None).unwrap();
     w.write(&batch).unwrap();
@@ -255,11 +258,10 @@ fn truncated_or_corrupt_parquet_names_the_file() {
 #[test]
 fn missing_required_column_names_file_and_column() {
     let dir = tempfile::tempdir().unwrap();
-    write_batch(&dir.path().join("x.parquet"), vec![
-        ("id", strings(&["a"])),
-        ("domain", strings(&["ct"])),
-        ("problem", strings(&["q"])),
-    ]);
+    write_batch(
+        &dir.path().join("x.parquet"),
+        vec![("id", strings(&["a"])), ("domain", strings(&["ct"])), ("problem", strings(&["q"]))],
+    );
     let err = Loader::open(dir.path(), cfg()).err().unwrap();
     let msg = err.to_string();
     assert!(matches!(err, DataError::MissingColumn { .. }), "{msg}");
@@ -269,12 +271,15 @@ fn missing_required_column_names_file_and_column() {
 #[test]
 fn mistyped_column_names_file_column_and_types() {
     let dir = tempfile::tempdir().unwrap();
-    write_batch(&dir.path().join("y.parquet"), vec![
-        ("id", strings(&["a"])),
-        ("domain", strings(&["ct"])),
-        ("problem", strings(&["q"])),
-        ("answer", Arc::new(Int64Array::from(vec![3]))),
-    ]);
+    write_batch(
+        &dir.path().join("y.parquet"),
+        vec![
+            ("id", strings(&["a"])),
+            ("domain", strings(&["ct"])),
+            ("problem", strings(&["q"])),
+            ("answer", Arc::new(Int64Array::from(vec![3]))),
+        ],
+    );
     let err = Loader::open(dir.path(), cfg()).err().unwrap();
     let msg = err.to_string();
     assert!(matches!(err, DataError::ColumnType { .. }), "{msg}");
@@ -387,7 +392,8 @@ fn a_cursor_saved_under_other_settings_is_refused() {
     let mut b = Loader::open(dir.path(), LoaderConfig { shuffle: true, seed: 2, ..cfg() }).unwrap();
     let err = b.seek(saved).unwrap_err();
     assert!(err.to_string().contains("other shards, seed"), "{err}");
-    let mut c = Loader::open(dir.path(), LoaderConfig { shuffle: true, seed: 1, rank: 0, world_size: 2, ..cfg() }).unwrap();
+    let mut c =
+        Loader::open(dir.path(), LoaderConfig { shuffle: true, seed: 1, rank: 0, world_size: 2, ..cfg() }).unwrap();
     assert!(c.seek(saved).is_err(), "another world size is other settings too");
 }
 

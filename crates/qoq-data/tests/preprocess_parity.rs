@@ -16,7 +16,11 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> (f32, usize) {
     assert_eq!(a.len(), b.len(), "length");
     a.iter().zip(b).enumerate().fold((0f32, 0), |(m, at), (i, (x, y))| {
         let d = (x - y).abs();
-        if d > m { (d, i) } else { (m, at) }
+        if d > m {
+            (d, i)
+        } else {
+            (m, at)
+        }
     })
 }
 
@@ -50,7 +54,10 @@ fn pixel_values_match_transformers() {
         assert!(
             max_diff <= 1e-6,
             "{name} [{}, {}]: max |diff| {max_diff} at value {worst} (row {}, col {})",
-            case["min_pixels"], case["max_pixels"], worst / 1536, worst % 1536
+            case["min_pixels"],
+            case["max_pixels"],
+            worst / 1536,
+            worst % 1536
         );
     }
 }
@@ -67,7 +74,9 @@ fn video_pixel_values_match_transformers() {
         let name = case["video"].as_str().unwrap();
         let n = case["frames"].as_u64().unwrap() as usize;
         let frames: Vec<_> = (0..n)
-            .map(|i| decode_rgb(&std::fs::read(dir.join("videos").join(name).join(format!("{i:05}.png"))).unwrap()).unwrap())
+            .map(|i| {
+                decode_rgb(&std::fs::read(dir.join("videos").join(name).join(format!("{i:05}.png"))).unwrap()).unwrap()
+            })
             .collect();
         let refs: Vec<_> = frames.iter().collect();
         let out = proc.preprocess_video(&refs).unwrap();
@@ -85,7 +94,8 @@ fn video_pixel_values_match_transformers() {
 #[test]
 fn qwen2_5_vl_pixel_values_match_transformers() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/qwen2_5_vl/processor");
-    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
     let cases = meta["cases"].as_array().unwrap();
     assert!(cases.len() >= 4);
     let images = fixtures().join("images");
@@ -113,7 +123,8 @@ fn qwen2_5_vl_pixel_values_match_transformers() {
 /// A checkpoint's preprocessor_config.json over the family's defaults.
 #[test]
 fn qwen2_5_vl_config_reads_over_its_defaults() {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/qwen2_5_vl/tiny-untied/preprocessor_config.json");
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/qwen2_5_vl/tiny-untied/preprocessor_config.json");
     let c = ImageProcessorConfig::from_json_file_over(&path, ImageProcessorConfig::qwen2_5_vl()).unwrap();
     assert_eq!((c.patch_size, c.merge_size, c.min_pixels, c.max_pixels), (14, 2, 3136, 50176));
     assert_eq!(c.image_mean, ImageProcessorConfig::qwen2_5_vl().image_mean);

@@ -20,7 +20,8 @@ fn arg(name: &str, default: &str) -> String {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let nproc: usize = arg("--nproc", "2").parse()?;
-    let sizes_mb: Vec<usize> = arg("--sizes-mb", "1,4,16,64,256").split(',').map(|s| s.parse()).collect::<Result<_, _>>()?;
+    let sizes_mb: Vec<usize> =
+        arg("--sizes-mb", "1,4,16,64,256").split(',').map(|s| s.parse()).collect::<Result<_, _>>()?;
     let iters: usize = arg("--iters", "10").parse()?;
     let warmup: usize = arg("--warmup", "2").parse()?;
     if std::env::var_os("WORLD_SIZE").is_none() && nproc > 1 {

@@ -20,14 +20,48 @@ extern "C" {
     pub fn qoq_dist_free(group: *mut c_void);
     pub fn qoq_dist_free_string(s: *mut c_char);
     pub fn qoq_dist_all_reduce(group: *mut c_void, t: *mut c_void, op: c_int, err: *mut *mut c_char) -> c_int;
-    pub fn qoq_dist_all_gather(group: *mut c_void, output: *mut c_void, input: *mut c_void, err: *mut *mut c_char) -> c_int;
-    pub fn qoq_dist_reduce_scatter(group: *mut c_void, output: *mut c_void, input: *mut c_void, op: c_int, err: *mut *mut c_char) -> c_int;
-    pub fn qoq_dist_gather(group: *mut c_void, output: *mut c_void, input: *mut c_void, root: c_int, err: *mut *mut c_char) -> c_int;
+    pub fn qoq_dist_all_gather(
+        group: *mut c_void,
+        output: *mut c_void,
+        input: *mut c_void,
+        err: *mut *mut c_char,
+    ) -> c_int;
+    pub fn qoq_dist_reduce_scatter(
+        group: *mut c_void,
+        output: *mut c_void,
+        input: *mut c_void,
+        op: c_int,
+        err: *mut *mut c_char,
+    ) -> c_int;
+    pub fn qoq_dist_gather(
+        group: *mut c_void,
+        output: *mut c_void,
+        input: *mut c_void,
+        root: c_int,
+        err: *mut *mut c_char,
+    ) -> c_int;
     pub fn qoq_dist_broadcast(group: *mut c_void, t: *mut c_void, root: c_int, err: *mut *mut c_char) -> c_int;
     pub fn qoq_dist_barrier(group: *mut c_void, err: *mut *mut c_char) -> c_int;
-    pub fn qoq_dist_store_set(group: *mut c_void, key: *const c_char, value: *const u8, len: usize, err: *mut *mut c_char) -> c_int;
-    pub fn qoq_dist_store_check(group: *mut c_void, key: *const c_char, present: *mut c_int, err: *mut *mut c_char) -> c_int;
-    pub fn qoq_dist_store_get(group: *mut c_void, key: *const c_char, value: *mut *mut u8, len: *mut usize, err: *mut *mut c_char) -> c_int;
+    pub fn qoq_dist_store_set(
+        group: *mut c_void,
+        key: *const c_char,
+        value: *const u8,
+        len: usize,
+        err: *mut *mut c_char,
+    ) -> c_int;
+    pub fn qoq_dist_store_check(
+        group: *mut c_void,
+        key: *const c_char,
+        present: *mut c_int,
+        err: *mut *mut c_char,
+    ) -> c_int;
+    pub fn qoq_dist_store_get(
+        group: *mut c_void,
+        key: *const c_char,
+        value: *mut *mut u8,
+        len: *mut usize,
+        err: *mut *mut c_char,
+    ) -> c_int;
 }
 
 pub fn tensor_ptr(t: &Tensor) -> *mut c_void {

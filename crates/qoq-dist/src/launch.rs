@@ -29,7 +29,13 @@ impl JobOutcome {
 /// torchrun would give: RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR,
 /// MASTER_PORT, plus `env`). When a rank fails, the others get `grace` to notice through
 /// their collectives and exit on their own; any still running after that are killed.
-pub fn run_local(nproc: usize, program: &Path, args: &[OsString], env: &[(String, String)], grace: Duration) -> std::io::Result<JobOutcome> {
+pub fn run_local(
+    nproc: usize,
+    program: &Path,
+    args: &[OsString],
+    env: &[(String, String)],
+    grace: Duration,
+) -> std::io::Result<JobOutcome> {
     let port = free_port()?;
     let mut children: Vec<Option<Child>> = Vec::with_capacity(nproc);
     for rank in 0..nproc {
@@ -66,7 +72,10 @@ pub fn run_local(nproc: usize, program: &Path, args: &[OsString], env: &[(String
                     if !status.success() && first_failure.is_none() {
                         first_failure = Some(rank);
                         failed_at = Some(Instant::now());
-                        eprintln!("launch: rank {rank} ended with {status}; waiting up to {} s for the other ranks", grace.as_secs());
+                        eprintln!(
+                            "launch: rank {rank} ended with {status}; waiting up to {} s for the other ranks",
+                            grace.as_secs()
+                        );
                     }
                     *slot = None;
                 }
@@ -79,7 +88,11 @@ pub fn run_local(nproc: usize, program: &Path, args: &[OsString], env: &[(String
         if failed_at.is_some_and(|t| t.elapsed() > grace) {
             for (rank, slot) in children.iter_mut().enumerate() {
                 if let Some(child) = slot {
-                    eprintln!("launch: rank {rank} still running {} s after rank {} failed; killing it", grace.as_secs(), first_failure.unwrap_or(0));
+                    eprintln!(
+                        "launch: rank {rank} still running {} s after rank {} failed; killing it",
+                        grace.as_secs(),
+                        first_failure.unwrap_or(0)
+                    );
                     let _ = child.kill();
                     let _ = child.wait();
                     *slot = None;

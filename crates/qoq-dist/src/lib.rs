@@ -62,7 +62,11 @@ pub enum Backend {
 impl Backend {
     /// The backend for tensors on `device`.
     pub fn for_device(device: Device) -> Self {
-        if device.is_cuda() { Backend::Nccl } else { Backend::Gloo }
+        if device.is_cuda() {
+            Backend::Nccl
+        } else {
+            Backend::Gloo
+        }
     }
 }
 
@@ -93,7 +97,15 @@ const CENSUS_WAIT: Duration = Duration::from_secs(5);
 impl ProcessGroup {
     /// A group of one: every collective is the identity.
     pub fn single() -> Self {
-        Self { raw: std::ptr::null_mut(), rank: 0, world_size: 1, local_rank: 0, backend: Backend::Gloo, timeout: Duration::MAX, addr: "local".into() }
+        Self {
+            raw: std::ptr::null_mut(),
+            rank: 0,
+            world_size: 1,
+            local_rank: 0,
+            backend: Backend::Gloo,
+            timeout: Duration::MAX,
+            addr: "local".into(),
+        }
     }
 
     /// Joins the group the torchrun environment describes, or [`Self::single`] when there
@@ -197,7 +209,9 @@ impl ProcessGroup {
         // The flat form c10d's `_allgather_base` takes: world_size equal parts.
         let flat_in = input.view([-1]);
         let output = Tensor::empty([self.world_size as i64 * input.numel() as i64], (input.kind(), input.device()));
-        self.call("all_gather", |err| unsafe { ffi::qoq_dist_all_gather(self.raw, ffi::tensor_ptr(&output), ffi::tensor_ptr(&flat_in), err) })?;
+        self.call("all_gather", |err| unsafe {
+            ffi::qoq_dist_all_gather(self.raw, ffi::tensor_ptr(&output), ffi::tensor_ptr(&flat_in), err)
+        })?;
         Ok(output.view(shape.as_slice()))
     }
 
@@ -206,7 +220,10 @@ impl ProcessGroup {
     pub fn reduce_scatter(&self, input: &Tensor, op: ReduceOp) -> Result<Tensor, DistError> {
         let n = input.numel();
         if !n.is_multiple_of(self.world_size) || input.dim() != 1 {
-            return Err(self.usage("reduce_scatter", format!("needs a 1-D tensor whose length divides by {}, got shape {:?}", self.world_size, input.size())));
+            return Err(self.usage(
+                "reduce_scatter",
+                format!("needs a 1-D tensor whose length divides by {}, got shape {:?}", self.world_size, input.size()),
+            ));
         }
         if self.world_size == 1 {
             return Ok(input.detach().copy());
@@ -230,9 +247,12 @@ impl ProcessGroup {
         }
         self.check_tensor("gather", input)?;
         let flat_in = input.view([-1]);
-        let output = (self.rank == root).then(|| Tensor::empty([self.world_size as i64 * input.numel() as i64], (input.kind(), input.device())));
+        let output = (self.rank == root)
+            .then(|| Tensor::empty([self.world_size as i64 * input.numel() as i64], (input.kind(), input.device())));
         let out_ptr = output.as_ref().map_or(std::ptr::null_mut(), ffi::tensor_ptr);
-        self.call("gather", |err| unsafe { ffi::qoq_dist_gather(self.raw, out_ptr, ffi::tensor_ptr(&flat_in), root as c_int, err) })?;
+        self.call("gather", |err| unsafe {
+            ffi::qoq_dist_gather(self.raw, out_ptr, ffi::tensor_ptr(&flat_in), root as c_int, err)
+        })?;
         Ok(output.map(|o| o.view(shape.as_slice())))
     }
 
@@ -242,7 +262,9 @@ impl ProcessGroup {
             return Ok(());
         }
         self.check_tensor("broadcast", t)?;
-        self.call("broadcast", |err| unsafe { ffi::qoq_dist_broadcast(self.raw, ffi::tensor_ptr(t), root as c_int, err) })
+        self.call("broadcast", |err| unsafe {
+            ffi::qoq_dist_broadcast(self.raw, ffi::tensor_ptr(t), root as c_int, err)
+        })
     }
 
     /// Returns when every rank has called it.
@@ -297,7 +319,8 @@ impl ProcessGroup {
         }
         let want = self.collective_device();
         if t.device() != want {
-            return Err(self.usage(op, format!("the {:?} backend needs tensors on {want:?}, got {:?}", self.backend, t.device())));
+            return Err(self
+                .usage(op, format!("the {:?} backend needs tensors on {want:?}, got {:?}", self.backend, t.device())));
         }
         if t.kind() == Kind::Bool {
             return Err(self.usage(op, "bool tensors are not reducible; use uint8".into()));
@@ -334,9 +357,17 @@ impl ProcessGroup {
         }
         let Some((mut parts, silent)) = last else { return gone };
         if !silent.is_empty() {
-            parts.push(format!("no word from rank {} within {} s (exited, killed or hung)", silent.join(", rank "), started.elapsed().as_secs()));
+            parts.push(format!(
+                "no word from rank {} within {} s (exited, killed or hung)",
+                silent.join(", rank "),
+                started.elapsed().as_secs()
+            ));
         }
-        if parts.is_empty() { String::new() } else { format!(". {}", parts.join("; ")) }
+        if parts.is_empty() {
+            String::new()
+        } else {
+            format!(". {}", parts.join("; "))
+        }
     }
 
     /// (failure reports of other ranks, ranks that have said nothing).

@@ -29,12 +29,16 @@ impl Rendezvous {
     pub fn from_lookup(var: impl Fn(&str) -> Option<String>) -> Result<Option<Self>, DistError> {
         let Some(world) = var("WORLD_SIZE") else {
             if var("RANK").is_some() {
-                return Err(DistError::Environment("RANK is set but WORLD_SIZE is not: set both (torchrun does)".into()));
+                return Err(DistError::Environment(
+                    "RANK is set but WORLD_SIZE is not: set both (torchrun does)".into(),
+                ));
             }
             return Ok(None);
         };
         let number = |key: &str, text: &str| -> Result<usize, DistError> {
-            text.trim().parse::<usize>().map_err(|_| DistError::Environment(format!("{key}={text:?} is not a non-negative integer")))
+            text.trim()
+                .parse::<usize>()
+                .map_err(|_| DistError::Environment(format!("{key}={text:?} is not a non-negative integer")))
         };
         let world_size = number("WORLD_SIZE", &world)?;
         if world_size == 0 {
@@ -64,7 +68,8 @@ impl Rendezvous {
         let master_port = if world_size == 1 {
             0
         } else {
-            port.parse::<u16>().map_err(|_| DistError::Environment(format!("MASTER_PORT={port:?} is not a port number")))?
+            port.parse::<u16>()
+                .map_err(|_| DistError::Environment(format!("MASTER_PORT={port:?} is not a port number")))?
         };
         let agent_store = var("TORCHELASTIC_USE_AGENT_STORE").is_some_and(|v| v.eq_ignore_ascii_case("true"));
         let attempt = match var("TORCHELASTIC_RESTART_COUNT") {
@@ -98,7 +103,10 @@ mod tests {
         ])
         .unwrap()
         .unwrap();
-        assert_eq!((r.rank, r.world_size, r.local_rank, r.master_port, r.agent_store, r.attempt), (3, 8, 1, 29500, true, 2));
+        assert_eq!(
+            (r.rank, r.world_size, r.local_rank, r.master_port, r.agent_store, r.attempt),
+            (3, 8, 1, 29500, true, 2)
+        );
         assert_eq!(r.master_addr, "node0");
     }
 
@@ -109,8 +117,11 @@ mod tests {
         let e = |vars: &[(&str, &str)]| parse(vars).unwrap_err().to_string();
         assert!(e(&[("RANK", "0")]).contains("WORLD_SIZE is not"));
         assert!(e(&[("WORLD_SIZE", "2"), ("RANK", "0"), ("MASTER_PORT", "1")]).contains("MASTER_ADDR"));
-        assert!(e(&[("WORLD_SIZE", "2"), ("RANK", "2"), ("MASTER_ADDR", "h"), ("MASTER_PORT", "1")]).contains("not below"));
+        assert!(
+            e(&[("WORLD_SIZE", "2"), ("RANK", "2"), ("MASTER_ADDR", "h"), ("MASTER_PORT", "1")]).contains("not below")
+        );
         assert!(e(&[("WORLD_SIZE", "two")]).contains("WORLD_SIZE=\"two\""));
-        assert!(e(&[("WORLD_SIZE", "2"), ("RANK", "1"), ("MASTER_ADDR", "h"), ("MASTER_PORT", "99999")]).contains("MASTER_PORT"));
+        assert!(e(&[("WORLD_SIZE", "2"), ("RANK", "1"), ("MASTER_ADDR", "h"), ("MASTER_PORT", "99999")])
+            .contains("MASTER_PORT"));
     }
 }

@@ -14,7 +14,8 @@ use tch::{Kind, Tensor};
 fn run(scenario: &str, nproc: usize, timeout_s: u64) -> (JobOutcome, PathBuf, Duration, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let exe = std::env::current_exe().unwrap();
-    let args: Vec<OsString> = ["worker", "--exact", "--nocapture", "--test-threads", "1"].iter().map(OsString::from).collect();
+    let args: Vec<OsString> =
+        ["worker", "--exact", "--nocapture", "--test-threads", "1"].iter().map(OsString::from).collect();
     let env = vec![
         ("QOQ_DIST_SCENARIO".to_string(), scenario.to_string()),
         ("QOQ_DIST_OUT".to_string(), dir.path().display().to_string()),
@@ -141,7 +142,10 @@ fn a_failed_rank_is_named_by_the_others() {
     for r in [0, 1] {
         assert_eq!(outcome.codes[r], Some(1), "rank {r} should exit with the error");
         let m = message(&dir, r);
-        assert!(m.contains("all_reduce failed") && m.contains("rank 2 failed: shard 7 of the data is unreadable"), "rank {r}: {m}");
+        assert!(
+            m.contains("all_reduce failed") && m.contains("rank 2 failed: shard 7 of the data is unreadable"),
+            "rank {r}: {m}"
+        );
     }
     assert!(took < Duration::from_secs(30), "took {took:?}");
 }

@@ -64,7 +64,11 @@ fn main() -> anyhow::Result<()> {
     let b = args.batch;
     let ids = t["input_ids"].narrow(0, 0, b);
     let mask = t["attention_mask"].narrow(0, 0, b);
-    let grids: Vec<Grid> = Vec::<Vec<i64>>::try_from(&t["image_grid_thw"])?.into_iter().take(b as usize).map(|g| [g[0], g[1], g[2]]).collect();
+    let grids: Vec<Grid> = Vec::<Vec<i64>>::try_from(&t["image_grid_thw"])?
+        .into_iter()
+        .take(b as usize)
+        .map(|g| [g[0], g[1], g[2]])
+        .collect();
     let rows: i64 = grids.iter().map(|g| g[0] * g[1] * g[2]).sum();
     let pixels = t["pixel_values"].narrow(0, 0, rows);
     let inputs = Inputs {

@@ -10,7 +10,9 @@ use tch::{Device, Kind, Tensor};
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let n: usize = std::env::args().nth(1).map(|s| s.parse()).transpose()?.unwrap_or(16);
     if !tch::Cuda::is_available() {
-        return Err("CUDA is not available: is libtorch_cuda on the library path? (tools/setup-cuda.sh --print-env)".into());
+        return Err(
+            "CUDA is not available: is libtorch_cuda on the library path? (tools/setup-cuda.sh --print-env)".into()
+        );
     }
     let device = Device::Cuda(0);
     let proc = ImageProcessor::default();

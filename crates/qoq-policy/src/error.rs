@@ -15,4 +15,3 @@ pub enum PolicyError {
     #[error("model input: {0}")]
     Input(String),
 }
-

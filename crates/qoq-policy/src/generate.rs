@@ -116,95 +116,104 @@ fn sample_inverse_cdf(probs: &Tensor, uniforms: &[f32]) -> Tensor {
 
 /// Sample `samples_per_prompt` responses for every prompt row of `inputs`. The prompts
 /// (and their images) are encoded once; the cache is then repeated per sample.
-pub fn generate<P: Policy + ?Sized>(policy: &P, inputs: &Inputs<'_>, config: &SamplingConfig) -> Result<Rollouts, PolicyError> {
-        let _guard = tch::no_grad_guard();
-        let g = config.samples_per_prompt.max(1);
-        let (hidden, state) = policy.forward_hidden(inputs)?;
-        let b = hidden.size()[0] as usize;
-        let rows: Vec<i64> = (0..b as i64).flat_map(|i| std::iter::repeat_n(i, g)).collect();
-        let mut state = state.select_rows(&rows);
-        let n = rows.len();
-        let last = hidden.select(1, -1);
-        let mut logits = policy.logits(&last).index_select(0, &Tensor::from_slice(&rows).to_device(last.device()));
-        // One random stream per (prompt, sample): a response's draws depend on the seed and
-        // its place in the group only, not on libtorch's global generator or the batch.
-        let mut streams: Vec<_> = (0..n).map(|i| stream(config.seed, &[(i / g) as u64, (i % g) as u64])).collect();
+pub fn generate<P: Policy + ?Sized>(
+    policy: &P,
+    inputs: &Inputs<'_>,
+    config: &SamplingConfig,
+) -> Result<Rollouts, PolicyError> {
+    let _guard = tch::no_grad_guard();
+    let g = config.samples_per_prompt.max(1);
+    let (hidden, state) = policy.forward_hidden(inputs)?;
+    let b = hidden.size()[0] as usize;
+    let rows: Vec<i64> = (0..b as i64).flat_map(|i| std::iter::repeat_n(i, g)).collect();
+    let mut state = state.select_rows(&rows);
+    let n = rows.len();
+    let last = hidden.select(1, -1);
+    let mut logits = policy.logits(&last).index_select(0, &Tensor::from_slice(&rows).to_device(last.device()));
+    // One random stream per (prompt, sample): a response's draws depend on the seed and
+    // its place in the group only, not on libtorch's global generator or the batch.
+    let mut streams: Vec<_> = (0..n).map(|i| stream(config.seed, &[(i / g) as u64, (i % g) as u64])).collect();
 
-        let mut tokens = vec![Vec::new(); n];
-        let mut logprobs = vec![Vec::new(); n];
-        let mut stopped = vec![false; n];
-        for step in 0..config.max_new_tokens {
-            let warped = warp_logits(&logits, config);
-            let logp = warped.log_softmax(-1, Kind::Float);
-            let chosen = if config.temperature > 0.0 {
-                let uniforms: Vec<f32> = streams.iter_mut().map(|r| unit(r) as f32).collect();
-                sample_inverse_cdf(&logp.exp(), &uniforms)
-            } else {
-                logp.argmax(-1, false)
-            };
-            let chosen_logp = logp.gather(1, &chosen.unsqueeze(1), false).squeeze_dim(1);
-            let ids = Vec::<i64>::try_from(&chosen.to_device(Device::Cpu))?;
-            let lps = Vec::<f32>::try_from(&chosen_logp.to_device(Device::Cpu))?;
-            for i in 0..n {
-                if stopped[i] {
-                    continue;
-                }
-                tokens[i].push(ids[i]);
-                logprobs[i].push(lps[i]);
-                stopped[i] = config.stop_tokens.contains(&ids[i]);
+    let mut tokens = vec![Vec::new(); n];
+    let mut logprobs = vec![Vec::new(); n];
+    let mut stopped = vec![false; n];
+    for step in 0..config.max_new_tokens {
+        let warped = warp_logits(&logits, config);
+        let logp = warped.log_softmax(-1, Kind::Float);
+        let chosen = if config.temperature > 0.0 {
+            let uniforms: Vec<f32> = streams.iter_mut().map(|r| unit(r) as f32).collect();
+            sample_inverse_cdf(&logp.exp(), &uniforms)
+        } else {
+            logp.argmax(-1, false)
+        };
+        let chosen_logp = logp.gather(1, &chosen.unsqueeze(1), false).squeeze_dim(1);
+        let ids = Vec::<i64>::try_from(&chosen.to_device(Device::Cpu))?;
+        let lps = Vec::<f32>::try_from(&chosen_logp.to_device(Device::Cpu))?;
+        for i in 0..n {
+            if stopped[i] {
+                continue;
             }
-            if stopped.iter().all(|&s| s) || step + 1 == config.max_new_tokens {
-                break;
-            }
-            logits = policy.decode_step(&mut state, &chosen)?;
+            tokens[i].push(ids[i]);
+            logprobs[i].push(lps[i]);
+            stopped[i] = config.stop_tokens.contains(&ids[i]);
         }
-        Ok(Rollouts { prompt_index: rows.iter().map(|&r| r as usize).collect(), tokens, logprobs, stopped })
+        if stopped.iter().all(|&s| s) || step + 1 == config.max_new_tokens {
+            break;
+        }
+        logits = policy.decode_step(&mut state, &chosen)?;
+    }
+    Ok(Rollouts { prompt_index: rows.iter().map(|&r| r as usize).collect(), tokens, logprobs, stopped })
 }
 
-    /// Per-token log-probs and entropies of `responses` (one per prompt row of `inputs`,
-    /// any lengths) under the model at `temperature`: `[B, T]` each, T the longest response;
-    /// entries past a response's end are 0. Runs with autograd unless the caller disabled it,
-    /// so the log-probs can carry the policy gradient (the entropies never do).
-pub fn score<P: Policy + ?Sized>(policy: &P, inputs: &Inputs<'_>, responses: &[Vec<i64>], temperature: f64) -> Result<(Tensor, Tensor), PolicyError> {
-        let device = policy.device();
-        let ids = inputs.input_ids.ok_or_else(|| PolicyError::Input("input_ids are required".into()))?;
-        let (b, l) = ids.size2()?;
-        if responses.len() as i64 != b {
-            return Err(PolicyError::Input(format!("{} responses for {b} prompt rows", responses.len())));
+/// Per-token log-probs and entropies of `responses` (one per prompt row of `inputs`,
+/// any lengths) under the model at `temperature`: `[B, T]` each, T the longest response;
+/// entries past a response's end are 0. Runs with autograd unless the caller disabled it,
+/// so the log-probs can carry the policy gradient (the entropies never do).
+pub fn score<P: Policy + ?Sized>(
+    policy: &P,
+    inputs: &Inputs<'_>,
+    responses: &[Vec<i64>],
+    temperature: f64,
+) -> Result<(Tensor, Tensor), PolicyError> {
+    let device = policy.device();
+    let ids = inputs.input_ids.ok_or_else(|| PolicyError::Input("input_ids are required".into()))?;
+    let (b, l) = ids.size2()?;
+    if responses.len() as i64 != b {
+        return Err(PolicyError::Input(format!("{} responses for {b} prompt rows", responses.len())));
+    }
+    let t = responses.iter().map(Vec::len).max().unwrap_or(0) as i64;
+    if t == 0 {
+        let zeros = Tensor::zeros([b, 0], (Kind::Float, device));
+        return Ok((zeros.shallow_clone(), zeros));
+    }
+    // Prompt (left-padded) followed by the response (right-padded, masked).
+    let mut resp = vec![0i64; (b * t) as usize];
+    let mut resp_mask = vec![0i64; (b * t) as usize];
+    for (i, r) in responses.iter().enumerate() {
+        for (j, &tok) in r.iter().enumerate() {
+            resp[i * t as usize + j] = tok;
+            resp_mask[i * t as usize + j] = 1;
         }
-        let t = responses.iter().map(Vec::len).max().unwrap_or(0) as i64;
-        if t == 0 {
-            let zeros = Tensor::zeros([b, 0], (Kind::Float, device));
-            return Ok((zeros.shallow_clone(), zeros));
-        }
-        // Prompt (left-padded) followed by the response (right-padded, masked).
-        let mut resp = vec![0i64; (b * t) as usize];
-        let mut resp_mask = vec![0i64; (b * t) as usize];
-        for (i, r) in responses.iter().enumerate() {
-            for (j, &tok) in r.iter().enumerate() {
-                resp[i * t as usize + j] = tok;
-                resp_mask[i * t as usize + j] = 1;
-            }
-        }
-        let resp = Tensor::from_slice(&resp).view([b, t]).to_device(device);
-        let resp_mask = Tensor::from_slice(&resp_mask).view([b, t]).to_device(device);
-        let prompt_mask = match inputs.attention_mask {
-            Some(m) => m.to_device(device),
-            None => Tensor::ones([b, l], (Kind::Int64, device)),
-        };
-        let full_ids = Tensor::cat(&[ids.to_device(device), resp.shallow_clone()], 1);
-        let full_mask = Tensor::cat(&[prompt_mask, resp_mask.shallow_clone()], 1);
-        let full = inputs.with_ids(&full_ids, &full_mask);
-        let (hidden, _) = policy.forward_hidden(&full)?;
-        // Position l - 1 + j predicts response token j.
-        let logits = policy.logits(&hidden.narrow(1, l - 1, t)).to_kind(Kind::Float);
-        let logits = if temperature > 0.0 { logits / temperature } else { logits };
-        let logp_all = logits.log_softmax(-1, Kind::Float);
-        let valid = resp_mask.to_kind(Kind::Float);
-        let logp = logp_all.gather(2, &resp.unsqueeze(-1), false).squeeze_dim(-1) * &valid;
-        // Entropy is only logged (never in a loss): no graph for it.
-        let entropy = tch::no_grad(|| -(logp_all.exp() * &logp_all).sum_dim_intlist(-1, false, Kind::Float) * &valid);
-        Ok((logp, entropy))
+    }
+    let resp = Tensor::from_slice(&resp).view([b, t]).to_device(device);
+    let resp_mask = Tensor::from_slice(&resp_mask).view([b, t]).to_device(device);
+    let prompt_mask = match inputs.attention_mask {
+        Some(m) => m.to_device(device),
+        None => Tensor::ones([b, l], (Kind::Int64, device)),
+    };
+    let full_ids = Tensor::cat(&[ids.to_device(device), resp.shallow_clone()], 1);
+    let full_mask = Tensor::cat(&[prompt_mask, resp_mask.shallow_clone()], 1);
+    let full = inputs.with_ids(&full_ids, &full_mask);
+    let (hidden, _) = policy.forward_hidden(&full)?;
+    // Position l - 1 + j predicts response token j.
+    let logits = policy.logits(&hidden.narrow(1, l - 1, t)).to_kind(Kind::Float);
+    let logits = if temperature > 0.0 { logits / temperature } else { logits };
+    let logp_all = logits.log_softmax(-1, Kind::Float);
+    let valid = resp_mask.to_kind(Kind::Float);
+    let logp = logp_all.gather(2, &resp.unsqueeze(-1), false).squeeze_dim(-1) * &valid;
+    // Entropy is only logged (never in a loss): no graph for it.
+    let entropy = tch::no_grad(|| -(logp_all.exp() * &logp_all).sum_dim_intlist(-1, false, Kind::Float) * &valid);
+    Ok((logp, entropy))
 }
 
 #[cfg(test)]

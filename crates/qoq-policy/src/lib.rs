@@ -32,7 +32,9 @@ pub use generate::{warp_logits, Rollouts, SamplingConfig};
 pub use layers::decoder::{DecoderLayer, TextModel};
 pub use layers::kv_cache::{DecodeState, LayerCache};
 pub use layers::rope::{Grid, RopeIndex};
-pub use policy::{load_policy, Embedded, Family, Inputs, ModuleGroup, Policy, PromptFormat, SpecialTokens, VisionPass, VisionTower};
+pub use policy::{
+    load_policy, Embedded, Family, Inputs, ModuleGroup, Policy, PromptFormat, SpecialTokens, VisionPass, VisionTower,
+};
 pub use qwen2_5_vl::{Qwen25VL, Qwen25VLConfig};
 pub use qwen3_vl::{Qwen3VL, Qwen3VLConfig};
 pub use vision_inputs::{count_placeholders, VisionBatch};

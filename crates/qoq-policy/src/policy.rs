@@ -33,7 +33,7 @@ use crate::generate::{Rollouts, SamplingConfig};
 use crate::layers::decoder::TextModel;
 use crate::layers::kv_cache::DecodeState;
 use crate::layers::rope::Grid;
-use crate::layers::{additive_mask, add_at_mask, causal_mask};
+use crate::layers::{add_at_mask, additive_mask, causal_mask};
 use crate::PolicyError;
 
 /// A prompt batch: ids and mask `[B, L]` (left padding: mask 0), and the media in the order
@@ -116,7 +116,8 @@ impl Family {
         if !path.is_file() {
             return Ok(self.processor_defaults());
         }
-        ImageProcessorConfig::from_json_file_over(&path, self.processor_defaults()).map_err(|e| PolicyError::Checkpoint(e.to_string()))
+        ImageProcessorConfig::from_json_file_over(&path, self.processor_defaults())
+            .map_err(|e| PolicyError::Checkpoint(e.to_string()))
     }
 
     /// `config.json`'s `model_type`.
@@ -153,8 +154,13 @@ pub enum ModuleGroup {
 }
 
 impl ModuleGroup {
-    pub const ALL: [ModuleGroup; 5] =
-        [ModuleGroup::VisionTower, ModuleGroup::Merger, ModuleGroup::Llm, ModuleGroup::EcgEncoder, ModuleGroup::EcgProjection];
+    pub const ALL: [ModuleGroup; 5] = [
+        ModuleGroup::VisionTower,
+        ModuleGroup::Merger,
+        ModuleGroup::Llm,
+        ModuleGroup::EcgEncoder,
+        ModuleGroup::EcgProjection,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -186,7 +192,15 @@ impl SpecialTokens {
     /// Qwen's ids (the same in Qwen2, 2.5 and 3): stop at `<|im_end|>` 151645 and
     /// `<|endoftext|>` 151643 (also the pad), placeholders from the model config.
     pub fn qwen(image: i64, video: i64, vision_start: i64, vision_end: i64) -> Self {
-        Self { stop: vec![151_645, 151_643], banned: vec![image, video, vision_start, vision_end], pad: 151_643, image, video, vision_start, vision_end }
+        Self {
+            stop: vec![151_645, 151_643],
+            banned: vec![image, video, vision_start, vision_end],
+            pad: 151_643,
+            image,
+            video,
+            vision_start,
+            vision_end,
+        }
     }
 
     /// Stop and pad ids looked up in `tokenizer` (a tiny test vocabulary has its own).
@@ -341,7 +355,8 @@ pub trait Policy: Send {
         let b = tokens.size1()?;
         let text = self.text_model();
         let embeds = text.embed_tokens.forward(&tokens.to_device(device).view([b, 1]));
-        let positions = Tensor::from_slice(state.next_positions()).to_device(device).view([1, b, 1]).expand([3, b, 1], false);
+        let positions =
+            Tensor::from_slice(state.next_positions()).to_device(device).view([1, b, 1]).expand([3, b, 1], false);
         let (cos, sin) = self.rope(&positions);
         let kind = embeds.kind();
         let (cos, sin) = (cos.to_kind(kind), sin.to_kind(kind));
@@ -363,13 +378,19 @@ pub trait Policy: Send {
     }
 
     /// Per-token log-probs and entropies of `responses` ([`crate::generate::score`]).
-    fn score(&self, inputs: &Inputs<'_>, responses: &[Vec<i64>], temperature: f64) -> Result<(Tensor, Tensor), PolicyError> {
+    fn score(
+        &self,
+        inputs: &Inputs<'_>,
+        responses: &[Vec<i64>],
+        temperature: f64,
+    ) -> Result<(Tensor, Tensor), PolicyError> {
         crate::generate::score(self, inputs, responses, temperature)
     }
 
     /// Parameters that train (not frozen), sorted by name.
     fn trainable_parameters(&self) -> Vec<(String, Tensor)> {
-        let mut v: Vec<(String, Tensor)> = self.var_store().variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+        let mut v: Vec<(String, Tensor)> =
+            self.var_store().variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
     }

@@ -34,16 +34,30 @@ impl VisionBatch {
             grid.extend(input.grid_thw.iter().map(|&v| v as i64));
         }
         let pixel_values = Tensor::f_from_slice(&values)?.f_view([rows as i64, width as i64])?.f_to_device(device)?;
-        let grid_thw = Tensor::f_from_slice(&grid)?.f_view([inputs.len() as i64, 3])?.f_to_kind(Kind::Int64)?.f_to_device(device)?;
+        let grid_thw = Tensor::f_from_slice(&grid)?
+            .f_view([inputs.len() as i64, 3])?
+            .f_to_kind(Kind::Int64)?
+            .f_to_device(device)?;
         Ok(Self { pixel_values, grid_thw, tokens_per_input: inputs.iter().map(|i| i.num_tokens(2)).collect() })
     }
 
     /// Errors unless `input_ids` holds exactly as many `token_id` tokens as this batch fills.
-    pub fn check_placeholders(&self, sample: &str, input_ids: &[i64], token_id: i64, token: &str) -> Result<(), PolicyError> {
+    pub fn check_placeholders(
+        &self,
+        sample: &str,
+        input_ids: &[i64],
+        token_id: i64,
+        token: &str,
+    ) -> Result<(), PolicyError> {
         let found = count_placeholders(input_ids, token_id);
         let expected: usize = self.tokens_per_input.iter().sum();
         if found != expected {
-            return Err(PolicyError::PlaceholderMismatch { sample: sample.into(), token: token.into(), found, expected });
+            return Err(PolicyError::PlaceholderMismatch {
+                sample: sample.into(),
+                token: token.into(),
+                found,
+                expected,
+            });
         }
         Ok(())
     }

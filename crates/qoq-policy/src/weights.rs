@@ -16,7 +16,8 @@ pub const DEFAULT_MAX_SHARD_BYTES: u64 = 5_000_000_000;
 
 /// A JSON file, with errors naming it.
 pub(crate) fn read_json(path: &Path) -> Result<serde_json::Value, PolicyError> {
-    let text = std::fs::read_to_string(path).map_err(|e| PolicyError::Checkpoint(format!("{}: {e}", path.display())))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| PolicyError::Checkpoint(format!("{}: {e}", path.display())))?;
     serde_json::from_str(&text).map_err(|e| PolicyError::Checkpoint(format!("{}: not JSON ({e})", path.display())))
 }
 
@@ -67,11 +68,13 @@ impl ExtraTensors {
         let wanted: HashSet<&str> = names.iter().map(String::as_str).collect();
         let mut out = Vec::with_capacity(names.len());
         for path in weight_files(dir)? {
-            let file = std::fs::File::open(&path).map_err(|e| PolicyError::Checkpoint(format!("{}: {e}", path.display())))?;
+            let file =
+                std::fs::File::open(&path).map_err(|e| PolicyError::Checkpoint(format!("{}: {e}", path.display())))?;
             for (name, entry) in read_header(&file, &path)? {
                 if wanted.contains(name.as_str()) {
                     let t = Tensor::empty(entry.shape.as_slice(), (entry.kind, tch::Device::Cpu));
-                    read_into(&file, &entry, &t).map_err(|e| PolicyError::Checkpoint(format!("{}: reading `{name}`: {e}", path.display())))?;
+                    read_into(&file, &entry, &t)
+                        .map_err(|e| PolicyError::Checkpoint(format!("{}: reading `{name}`: {e}", path.display())))?;
                     out.push((name, t));
                 }
             }
@@ -96,14 +99,14 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, PolicyError> {
         return Ok(vec![single]);
     }
     let index_path = dir.join(INDEX);
-    let text = std::fs::read_to_string(&index_path).map_err(|_| {
-        PolicyError::Checkpoint(format!("{}: neither {SINGLE} nor {INDEX} is there", dir.display()))
-    })?;
+    let text = std::fs::read_to_string(&index_path)
+        .map_err(|_| PolicyError::Checkpoint(format!("{}: neither {SINGLE} nor {INDEX} is there", dir.display())))?;
     let index: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| PolicyError::Checkpoint(format!("{}: not JSON ({e})", index_path.display())))?;
-    let map = index.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| {
-        PolicyError::Checkpoint(format!("{}: no `weight_map` object", index_path.display()))
-    })?;
+    let map = index
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| PolicyError::Checkpoint(format!("{}: no `weight_map` object", index_path.display())))?;
     let files: BTreeSet<&str> = map.values().filter_map(|v| v.as_str()).collect();
     Ok(files.into_iter().map(|f| dir.join(f)).collect())
 }
@@ -150,8 +153,10 @@ fn read_header(file: &std::fs::File, path: &Path) -> Result<Vec<(String, Entry)>
         }
         let dtype = info.get("dtype").and_then(|d| d.as_str()).unwrap_or("?");
         let kind = kind_of(dtype).ok_or_else(|| bad(format!("`{name}` has unsupported dtype {dtype}")))?;
-        let shape: Option<Vec<i64>> = info.get("shape").and_then(|s| s.as_array()).map(|a| a.iter().filter_map(|d| d.as_i64()).collect());
-        let offsets: Option<Vec<u64>> = info.get("data_offsets").and_then(|s| s.as_array()).map(|a| a.iter().filter_map(|d| d.as_u64()).collect());
+        let shape: Option<Vec<i64>> =
+            info.get("shape").and_then(|s| s.as_array()).map(|a| a.iter().filter_map(|d| d.as_i64()).collect());
+        let offsets: Option<Vec<u64>> =
+            info.get("data_offsets").and_then(|s| s.as_array()).map(|a| a.iter().filter_map(|d| d.as_u64()).collect());
         let (Some(shape), Some([start, end])) = (shape, offsets.as_deref()) else {
             return Err(bad(format!("`{name}` lacks a shape or data_offsets")));
         };
@@ -189,12 +194,17 @@ fn read_into(file: &std::fs::File, entry: &Entry, target: &Tensor) -> std::io::R
 /// `rename` maps a checkpoint name to its variable name (a family whose published files
 /// spell names otherwise, e.g. Qwen2.5-VL's `visual.*`). Unused names are returned as spelt
 /// in the file.
-pub(crate) fn load_into(vars: &HashMap<String, Tensor>, dir: &Path, rename: &dyn Fn(&str) -> String) -> Result<Vec<String>, PolicyError> {
+pub(crate) fn load_into(
+    vars: &HashMap<String, Tensor>,
+    dir: &Path,
+    rename: &dyn Fn(&str) -> String,
+) -> Result<Vec<String>, PolicyError> {
     let mut found: HashSet<String> = HashSet::new();
     let mut unused = Vec::new();
     let _guard = tch::no_grad_guard();
     for path in weight_files(dir)? {
-        let file = std::fs::File::open(&path).map_err(|e| PolicyError::Checkpoint(format!("{}: {e}", path.display())))?;
+        let file =
+            std::fs::File::open(&path).map_err(|e| PolicyError::Checkpoint(format!("{}: {e}", path.display())))?;
         for (name, entry) in read_header(&file, &path)? {
             let Some(var) = vars.get(&rename(&name)) else {
                 unused.push(name);
@@ -209,9 +219,14 @@ pub(crate) fn load_into(vars: &HashMap<String, Tensor>, dir: &Path, rename: &dyn
                     var.size()
                 )));
             }
-            let read_err = |e: std::io::Error| PolicyError::Checkpoint(format!("{}: reading `{name}`: {e}", path.display()));
+            let read_err =
+                |e: std::io::Error| PolicyError::Checkpoint(format!("{}: reading `{name}`: {e}", path.display()));
             let direct = var.device() == tch::Device::Cpu && var.kind() == entry.kind && var.is_contiguous();
-            let target = if direct { var.shallow_clone() } else { Tensor::empty(entry.shape.as_slice(), (entry.kind, tch::Device::Cpu)) };
+            let target = if direct {
+                var.shallow_clone()
+            } else {
+                Tensor::empty(entry.shape.as_slice(), (entry.kind, tch::Device::Cpu))
+            };
             read_into(&file, &entry, &target).map_err(read_err)?;
             if !direct {
                 var.shallow_clone().f_copy_(&target)?;
@@ -263,7 +278,8 @@ pub(crate) fn save(tensors: &[(String, Tensor)], dir: &Path, max_shard_bytes: u6
     let mut written = Vec::new();
     for (shard, name) in shards.iter().zip(&names) {
         let tmp = dir.join(format!(".{name}.tmp"));
-        let list: Vec<(&str, Tensor)> = shard.iter().map(|(n, t)| (n.as_str(), t.to_device(tch::Device::Cpu).contiguous())).collect();
+        let list: Vec<(&str, Tensor)> =
+            shard.iter().map(|(n, t)| (n.as_str(), t.to_device(tch::Device::Cpu).contiguous())).collect();
         Tensor::write_safetensors(&list, &tmp)?;
         written.push((tmp, dir.join(name)));
     }

@@ -8,7 +8,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use qoq_policy::chat::{self, Content, Message, RenderOptions, Template, Tokenizer, ToolArguments, ToolCall, VideoLayout};
+use qoq_policy::chat::{
+    self, Content, Message, RenderOptions, Template, Tokenizer, ToolArguments, ToolCall, VideoLayout,
+};
 use qoq_policy::PolicyError;
 use serde_json::Value;
 
@@ -33,7 +35,8 @@ fn fixture() -> &'static Value {
     static FIX: OnceLock<Value> = OnceLock::new();
     FIX.get_or_init(|| {
         let path = root().join("tests/fixtures/chat/cases.json");
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+            .unwrap()
     })
 }
 
@@ -57,7 +60,8 @@ fn cases() -> Vec<Case<'static>> {
         .iter()
         .map(|v| {
             let name = v["name"].as_str().unwrap();
-            let messages = chat::messages_from_json(v["messages_json"].as_str().unwrap()).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let messages = chat::messages_from_json(v["messages_json"].as_str().unwrap())
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
             let template = match v["template"].as_str().unwrap() {
                 "instruct" => Template::Instruct,
                 "thinking" => Template::Thinking,
@@ -89,9 +93,11 @@ fn cases() -> Vec<Case<'static>> {
                     let g = ids(&m["grid_thw"]);
                     let per_frame = chat::merged_tokens([1, g[1], g[2]], 2);
                     let idx: Vec<usize> = ids(&m["frames_indices"]).into_iter().map(|i| i as usize).collect();
-                    let layout = VideoLayout::from_frame_indices(&idx, m["fps"].as_f64().unwrap(), 2, per_frame).unwrap();
+                    let layout =
+                        VideoLayout::from_frame_indices(&idx, m["fps"].as_f64().unwrap(), 2, per_frame).unwrap();
                     // Same block times, bit for bit, and the same text for each.
-                    let want: Vec<f64> = m["timestamps"].as_array().unwrap().iter().map(|t| t.as_f64().unwrap()).collect();
+                    let want: Vec<f64> =
+                        m["timestamps"].as_array().unwrap().iter().map(|t| t.as_f64().unwrap()).collect();
                     assert_eq!(layout.timestamps, want, "{name}: timestamps");
                     assert_eq!(layout.frames(), g[0] as usize, "{name}: one block per temporal patch");
                     for (i, t) in m["timestamps_text"].as_array().unwrap().iter().enumerate() {
@@ -130,7 +136,10 @@ fn render_is_byte_identical() {
 
 #[test]
 fn plain_render_is_the_instruct_template() {
-    for c in cases().into_iter().filter(|c| c.opts.template == Template::Instruct && !c.opts.add_vision_id && c.opts.tools.is_empty()) {
+    for c in cases()
+        .into_iter()
+        .filter(|c| c.opts.template == Template::Instruct && !c.opts.add_vision_id && c.opts.tools.is_empty())
+    {
         let got = chat::render(&c.messages, c.opts.add_generation_prompt).unwrap();
         assert_eq!(got, c.v["text"].as_str().unwrap(), "{}", c.name);
     }
@@ -144,7 +153,8 @@ fn expanded_ids_are_identical() {
         let text = c.v["text"].as_str().unwrap();
         // Id-level expansion of the rendered prompt's ids.
         let ids0 = tok.encode(text).unwrap();
-        let got = chat::expand_placeholders(tok, &ids0, &c.images, &c.videos).unwrap_or_else(|e| panic!("{}: {e}", c.name));
+        let got =
+            chat::expand_placeholders(tok, &ids0, &c.images, &c.videos).unwrap_or_else(|e| panic!("{}: {e}", c.name));
         assert_eq!(got, want, "{}: expand_placeholders", c.name);
         // Text-level expansion, then tokenizing: the processor's own path.
         let expanded = chat::expand_text(text, &c.images, &c.videos).unwrap();
@@ -179,7 +189,11 @@ fn tokenizer_matches_transformers() {
         let want = ids(&c["ids"]);
         assert_eq!(tok.encode(text).unwrap(), want, "encode {text:?}");
         assert_eq!(tok.decode(&want, false).unwrap(), c["decoded"].as_str().unwrap(), "decode {text:?}");
-        assert_eq!(tok.decode(&want, true).unwrap(), c["decoded_skip_special"].as_str().unwrap(), "decode skip {text:?}");
+        assert_eq!(
+            tok.decode(&want, true).unwrap(),
+            c["decoded_skip_special"].as_str().unwrap(),
+            "decode skip {text:?}"
+        );
         n += 1;
     }
     assert!(n >= 10);
@@ -211,7 +225,10 @@ fn builders_match_the_json_form() {
 
     // Tool calls built by hand equal the JSON form's.
     let c = cases().into_iter().find(|c| c.name == "thinking_tool_chain").unwrap();
-    let call = ToolCall { name: "measure_lesion".into(), arguments: ToolArguments::Json(r#"{"bbox_2d": [1, 2, 3, 4]}"#.into()) };
+    let call = ToolCall {
+        name: "measure_lesion".into(),
+        arguments: ToolArguments::Json(r#"{"bbox_2d": [1, 2, 3, 4]}"#.into()),
+    };
     assert_eq!(c.messages[2], Message::assistant("").with_reasoning("Need the tool.").with_tool_calls(vec![call]));
 }
 
@@ -237,7 +254,9 @@ fn placeholder_mismatches_are_errors() {
     let bare = tok.encode("look<|video_pad|>").unwrap();
     let m = is_input(chat::expand_placeholders(tok, &bare, &[], std::slice::from_ref(&v)));
     assert!(m.contains("expand_text"), "{m}");
-    assert!(chat::expand_text("look<|video_pad|>", &[], &[v]).unwrap().starts_with("look<0.2 seconds><|vision_start|>"));
+    assert!(chat::expand_text("look<|video_pad|>", &[], &[v])
+        .unwrap()
+        .starts_with("look<0.2 seconds><|vision_start|>"));
 }
 
 #[test]

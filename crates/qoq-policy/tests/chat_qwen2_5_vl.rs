@@ -13,7 +13,8 @@ fn root() -> PathBuf {
 }
 
 fn fixture() -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(root().join("tests/fixtures/qwen2_5_vl/chat/cases.json")).unwrap()).unwrap()
+    serde_json::from_str(&std::fs::read_to_string(root().join("tests/fixtures/qwen2_5_vl/chat/cases.json")).unwrap())
+        .unwrap()
 }
 
 fn tokenizer() -> Tokenizer {
@@ -22,13 +23,15 @@ fn tokenizer() -> Tokenizer {
 }
 
 fn media(case: &serde_json::Value) -> (Vec<usize>, Vec<VideoLayout>) {
-    let images = case["media"]["images"].as_array().unwrap().iter().map(|i| i["tokens"].as_u64().unwrap() as usize).collect();
+    let images =
+        case["media"]["images"].as_array().unwrap().iter().map(|i| i["tokens"].as_u64().unwrap() as usize).collect();
     let videos = case["media"]["videos"]
         .as_array()
         .unwrap()
         .iter()
         .map(|v| {
-            let g: Vec<usize> = v["grid_thw"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
+            let g: Vec<usize> =
+                v["grid_thw"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
             VideoLayout::contiguous(g[0], g[1] * g[2] / 4)
         })
         .collect();
@@ -73,7 +76,9 @@ fn ids_come_from_qwen25s_own_tokenizer() {
             add_vision_id: case["add_vision_id"].as_bool().unwrap(),
             ..Default::default()
         };
-        let want = |key: &str| -> Vec<u32> { case[key].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect() };
+        let want = |key: &str| -> Vec<u32> {
+            case[key].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+        };
         let rendered = chat::render_with(&messages, &opts).unwrap();
         assert_eq!(tok.encode(&rendered).unwrap(), want("rendered_ids"), "{name}: rendered ids");
         let (images, videos) = media(case);
@@ -91,7 +96,8 @@ fn ids_come_from_qwen25s_own_tokenizer() {
 #[test]
 fn inputs_the_template_would_drop_are_refused() {
     let opts = RenderOptions { template: Template::Qwen2Vl, tools: vec!["{}".into()], ..Default::default() };
-    let err = chat::render_with(&[chat::Message::user(vec![chat::Content::text("hi")])], &opts).unwrap_err().to_string();
+    let err =
+        chat::render_with(&[chat::Message::user(vec![chat::Content::text("hi")])], &opts).unwrap_err().to_string();
     assert!(err.contains("has no tools"), "{err}");
     let opts = RenderOptions { template: Template::Qwen2Vl, ..Default::default() };
     let err = chat::render_with(&[chat::Message::assistant("a").with_reasoning("r")], &opts).unwrap_err().to_string();

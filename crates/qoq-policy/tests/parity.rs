@@ -27,7 +27,8 @@ fn check(name: &str, model_dir: &str) -> f64 {
     let (logits, mut state) = model.prefill(&inputs).unwrap();
     let mask = t["attention_mask"].ne(0).unsqueeze(-1);
     let expected = &t["logits"];
-    let prefill_diff = max_diff(&logits.masked_fill(&mask.logical_not(), 0.0), &expected.masked_fill(&mask.logical_not(), 0.0));
+    let prefill_diff =
+        max_diff(&logits.masked_fill(&mask.logical_not(), 0.0), &expected.masked_fill(&mask.logical_not(), 0.0));
     assert!(prefill_diff < TOLERANCE, "{name}: prefill logits differ by {prefill_diff}");
 
     let tokens = &t["gen_tokens"];
@@ -38,7 +39,11 @@ fn check(name: &str, model_dir: &str) -> f64 {
         let step = model.decode_step(&mut state, &tokens.select(1, s - 1)).unwrap();
         let diff = max_diff(&step, &steps.select(1, s));
         assert!(diff < TOLERANCE, "{name}: decode step {s} logits differ by {diff}");
-        assert_eq!(Vec::<i64>::try_from(step.argmax(-1, false)).unwrap(), Vec::<i64>::try_from(tokens.select(1, s)).unwrap(), "{name}: greedy token {s}");
+        assert_eq!(
+            Vec::<i64>::try_from(step.argmax(-1, false)).unwrap(),
+            Vec::<i64>::try_from(tokens.select(1, s)).unwrap(),
+            "{name}: greedy token {s}"
+        );
         worst = worst.max(diff);
     }
     assert_eq!(logits.kind(), Kind::Float);
@@ -109,7 +114,8 @@ fn sharded_copy(dir: &Path) {
     for f in ["config.json", "model.safetensors.index.json"] {
         std::fs::copy(src.join(f), dir.join(f)).unwrap();
     }
-    let index: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(src.join("model.safetensors.index.json")).unwrap()).unwrap();
+    let index: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("model.safetensors.index.json")).unwrap()).unwrap();
     let mut shards: HashMap<String, Vec<(String, Tensor)>> = HashMap::new();
     for (name, t) in Tensor::read_safetensors(fixtures().join("tiny-untied/model.safetensors")).unwrap() {
         let file = index["weight_map"][&name].as_str().unwrap().to_string();
@@ -153,13 +159,20 @@ fn broken_checkpoints_are_named() {
     assert!(err.contains("1 weights are missing, e.g. model.language_model.norm.weight"), "{err}");
 
     // A config that disagrees with the weights.
-    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
     config["text_config"]["intermediate_size"] = 96.into();
     std::fs::write(tmp.path().join("config.json"), config.to_string()).unwrap();
     std::fs::copy(src.join("model.safetensors"), tmp.path().join("model.safetensors")).unwrap();
     let err = Qwen3VL::from_pretrained(tmp.path(), Device::Cpu).unwrap_err().to_string();
-    assert!(err.contains("model.safetensors: `model.language_model.layers.0.mlp.") && err.contains("the config gives"), "{err}");
-    assert!(err.contains("[64, 128], the config gives [64, 96]") || err.contains("[128, 64], the config gives [96, 64]"), "{err}");
+    assert!(
+        err.contains("model.safetensors: `model.language_model.layers.0.mlp.") && err.contains("the config gives"),
+        "{err}"
+    );
+    assert!(
+        err.contains("[64, 128], the config gives [64, 96]") || err.contains("[128, 64], the config gives [96, 64]"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -180,7 +193,8 @@ fn save_then_load_round_trips_single_and_sharded() {
     let tied = Qwen3VL::from_pretrained(&fixtures().join("tiny-tied"), Device::Cpu).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     tied.save_pretrained(tmp.path(), u64::MAX).unwrap();
-    let names: Vec<String> = Tensor::read_safetensors(tmp.path().join("model.safetensors")).unwrap().into_iter().map(|(n, _)| n).collect();
+    let names: Vec<String> =
+        Tensor::read_safetensors(tmp.path().join("model.safetensors")).unwrap().into_iter().map(|(n, _)| n).collect();
     assert!(!names.iter().any(|n| n == "lm_head.weight") && names.len() == 98, "{}", names.len());
 }
 
@@ -195,7 +209,12 @@ fn bfloat16_weights_stay_close_to_float32() {
     let diff = max_diff(&logits.to_kind(Kind::Float), &t["logits"]);
     // Logits reach ~14; bf16 keeps 8 bits of mantissa.
     assert!(diff < 0.5, "bf16 logits differ by {diff}");
-    let agree = logits.argmax(-1, false).eq_tensor(&t["logits"].argmax(-1, false)).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
+    let agree = logits
+        .argmax(-1, false)
+        .eq_tensor(&t["logits"].argmax(-1, false))
+        .to_kind(Kind::Float)
+        .mean(Kind::Float)
+        .double_value(&[]);
     assert!(agree > 0.9, "bf16 argmax agrees on {agree:.2} of positions");
 }
 

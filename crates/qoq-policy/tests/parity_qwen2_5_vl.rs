@@ -27,7 +27,8 @@ fn meta(name: &str) -> serde_json::Value {
 }
 
 fn grids(t: Option<&Tensor>) -> Vec<Grid> {
-    t.map(|t| Vec::<Vec<i64>>::try_from(t).unwrap().into_iter().map(|g| [g[0], g[1], g[2]]).collect()).unwrap_or_default()
+    t.map(|t| Vec::<Vec<i64>>::try_from(t).unwrap().into_iter().map(|g| [g[0], g[1], g[2]]).collect())
+        .unwrap_or_default()
 }
 
 fn inputs(t: &HashMap<String, Tensor>) -> Inputs<'_> {
@@ -38,7 +39,10 @@ fn inputs(t: &HashMap<String, Tensor>) -> Inputs<'_> {
         image_grids: grids(t.get("image_grid_thw")),
         pixel_values_videos: t.get("pixel_values_videos"),
         video_grids: grids(t.get("video_grid_thw")),
-        video_seconds_per_grid: t.get("second_per_grid_ts").map(|s| Vec::<f64>::try_from(s.to_kind(Kind::Double)).unwrap()).unwrap_or_default(),
+        video_seconds_per_grid: t
+            .get("second_per_grid_ts")
+            .map(|s| Vec::<f64>::try_from(s.to_kind(Kind::Double)).unwrap())
+            .unwrap_or_default(),
         ..Default::default()
     }
 }
@@ -63,7 +67,10 @@ fn check(name: &str) -> f64 {
     let tokens = &t["gen_tokens"];
     let steps = &t["step_logits"];
     let mut worst = prefill.max(max_diff(&logits.select(1, -1), &steps.select(1, 0)));
-    assert_eq!(Vec::<i64>::try_from(logits.select(1, -1).argmax(-1, false)).unwrap(), Vec::<i64>::try_from(tokens.select(1, 0)).unwrap());
+    assert_eq!(
+        Vec::<i64>::try_from(logits.select(1, -1).argmax(-1, false)).unwrap(),
+        Vec::<i64>::try_from(tokens.select(1, 0)).unwrap()
+    );
     let decode_positions = Vec::<Vec<i64>>::try_from(&t["decode_position_ids"]).unwrap();
     for s in 1..tokens.size()[1] {
         let expected: Vec<i64> = decode_positions.iter().map(|row| row[s as usize - 1]).collect();
@@ -71,7 +78,11 @@ fn check(name: &str) -> f64 {
         let step = model.decode_step(&mut state, &tokens.select(1, s - 1)).unwrap();
         let diff = max_diff(&step, &steps.select(1, s));
         assert!(diff < TOLERANCE, "{name}: decode step {s} logits differ by {diff}");
-        assert_eq!(Vec::<i64>::try_from(step.argmax(-1, false)).unwrap(), Vec::<i64>::try_from(tokens.select(1, s)).unwrap(), "{name}: greedy token {s}");
+        assert_eq!(
+            Vec::<i64>::try_from(step.argmax(-1, false)).unwrap(),
+            Vec::<i64>::try_from(tokens.select(1, s)).unwrap(),
+            "{name}: greedy token {s}"
+        );
         worst = worst.max(diff);
     }
     eprintln!("{name}: max |logit diff| {worst:.2e}");
@@ -123,13 +134,24 @@ fn vision_tower_window_order_and_merged_features() {
     let model = Qwen25VL::from_pretrained(&fixtures().join("tiny-untied"), Device::Cpu).unwrap();
     let _guard = tch::no_grad_guard();
     let mut checked = 0;
-    for name in ["one_image", "image_window_multiple", "two_images", "video", "image_then_video_fractional", "batch_left_padded"] {
+    for name in [
+        "one_image",
+        "image_window_multiple",
+        "two_images",
+        "video",
+        "image_then_video_fractional",
+        "batch_left_padded",
+    ] {
         let t = case(name);
         for (what, pixels) in [("image", "pixel_values"), ("video", "pixel_values_videos")] {
             let Some(pixels) = t.get(pixels) else { continue };
             let g = grids(t.get(&format!("{what}_grid_thw")));
             let (order, lengths) = window_index(&g, 2, model.config.merger_window());
-            assert_eq!(order, Vec::<i64>::try_from(&t[&format!("{what}_window_index")]).unwrap(), "{name} {what}: window index");
+            assert_eq!(
+                order,
+                Vec::<i64>::try_from(&t[&format!("{what}_window_index")]).unwrap(),
+                "{name} {what}: window index"
+            );
             // transformers' cumulative window lengths in patches, empty windows repeated.
             let cu = Vec::<i64>::try_from(&t[&format!("{what}_cu_window_seqlens")]).unwrap();
             let mut ours = vec![0i64];
@@ -222,8 +244,11 @@ fn both_name_sets_load_and_save_in_their_own_layout() {
     // Saved back: the in-memory names, the unused tensor kept.
     let out = tempfile::tempdir().unwrap();
     memory.save_pretrained(out.path(), u64::MAX).unwrap();
-    let saved: HashMap<String, Tensor> = Tensor::read_safetensors(out.path().join("model.safetensors")).unwrap().into_iter().collect();
-    assert!(saved.contains_key("model.visual.merger.ln_q.weight") && saved.contains_key("model.language_model.norm.weight"));
+    let saved: HashMap<String, Tensor> =
+        Tensor::read_safetensors(out.path().join("model.safetensors")).unwrap().into_iter().collect();
+    assert!(
+        saved.contains_key("model.visual.merger.ln_q.weight") && saved.contains_key("model.language_model.norm.weight")
+    );
     assert!(saved["time_series_embedding.proj.weight"].equal(&ecg));
     // The published layout saves as published, config.json as it was read.
     let out2 = tempfile::tempdir().unwrap();
@@ -233,9 +258,13 @@ fn both_name_sets_load_and_save_in_their_own_layout() {
         .iter()
         .flat_map(|f| Tensor::read_safetensors(f).unwrap().into_iter().map(|(n, _)| n))
         .collect();
-    assert!(names.iter().any(|n| n == "visual.merger.ln_q.weight") && names.iter().any(|n| n == "model.layers.0.self_attn.q_proj.bias"));
+    assert!(
+        names.iter().any(|n| n == "visual.merger.ln_q.weight")
+            && names.iter().any(|n| n == "model.layers.0.self_attn.q_proj.bias")
+    );
     assert!(!names.iter().any(|n| n.starts_with("model.visual.") || n.starts_with("model.language_model.")));
-    let read = |p: PathBuf| -> serde_json::Value { serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap() };
+    let read =
+        |p: PathBuf| -> serde_json::Value { serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap() };
     assert_eq!(read(out2.path().join("config.json")), read(fixtures().join("tiny-untied/config.json")));
     let again = Qwen25VL::from_pretrained(out2.path(), Device::Cpu).unwrap();
     let t = case("one_image");

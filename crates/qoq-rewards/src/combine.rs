@@ -71,7 +71,10 @@ impl FromStr for Weights {
                 .ok_or_else(|| RewardError::Config(format!("'{part}' is not name=value (e.g. f1=0.5)")))?;
             let name = name.trim();
             let slot = weights.slot(name).ok_or_else(|| {
-                RewardError::Config(format!("unknown component '{name}'; the components are {}", Weights::NAMES.join(", ")))
+                RewardError::Config(format!(
+                    "unknown component '{name}'; the components are {}",
+                    Weights::NAMES.join(", ")
+                ))
             })?;
             *slot = value
                 .trim()
@@ -160,7 +163,13 @@ pub struct RewardConfig {
 
 impl Default for RewardConfig {
     fn default() -> Self {
-        Self { preset: None, weights: None, iou_aggregation: IouAggregation::Mean, normalize_labels: true, lenient_json: false }
+        Self {
+            preset: None,
+            weights: None,
+            iou_aggregation: IouAggregation::Mean,
+            normalize_labels: true,
+            lenient_json: false,
+        }
     }
 }
 
@@ -287,7 +296,10 @@ mod tests {
 
     #[test]
     fn presets_match_the_spec() {
-        assert_eq!("paper".parse::<Preset>().unwrap().weights(), Weights { f1: 0.6, iou: 0.2, format: 0.1, length: 0.1, jaccard: 0.0 });
+        assert_eq!(
+            "paper".parse::<Preset>().unwrap().weights(),
+            Weights { f1: 0.6, iou: 0.2, format: 0.1, length: 0.1, jaccard: 0.0 }
+        );
         assert_eq!(Preset::QoqMed3.weights(), Weights { f1: 0.5, iou: 0.2, format: 0.1, length: 0.0, jaccard: 0.2 });
         assert!("qoq".parse::<Preset>().unwrap_err().to_string().contains("qoq-med, paper, qoq-med3"));
         for p in Preset::ALL {
@@ -315,7 +327,9 @@ mod tests {
     fn overall_is_the_weighted_sum_and_batches_keep_order() {
         let scorer = Scorer::new(&RewardConfig::default()).unwrap();
         let gt = [[0.0, 0.0, 10.0, 10.0]];
-        let responses: Vec<String> = (0..64).map(|i| format!("```json\n[{{\"bbox_2d\": [0, 0, {i}, 10], \"label\": \"x\"}}]\n``` \\boxed{{a}}")).collect();
+        let responses: Vec<String> = (0..64)
+            .map(|i| format!("```json\n[{{\"bbox_2d\": [0, 0, {i}, 10], \"label\": \"x\"}}]\n``` \\boxed{{a}}"))
+            .collect();
         let items: Vec<(&str, Target)> =
             responses.iter().map(|r| (r.as_str(), Target { answer: "a", boxes: &gt, ..Default::default() })).collect();
         let scores = scorer.score_batch(&items);

@@ -50,8 +50,7 @@ pub fn format_reward(response: &str, blocks: &[FencedBlock<'_>], lenient: bool) 
 
 /// An object with a `label` and a `bbox_2d` of exactly four (finite) numbers.
 fn is_valid_box_item(item: &Value) -> bool {
-    item.as_object()
-        .is_some_and(|o| o.contains_key("label") && o.get("bbox_2d").and_then(as_bbox).is_some())
+    item.as_object().is_some_and(|o| o.contains_key("label") && o.get("bbox_2d").and_then(as_bbox).is_some())
 }
 
 /// Responses longer than this many characters earn the full length reward.

@@ -259,7 +259,10 @@ mod tests {
         let ooi = r#"```json {"objects_of_interest": [{"bbox_2d": [0, 0, 1, 1.5]}]}```"#;
         assert_eq!(boxes(ooi), vec![Some([0.0, 0.0, 1.0, 1.5])]);
         assert_eq!(boxes(r#"```json {"other": 1}```"#), vec![]);
-        assert_eq!(boxes(r#"```json [{"bbox_2d": ["1", 2, 3, 4]}, {"bbox_2d": [1, 2, 3, 4, 5]}]```"#), vec![None, None]);
+        assert_eq!(
+            boxes(r#"```json [{"bbox_2d": ["1", 2, 3, 4]}, {"bbox_2d": [1, 2, 3, 4, 5]}]```"#),
+            vec![None, None]
+        );
         assert_eq!(boxes(r#"```json [{"bbox_2d": [1e400, 0, 1, 1]}]```"#), vec![]);
     }
 

@@ -213,9 +213,7 @@ impl Lenient<'_> {
 
     fn number(&mut self) -> Option<Value> {
         let start = self.i;
-        while self.i < self.s.len()
-            && matches!(self.s[self.i], b'+' | b'-' | b'.' | b'e' | b'E' | b'_' | b'0'..=b'9')
-        {
+        while self.i < self.s.len() && matches!(self.s[self.i], b'+' | b'-' | b'.' | b'e' | b'E' | b'_' | b'0'..=b'9') {
             self.i += 1;
         }
         let text: String = std::str::from_utf8(&self.s[start..self.i]).ok()?.replace('_', "");
@@ -298,7 +296,10 @@ mod tests {
         assert_eq!(parse_lenient("[1e400, -1e400]"), Some(json!([null, null])));
         assert_eq!(parse_lenient("[1_000, +5, -2, .5]"), Some(json!([1000, 5, -2, 0.5])));
         assert_eq!(parse_lenient("{1: 'a'}"), Some(json!({"1": "a"})));
-        for bad in ["(1, 2)", "{1, 2}", "[1] # c", "--2", "[null]", "[true]", "[NaN]", "[inf]", "007", "[1 2]", "{'a' 1}", "'x", "", "[,]"] {
+        for bad in [
+            "(1, 2)", "{1, 2}", "[1] # c", "--2", "[null]", "[true]", "[NaN]", "[inf]", "007", "[1 2]", "{'a' 1}",
+            "'x", "", "[,]",
+        ] {
             assert_eq!(parse_lenient(bad), None, "{bad}");
         }
         let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));

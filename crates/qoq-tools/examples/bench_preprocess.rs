@@ -30,11 +30,15 @@ fn main() -> Result<()> {
     let args = Args::parse();
     let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
-    let processor = ImageProcessor::new(qoq_data::preprocess::ImageProcessorConfig { max_pixels: args.max_pixels, ..Default::default() })?;
+    let processor = ImageProcessor::new(qoq_data::preprocess::ImageProcessorConfig {
+        max_pixels: args.max_pixels,
+        ..Default::default()
+    })?;
     let start = Instant::now();
     let (mut images, mut values) = (0usize, 0usize);
     pool.install(|| -> Result<()> {
-        let loader = Loader::open(&args.dir, LoaderConfig::default()).with_context(|| format!("opening {}", args.dir.display()))?;
+        let loader = Loader::open(&args.dir, LoaderConfig::default())
+            .with_context(|| format!("opening {}", args.dir.display()))?;
         let mut batch: Vec<Sample> = Vec::with_capacity(64);
         let limit = args.limit.unwrap_or(usize::MAX);
         let mut taken = 0;

@@ -10,8 +10,8 @@ use std::time::Instant;
 
 use anyhow::Result;
 use clap::Parser;
-use qoq_tools::scoring::{score_records, MaskCache, RecordReader};
 use qoq_rewards::{Preset, RewardConfig, Scorer};
+use qoq_tools::scoring::{score_records, MaskCache, RecordReader};
 
 #[derive(Parser)]
 struct Args {

@@ -95,7 +95,6 @@ pub mod config {
             self.processor.clone().unwrap_or_default().resolve()
         }
     }
-
 }
 
 #[cfg(test)]
@@ -114,14 +113,18 @@ mod tests {
         let c = parse("[data]\nshards = \"d\"\nseed = 3\nsplits = [\"train\"]\n").unwrap();
         let defaults = qoq_data::LoaderConfig::default();
         assert_eq!(c.shards, std::path::PathBuf::from("d"));
-        assert_eq!((c.loader.seed, c.loader.window_row_groups, c.loader.max_bad_fraction), (3, defaults.window_row_groups, defaults.max_bad_fraction));
+        assert_eq!(
+            (c.loader.seed, c.loader.window_row_groups, c.loader.max_bad_fraction),
+            (3, defaults.window_row_groups, defaults.max_bad_fraction)
+        );
         assert_eq!(c.loader.splits, Some(vec!["train".to_string()]));
         let err = format!("{:#}", parse("[data]\nshards = \"d\"\nshufle = true\n").unwrap_err());
         assert!(err.contains("shufle") && err.contains("run.toml"), "{err}");
         let err = format!("{:#}", parse("[data]\nseed = 1\n").unwrap_err());
         assert!(err.contains("data.shards"), "{err}");
         for shipped in ["synthetic", "climb"] {
-            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../configs/data/{shipped}.toml"));
+            let path =
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../configs/data/{shipped}.toml"));
             RunConfig::from_file(&path).unwrap_or_else(|e| panic!("{shipped}: {e:#}"));
         }
     }

@@ -13,9 +13,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
+use qoq_data::convert::fields::{optional_str, required_str, type_name};
 use qoq_rewards::{BBox, Mask, Scorer, Scores, Target};
 use rayon::prelude::*;
-use qoq_data::convert::fields::{optional_str, required_str, type_name};
 use serde_json::{Map, Value};
 
 /// One input line.
@@ -87,9 +87,9 @@ fn image_size(obj: &Map<String, Value>) -> Result<Option<(u32, u32)>> {
         None | Some(Value::Null) => return Ok(None),
         Some(v) => v,
     };
-    let dims: Option<Vec<u32>> = v.as_array().and_then(|a| {
-        a.iter().map(|d| d.as_u64().filter(|&d| d > 0 && d <= 1 << 20).map(|d| d as u32)).collect()
-    });
+    let dims: Option<Vec<u32>> = v
+        .as_array()
+        .and_then(|a| a.iter().map(|d| d.as_u64().filter(|&d| d > 0 && d <= 1 << 20).map(|d| d as u32)).collect());
     match dims.as_deref() {
         Some(&[w, h]) => Ok(Some((w, h))),
         _ => bail!("`image_size` must be [width, height] (two positive integers), found {v}"),
@@ -107,7 +107,12 @@ pub struct RecordReader {
 impl RecordReader {
     pub fn open(path: &Path) -> Result<Self> {
         let file = File::open(path).with_context(|| format!("cannot open input {}", path.display()))?;
-        Ok(Self { path: path.to_path_buf(), reader: BufReader::with_capacity(1 << 20, file), line: 0, buf: String::new() })
+        Ok(Self {
+            path: path.to_path_buf(),
+            reader: BufReader::with_capacity(1 << 20, file),
+            line: 0,
+            buf: String::new(),
+        })
     }
 
     /// Up to `max` records; an empty vector at the end. Blank lines are skipped.
@@ -117,7 +122,11 @@ impl RecordReader {
             self.buf.clear();
             self.line += 1;
             let read = self.reader.read_line(&mut self.buf).map_err(|e| {
-                anyhow!("{} line {}: cannot read ({e}); the file must be UTF-8 JSON lines", self.path.display(), self.line)
+                anyhow!(
+                    "{} line {}: cannot read ({e}); the file must be UTF-8 JSON lines",
+                    self.path.display(),
+                    self.line
+                )
             })?;
             if read == 0 {
                 break;

@@ -104,10 +104,19 @@ fn convert_data_then_inspect() {
     )
     .unwrap();
     let out = tmp.path().join("shards");
-    let o = run("convert-data", &[
-        "--format", "climb", "--input", ds.join("annotation_test.jsonl").to_str().unwrap(),
-        "--out", out.to_str().unwrap(), "--max-bad-fraction", "0.5",
-    ]);
+    let o = run(
+        "convert-data",
+        &[
+            "--format",
+            "climb",
+            "--input",
+            ds.join("annotation_test.jsonl").to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--max-bad-fraction",
+            "0.5",
+        ],
+    );
     let (stdout, stderr) = text(&o);
     assert!(o.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains("1 rows written, 1 bad of 2 lines"), "{stdout}");

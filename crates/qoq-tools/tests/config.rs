@@ -31,7 +31,11 @@ fn with_key(text: &str, table: &str, key: &str, value: &str) -> String {
     let Some(start) = lines.iter().position(|l| l.trim() == header) else {
         return format!("{text}\n{header}\n{key} = {value}\n");
     };
-    let end = lines.iter().skip(start + 1).position(|l| l.trim_start().starts_with('[')).map_or(lines.len(), |i| start + 1 + i);
+    let end = lines
+        .iter()
+        .skip(start + 1)
+        .position(|l| l.trim_start().starts_with('['))
+        .map_or(lines.len(), |i| start + 1 + i);
     let line = format!("{key} = {value}");
     match (start + 1..end).find(|&i| lines[i].split('=').next().is_some_and(|k| k.trim() == key)) {
         Some(i) => lines[i] = line,
@@ -79,7 +83,8 @@ fn every_sampling_value_is_checked_naming_the_file_key_and_value() {
         let start = Instant::now();
         let err = load(tmp.path(), &name, &with_key(&base, table, key, value)).unwrap_err();
         assert!(start.elapsed() < Duration::from_secs(1));
-        let ok = err.contains(&format!("{name}.toml")) && err.contains(&format!("{table}.{key}")) && err.contains(shown);
+        let ok =
+            err.contains(&format!("{name}.toml")) && err.contains(&format!("{table}.{key}")) && err.contains(shown);
         assert!(ok, "{table}.{key} = {value}: {err}");
     }
     // Dr.GRPO is group-relative as well: one response per prompt has nothing to learn from.
@@ -89,7 +94,12 @@ fn every_sampling_value_is_checked_naming_the_file_key_and_value() {
     let err = load(tmp.path(), "hot", &with_key(&base, "rl", "temperature", "\"hot\"")).unwrap_err();
     assert!(err.contains("temperature") && err.contains("hot.toml"), "{err}");
     // The edges that are valid: greedy validation, top-k and top-p off.
-    let edges = with_key(&with_key(&with_key(&base, "rl", "top_k", "0"), "rl", "top_p", "1.0"), "validation", "temperature", "0.0");
+    let edges = with_key(
+        &with_key(&with_key(&base, "rl", "top_k", "0"), "rl", "top_p", "1.0"),
+        "validation",
+        "temperature",
+        "0.0",
+    );
     load(tmp.path(), "edges", &edges).unwrap();
 }
 
@@ -98,8 +108,15 @@ fn cuda_on_a_build_without_it_fails_before_anything_loads() {
     let tmp = tempfile::tempdir().unwrap();
     let (model, shards) = fake_inputs(tmp.path());
     let base = config_text(&tmp.path().join("out"), &model, &shards, "");
-    for (device, parsed) in [("cpu", DeviceConfig::Cpu), ("cuda", DeviceConfig::Cuda), ("cuda:1", DeviceConfig::CudaIndex(1))] {
-        let config = TrainConfig::parse_file(&write_config(tmp.path(), "d.toml", &with_key(&base, "run", "device", &format!("{device:?}")))).unwrap();
+    for (device, parsed) in
+        [("cpu", DeviceConfig::Cpu), ("cuda", DeviceConfig::Cuda), ("cuda:1", DeviceConfig::CudaIndex(1))]
+    {
+        let config = TrainConfig::parse_file(&write_config(
+            tmp.path(),
+            "d.toml",
+            &with_key(&base, "run", "device", &format!("{device:?}")),
+        ))
+        .unwrap();
         assert_eq!(config.run.device, parsed);
         assert_eq!(config.run.device.to_string(), device);
     }
@@ -116,13 +133,23 @@ fn cuda_on_a_build_without_it_fails_before_anything_loads() {
         let start = Instant::now();
         let err = TrainConfig::from_file(&path).unwrap_err().to_string();
         assert!(start.elapsed() < Duration::from_secs(1));
-        for needle in ["gpu.toml", "run.device", device, "bash tools/setup-cuda.sh", "target/cuda/release/train", "run.device = \"cpu\""] {
+        for needle in [
+            "gpu.toml",
+            "run.device",
+            device,
+            "bash tools/setup-cuda.sh",
+            "target/cuda/release/train",
+            "run.device = \"cpu\"",
+        ] {
             assert!(err.contains(needle), "{device}: {needle:?} missing in: {err}");
         }
         // The train binary stops with that message instead of a panic inside tch.
         let out = Command::new(env!("CARGO_BIN_EXE_train")).arg(&path).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success() && stderr.contains("tools/setup-cuda.sh") && !stderr.contains("panicked"), "{stderr}");
+        assert!(
+            !out.status.success() && stderr.contains("tools/setup-cuda.sh") && !stderr.contains("panicked"),
+            "{stderr}"
+        );
         assert!(!tmp.path().join("out").exists(), "nothing is written before the device is known to work");
     }
     // The shipped GPU configs keep "cuda" and validate; only this machine lacks it.
@@ -142,12 +169,26 @@ fn dtype_and_algorithm_are_read_into_their_types_with_todays_defaults() {
     let a = &c.algorithm.advantages;
     assert_eq!(*a, AdvantageConfig::default());
     assert_eq!(
-        (a.estimator, a.sort_group_rewards, a.history_window, a.k_max, a.elbow_tol, a.domain_mean, a.clusters, a.kl_damping, a.kl_damping_quantile, a.eps),
+        (
+            a.estimator,
+            a.sort_group_rewards,
+            a.history_window,
+            a.k_max,
+            a.elbow_tol,
+            a.domain_mean,
+            a.clusters,
+            a.kl_damping,
+            a.kl_damping_quantile,
+            a.eps
+        ),
         (Estimator::Drpo, true, None, 10, 0.1, DomainMean::InverseClusterSize, true, false, 0.75, 1e-6)
     );
     let l = &c.algorithm.loss;
     assert_eq!(*l, LossConfig::default());
-    assert_eq!((l.clip_low, l.clip_high, l.dual_clip, l.kl_coef, l.aggregation), (0.2, 0.3, Some(3.0), 1e-4, Aggregation::TokenMean));
+    assert_eq!(
+        (l.clip_low, l.clip_high, l.dual_clip, l.kl_coef, l.aggregation),
+        (0.2, 0.3, Some(3.0), 1e-4, Aggregation::TokenMean)
+    );
     assert!(c.algorithm.needs_reference());
 
     // Every option is settable, eps included; dual_clip = 0 is off.
@@ -169,7 +210,16 @@ fn dtype_and_algorithm_are_read_into_their_types_with_todays_defaults() {
         eps: 1e-4,
     };
     assert_eq!(c.algorithm.advantages, expected);
-    assert_eq!(c.algorithm.loss, LossConfig { clip_low: 0.1, clip_high: 0.25, dual_clip: None, kl_coef: 0.0, aggregation: Aggregation::SeqMeanTokenMean });
+    assert_eq!(
+        c.algorithm.loss,
+        LossConfig {
+            clip_low: 0.1,
+            clip_high: 0.25,
+            dual_clip: None,
+            kl_coef: 0.0,
+            aggregation: Aggregation::SeqMeanTokenMean
+        }
+    );
     assert!(!c.algorithm.needs_reference(), "KL damping reads the reference only under DRPO");
 
     // Errors name the key: unknown, mistyped, out of range; the dtype that does not train yet.
@@ -199,7 +249,8 @@ fn base_lays_a_file_over_another_key_by_key() {
     let (model, shards) = fake_inputs(tmp.path());
     let bases = tmp.path().join("bases");
     std::fs::create_dir_all(&bases).unwrap();
-    let full = with_key(&config_text(&tmp.path().join("out"), &model, &shards, ""), "rl.optim", "weight_decay", "0.125");
+    let full =
+        with_key(&config_text(&tmp.path().join("out"), &model, &shards, ""), "rl.optim", "weight_decay", "0.125");
     let full = with_key(&full, "model", "freeze", "[\"llm\"]");
     write_config(&bases, "full.toml", &full);
     // A middle file in the same folder as its base, a top file one folder up.

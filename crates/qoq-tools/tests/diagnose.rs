@@ -34,7 +34,17 @@ fn greedy_runs_are_deterministic_and_the_dump_holds_the_inputs() {
     let tmp = tempfile::tempdir().unwrap();
     let (model, image) = setup(tmp.path());
     let dump = tmp.path().join("out.safetensors");
-    let args = ["--model", &model, "--image", &image, "--prompt", "What is the diagnosis?", "--max-new-tokens", "5", "--greedy"];
+    let args = [
+        "--model",
+        &model,
+        "--image",
+        &image,
+        "--prompt",
+        "What is the diagnosis?",
+        "--max-new-tokens",
+        "5",
+        "--greedy",
+    ];
     let a = run("diagnose", &[&args[..], &["--dump", dump.to_str().unwrap()]].concat());
     assert!(a.status.success(), "{}", stderr(&a));
     let b = run("diagnose", &args);
@@ -82,11 +92,13 @@ fn diagnose_matches_transformers_on_qwen2_5_vl_checkpoints_in_both_config_forms(
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/qwen2_5_vl/diagnose");
     let tokenizer = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.qwen2.5-tokenizer/tokenizer.json");
     assert!(tokenizer.is_file(), "run `bash tools/setup.sh` first (it derives the Qwen2.5 tokenizer)");
-    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture.join("reference.json")).unwrap()).unwrap();
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture.join("reference.json")).unwrap()).unwrap();
     let prompt = meta["prompt"].as_str().unwrap();
     let image = fixture.join(meta["image"].as_str().unwrap());
     let new_tokens = meta["new_tokens"].as_u64().unwrap().to_string();
-    let want: HashMap<String, Tensor> = Tensor::read_safetensors(fixture.join("reference.safetensors")).unwrap().into_iter().collect();
+    let want: HashMap<String, Tensor> =
+        Tensor::read_safetensors(fixture.join("reference.safetensors")).unwrap().into_iter().collect();
     let want_ids = Vec::<i64>::try_from(&want["input_ids"]).unwrap();
     let want_gen = Vec::<i64>::try_from(&want["gen_tokens"]).unwrap();
     let positions = Vec::<i64>::try_from(&want["logit_positions"]).unwrap();
@@ -102,20 +114,41 @@ fn diagnose_matches_transformers_on_qwen2_5_vl_checkpoints_in_both_config_forms(
         std::fs::copy(&tokenizer, dir.join("tokenizer.json")).unwrap();
         if form == "flat" {
             std::fs::copy(fixture.join("flat-config.json"), dir.join("config.json")).unwrap();
-            let flat: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+            let flat: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
             assert!(flat.get("text_config").is_none() && flat["rope_scaling"]["type"] == "mrope", "not the flat form");
         }
         let dump = tmp.path().join(format!("{form}.safetensors"));
         let o = run(
             "diagnose",
-            &["--model", dir.to_str().unwrap(), "--image", image.to_str().unwrap(), "--prompt", prompt, "--max-new-tokens", &new_tokens, "--greedy", "--dump", dump.to_str().unwrap()],
+            &[
+                "--model",
+                dir.to_str().unwrap(),
+                "--image",
+                image.to_str().unwrap(),
+                "--prompt",
+                prompt,
+                "--max-new-tokens",
+                &new_tokens,
+                "--greedy",
+                "--dump",
+                dump.to_str().unwrap(),
+            ],
         );
         assert!(o.status.success(), "{form}: {}", stderr(&o));
         let got: HashMap<String, Tensor> = Tensor::read_safetensors(&dump).unwrap().into_iter().collect();
 
         // The processor's and chat template's output.
-        assert_eq!(Vec::<i64>::try_from(&got["input_ids"]).unwrap(), want_ids, "{form}: input ids differ from Qwen2_5_VLProcessor's");
-        assert!(got["image_grid_thw"].equal(&want["image_grid_thw"]), "{form}: image_grid_thw {:?}", got["image_grid_thw"]);
+        assert_eq!(
+            Vec::<i64>::try_from(&got["input_ids"]).unwrap(),
+            want_ids,
+            "{form}: input ids differ from Qwen2_5_VLProcessor's"
+        );
+        assert!(
+            got["image_grid_thw"].equal(&want["image_grid_thw"]),
+            "{form}: image_grid_thw {:?}",
+            got["image_grid_thw"]
+        );
         assert_eq!(got["pixel_values"].size(), want["pixel_values"].size(), "{form}: pixel_values shape");
         let dp = (&got["pixel_values"] - &want["pixel_values"]).abs().max().double_value(&[]);
         assert!(dp <= 1e-6, "{form}: pixel values differ by {dp:e}");
@@ -132,7 +165,15 @@ fn diagnose_matches_transformers_on_qwen2_5_vl_checkpoints_in_both_config_forms(
         assert!(logits.argmax(-1, false).equal(&want["top_ids"].select(1, 0)), "{form}: a position's argmax differs");
 
         // Greedy decoding with the KV cache: the same tokens, the same text.
-        assert_eq!(Vec::<i64>::try_from(&got["gen_tokens"]).unwrap(), want_gen, "{form}: greedy tokens differ from model.generate's");
-        assert_eq!(String::from_utf8_lossy(&o.stdout).trim_end_matches('\n'), meta["gen_text"].as_str().unwrap(), "{form}: response text");
+        assert_eq!(
+            Vec::<i64>::try_from(&got["gen_tokens"]).unwrap(),
+            want_gen,
+            "{form}: greedy tokens differ from model.generate's"
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout).trim_end_matches('\n'),
+            meta["gen_text"].as_str().unwrap(),
+            "{form}: response text"
+        );
     }
 }

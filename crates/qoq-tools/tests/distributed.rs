@@ -82,7 +82,12 @@ fn rollouts(out: &Path, step: u64) -> Vec<(String, String, f64, f64)> {
     text.lines()
         .map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            (v["prompt_id"].as_str().unwrap().into(), v["response"].as_str().unwrap().into(), v["reward"].as_f64().unwrap(), v["advantage"].as_f64().unwrap())
+            (
+                v["prompt_id"].as_str().unwrap().into(),
+                v["response"].as_str().unwrap().into(),
+                v["reward"].as_f64().unwrap(),
+                v["advantage"].as_f64().unwrap(),
+            )
         })
         .collect()
 }
@@ -102,10 +107,13 @@ fn scalars(out: &Path) -> BTreeMap<(i64, String), f64> {
 fn max_weight_difference(a: &Path, b: &Path) -> f64 {
     let (a, b) = (weights(a), weights(b));
     assert_eq!(a.len(), b.len());
-    a.iter().zip(&b).map(|((na, ta), (nb, tb))| {
-        assert_eq!(na, nb);
-        (ta - tb).abs().max().double_value(&[])
-    }).fold(0.0, f64::max)
+    a.iter()
+        .zip(&b)
+        .map(|((na, ta), (nb, tb))| {
+            assert_eq!(na, nb);
+            (ta - tb).abs().max().double_value(&[])
+        })
+        .fold(0.0, f64::max)
 }
 
 #[test]
@@ -123,9 +131,13 @@ fn two_and_three_ranks_train_as_one_process_on_the_global_batch() {
     };
     let one = run("one", 1, false);
     let final_step = "checkpoints/step_5";
-    let one_state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(one.join(final_step).join("trainer_state.json")).unwrap()).unwrap();
+    let one_state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(one.join(final_step).join("trainer_state.json")).unwrap())
+            .unwrap();
     let one_scalars = scalars(&one);
-    for (name, nproc, sharded) in [("two", 2, false), ("three", 3, false), ("two_sharded", 2, true), ("three_sharded", 3, true)] {
+    for (name, nproc, sharded) in
+        [("two", 2, false), ("three", 3, false), ("two_sharded", 2, true), ("three_sharded", 3, true)]
+    {
         let out = run(name, nproc, sharded);
         // Rewards and advantages of every response of every RL step: the same.
         for step in 3..=5 {
@@ -138,7 +150,16 @@ fn two_and_three_ranks_train_as_one_process_on_the_global_batch() {
         }
         // Global figures: losses, validation, DRPO statistics.
         let s = scalars(&out);
-        for key in ["actor/pg_loss", "actor/entropy", "actor/grad_norm", "sft/loss", "val/reward/overall", "val/accuracy", "critic/advantages/max", "response_length/mean"] {
+        for key in [
+            "actor/pg_loss",
+            "actor/entropy",
+            "actor/grad_norm",
+            "sft/loss",
+            "val/reward/overall",
+            "val/accuracy",
+            "critic/advantages/max",
+            "response_length/mean",
+        ] {
             let steps: Vec<&(i64, String)> = one_scalars.keys().filter(|(_, t)| t == key).collect();
             assert!(!steps.is_empty(), "no {key}");
             for k in steps {
@@ -147,7 +168,9 @@ fn two_and_three_ranks_train_as_one_process_on_the_global_batch() {
             }
         }
         // The DRPO history (the global batch's) and the data cursor.
-        let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join(final_step).join("trainer_state.json")).unwrap()).unwrap();
+        let state: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join(final_step).join("trainer_state.json")).unwrap())
+                .unwrap();
         assert_eq!(state["drpo"], one_state["drpo"], "{name}");
         assert_eq!(state["cursor"], one_state["cursor"], "{name}");
         // Weights after 2 SFT + 3 RL optimizer steps.
@@ -155,7 +178,12 @@ fn two_and_three_ranks_train_as_one_process_on_the_global_batch() {
         eprintln!("{name}: largest weight difference from one process {diff:.2e}");
         assert!(diff < 1e-5, "{name}: weights differ by {diff}");
         // Moments: full, by name, the same as one process's.
-        let opt = |dir: &Path| -> BTreeMap<String, tch::Tensor> { tch::Tensor::read_safetensors(dir.join(final_step).join("optimizer.safetensors")).unwrap().into_iter().collect() };
+        let opt = |dir: &Path| -> BTreeMap<String, tch::Tensor> {
+            tch::Tensor::read_safetensors(dir.join(final_step).join("optimizer.safetensors"))
+                .unwrap()
+                .into_iter()
+                .collect()
+        };
         let (ma, mb) = (opt(&one), opt(&out));
         assert_eq!(ma.keys().collect::<Vec<_>>(), mb.keys().collect::<Vec<_>>(), "{name}");
         for (k, v) in &ma {
@@ -167,12 +195,18 @@ fn two_and_three_ranks_train_as_one_process_on_the_global_batch() {
 
 /// The pids of a process's children.
 fn children(pid: u32) -> Vec<u32> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default().split_whitespace().filter_map(|p| p.parse().ok()).collect()
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
 }
 
 fn rank_of(pid: u32) -> Option<usize> {
     let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
-    env.split(|&b| b == 0).find_map(|kv| kv.strip_prefix(b"RANK=")).and_then(|r| std::str::from_utf8(r).ok()?.parse().ok())
+    env.split(|&b| b == 0)
+        .find_map(|kv| kv.strip_prefix(b"RANK="))
+        .and_then(|r| std::str::from_utf8(r).ok()?.parse().ok())
 }
 
 #[test]
@@ -181,7 +215,9 @@ fn a_killed_rank_stops_the_others_and_the_run_resumes_on_another_world_size() {
     let (model, shards) = setup(tmp.path());
     let out = tmp.path().join("run");
     let cfg = tmp.path().join("run.toml");
-    let text = config_text(&out, &model, &shards, "sharded_optimizer = true").replace("save_every = 2", "save_every = 1").replace("steps = 3\n", "steps = 6\n");
+    let text = config_text(&out, &model, &shards, "sharded_optimizer = true")
+        .replace("save_every = 2", "save_every = 1")
+        .replace("steps = 3\n", "steps = 6\n");
     std::fs::write(&cfg, text).unwrap();
     let log = tmp.path().join("launcher.log");
     let mut launcher = Command::new(env!("CARGO_BIN_EXE_train"))
@@ -205,7 +241,10 @@ fn a_killed_rank_stops_the_others_and_the_run_resumes_on_another_world_size() {
         if let Some(s) = launcher.try_wait().unwrap() {
             break s;
         }
-        assert!(killed_at.elapsed() < Duration::from_secs(90), "the job did not end within the timeout after rank 1 was killed");
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(90),
+            "the job did not end within the timeout after rank 1 was killed"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(!status.success());
@@ -213,7 +252,15 @@ fn a_killed_rank_stops_the_others_and_the_run_resumes_on_another_world_size() {
     assert!(said.contains("rank 1 failed first"), "{said}");
     assert!(said.contains("rank 0 of 2") && said.contains("no word from rank 1"), "rank 0 should name rank 1: {said}");
     // Resume on 3 ranks from the last complete checkpoint, then on 1.
-    let last_before: u64 = qoq_train::checkpoint::latest(&out.join("checkpoints")).unwrap().unwrap().file_name().unwrap().to_str().unwrap()[5..].parse().unwrap();
+    let last_before: u64 = qoq_train::checkpoint::latest(&out.join("checkpoints"))
+        .unwrap()
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()[5..]
+        .parse()
+        .unwrap();
     let resumed = train(&cfg, &["--resume", "--nproc", "3", "--max-steps", "1"]);
     assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
     assert!(String::from_utf8_lossy(&resumed.stderr).contains(&format!("steps {last_before}/8 done")));

@@ -7,13 +7,14 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use qoq_tools::scoring::{score_records, MaskCache, RecordReader};
 use qoq_rewards::{RewardConfig, Scorer, Scores};
+use qoq_tools::scoring::{score_records, MaskCache, RecordReader};
 use serde_json::Value;
 
 const EMPTY_LABELS: &str = "empty labels are dropped (spec); the original kept '' as a label";
 const BRACES_DELETED: &str = "the original deleted every '}' (and '\\boxed{') from labels";
-const LAST_CLOSED_BOX: &str = "the last *closed* box counts (spec); the original scored 0 when the last box was unclosed";
+const LAST_CLOSED_BOX: &str =
+    "the last *closed* box counts (spec); the original scored 0 when the last box was unclosed";
 const EMPTY_ANSWER: &str = "an empty answer matches nothing (spec); the original matched '' with ''";
 const NONE_LABEL: &str = "the original took the label 'None' for 'no box'";
 const NO_FENCE: &str = "without a fence there is no block to judge (spec); the original parsed the whole response";
@@ -23,7 +24,8 @@ const UNCLOSED_FENCE: &str = "an unclosed fence is not a block; the original's f
 const TUPLES: &str = "the lenient reader refuses Python tuples";
 const CORNER_ORDER: &str = "box-vs-box IoU puts corners in order, as the mask path does; the original scored 0";
 const NAN_NOT_JSON: &str = "NaN / Infinity are not JSON; Python's json module accepted them";
-const FOUR_NUMBERS: &str = "bbox_2d must be exactly four numbers; the original used 5-lists, booleans and digit strings";
+const FOUR_NUMBERS: &str =
+    "bbox_2d must be exactly four numbers; the original used 5-lists, booleans and digit strings";
 const TOLIST_CRASH: &str = "the original's box-vs-box loop raised on its 2nd box (gt_bbox.tolist() on a list): IoU 0";
 const NULL_BOX_CRASH: &str = "the original raised on a null bbox_2d and scored the whole response's IoU 0";
 const ORIGINAL_RAISED: &str = "the original raised an exception on this response";
@@ -69,7 +71,11 @@ const KNOWN_DIFFERENCES: &[(&str, &str, [f64; 5])] = &[
     ("box-two-preds", TOLIST_CRASH, [1.0, 0.6153846153846154, 1.0, 0.426, 0.8272153846153846]),
     ("box-two-preds-same", TOLIST_CRASH, [1.0, 1.0, 1.0, 0.426, 0.9426]),
     ("box-three-preds", TOLIST_CRASH, [1.0, 0.4102564102564103, 1.0, 0.47900000000000004, 0.7709769230769231]),
-    ("box-short-then-two-valid", TOLIST_CRASH, [1.0, 0.6666666666666666, 0.8666666666666667, 0.47100000000000003, 0.8337666666666667]),
+    (
+        "box-short-then-two-valid",
+        TOLIST_CRASH,
+        [1.0, 0.6666666666666666, 0.8666666666666667, 0.47100000000000003, 0.8337666666666667],
+    ),
     ("box-valid-then-null", TOLIST_CRASH, [1.0, 0.5, 0.8, 0.406, 0.7706]),
     ("box-objects-of-interest-two", TOLIST_CRASH, [1.0, 0.6153846153846154, 0.5, 0.401, 0.7747153846153847]),
     ("mask-empty-gt-two-preds", TOLIST_CRASH, [1.0, 0.6041666666666666, 1.0, 0.41600000000000004, 0.82285]),

@@ -22,17 +22,37 @@ fn a_run_writes_its_outputs_resumes_exactly_after_kill_9_and_exports() {
     // A: uninterrupted, in process.
     let out_a = tmp.path().join("a");
     let cfg_a = write_config(tmp.path(), "a.toml", &config_text(&out_a, &model, &shards, ""));
-    let mut trainer = Trainer::new(TrainConfig::from_file(&cfg_a).unwrap(), false, qoq_train::parallel::DataParallel::single()).unwrap();
+    let mut trainer =
+        Trainer::new(TrainConfig::from_file(&cfg_a).unwrap(), false, qoq_train::parallel::DataParallel::single())
+            .unwrap();
     let mut seen = Vec::new();
     trainer.run(|step, m| seen.push((step, m.clone()))).unwrap();
     assert_eq!(seen.iter().map(|s| s.0).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
     let rl = &seen[2].1;
-    for key in ["reward/overall", "reward/f1", "actor/pg_loss", "actor/kl_loss", "actor/entropy", "actor/grad_norm", "actor/lr", "response_length/mean", "timing_s/gen", "timing_s/reward", "timing_s/adv", "timing_s/update_actor", "timing_s/step"] {
+    for key in [
+        "reward/overall",
+        "reward/f1",
+        "actor/pg_loss",
+        "actor/kl_loss",
+        "actor/entropy",
+        "actor/grad_norm",
+        "actor/lr",
+        "response_length/mean",
+        "timing_s/gen",
+        "timing_s/reward",
+        "timing_s/adv",
+        "timing_s/update_actor",
+        "timing_s/step",
+    ] {
         assert!(rl.get(key).is_some_and(|v| v.is_finite()), "{key} missing or not finite");
     }
     // One optimizer step per rollout batch: the ratio is exactly 1 (old and new log-probs
     // come from the same forward), so nothing is clipped and the old-new KL is 0.
-    assert!(rl["actor/ppo_kl"].abs() < 1e-6 && rl["actor/pg_clipfrac"] == 0.0, "old and new log-probs differ before any update: {}", rl["actor/ppo_kl"]);
+    assert!(
+        rl["actor/ppo_kl"].abs() < 1e-6 && rl["actor/pg_clipfrac"] == 0.0,
+        "old and new log-probs differ before any update: {}",
+        rl["actor/ppo_kl"]
+    );
     assert!(rl.keys().any(|k| k.starts_with("drpo/") && k.ends_with("/temperature")));
     drop(trainer);
 
@@ -41,7 +61,19 @@ fn a_run_writes_its_outputs_resumes_exactly_after_kill_9_and_exports() {
     let rows: Vec<serde_json::Value> = lines.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(rows.len(), 4);
     for r in &rows {
-        for key in ["step", "prompt_id", "domain", "response", "reward", "f1", "iou", "format", "length", "jaccard", "advantage"] {
+        for key in [
+            "step",
+            "prompt_id",
+            "domain",
+            "response",
+            "reward",
+            "f1",
+            "iou",
+            "format",
+            "length",
+            "jaccard",
+            "advantage",
+        ] {
             assert!(r.get(key).is_some(), "rollout line lacks {key}: {r}");
         }
     }
@@ -81,7 +113,14 @@ fn a_run_writes_its_outputs_resumes_exactly_after_kill_9_and_exports() {
     // Export: a Hugging Face folder that loads and gives the trained policy's logits.
     let hf = tmp.path().join("hf");
     let export = Command::new(env!("CARGO_BIN_EXE_export"))
-        .args(["--checkpoint", out_a.join("checkpoints/step_4").to_str().unwrap(), "--out", hf.to_str().unwrap(), "--max-shard-bytes", "2000000"])
+        .args([
+            "--checkpoint",
+            out_a.join("checkpoints/step_4").to_str().unwrap(),
+            "--out",
+            hf.to_str().unwrap(),
+            "--max-shard-bytes",
+            "2000000",
+        ])
         .output()
         .unwrap();
     assert!(export.status.success(), "{}", String::from_utf8_lossy(&export.stderr));
@@ -110,7 +149,11 @@ fn bad_configs_fail_fast_naming_the_key_and_file() {
     let base = config_text(&tmp.path().join("out"), &model, &shards, "");
     let cases: [(&str, String, &str); 6] = [
         ("typo", base.replace("prompts_per_update = 2", "prompts_per_updat = 2"), "prompts_per_updat"),
-        ("divisible", base.replace("prompts_per_update = 2", "prompts_per_update = 3"), "multiple of rl.prompts_per_update"),
+        (
+            "divisible",
+            base.replace("prompts_per_update = 2", "prompts_per_update = 3"),
+            "multiple of rl.prompts_per_update",
+        ),
         ("estimator", base.replace("kl_coef = 0.01", "advantage = \"ppo\""), "advantage"),
         ("freeze", base.replace("[model]", "[model]\nfreeze = [\"visual\"]"), "model.freeze"),
         ("clip", base.replace("kl_coef = 0.01", "dual_clip = 0.5"), "algorithm.dual_clip"),
@@ -188,7 +231,10 @@ fn a_damaged_newest_checkpoint_names_the_file_and_resume_from_continues_exactly(
         let stderr = String::from_utf8_lossy(&resumed.stderr);
         assert!(!resumed.status.success(), "{file}: resumed from a damaged checkpoint");
         assert!(stderr.contains(&path.display().to_string()), "{file}: the error does not name the file: {stderr}");
-        assert!(stderr.contains(&format!("--resume-from {}", step3.display())), "{file}: no --resume-from step_3: {stderr}");
+        assert!(
+            stderr.contains(&format!("--resume-from {}", step3.display())),
+            "{file}: no --resume-from step_3: {stderr}"
+        );
         assert!(!stderr.contains("panicked"), "{stderr}");
         // Nothing was deleted or changed.
         assert_eq!((1..=4).map(|n| sizes(&root.join(format!("step_{n}")))).collect::<Vec<_>>(), before);
@@ -213,8 +259,14 @@ fn a_damaged_newest_checkpoint_names_the_file_and_resume_from_continues_exactly(
     qoq_train::checkpoint::verify(&step4).unwrap();
     // And --resume now finds the run finished.
     let done = Command::new(bin).arg(&cfg).arg("--resume").output().unwrap();
-    assert!(done.status.success() && String::from_utf8_lossy(&done.stderr).contains("steps 4/4 done"), "{}", String::from_utf8_lossy(&done.stderr));
+    assert!(
+        done.status.success() && String::from_utf8_lossy(&done.stderr).contains("steps 4/4 done"),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
     // A damaged checkpoint named by --resume-from is refused, naming the file.
     let bad = Command::new(bin).arg(&cfg).arg("--resume-from").arg(root.join("step_4.superseded")).output().unwrap();
-    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("step_4.superseded/trainer_state.json"));
+    assert!(
+        !bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("step_4.superseded/trainer_state.json")
+    );
 }

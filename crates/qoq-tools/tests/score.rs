@@ -95,7 +95,8 @@ fn presets_and_free_weights_change_only_overall() {
         assert!((p["overall"].as_f64().unwrap() - expected).abs() < 1e-12);
         assert_eq!(w["overall"], b["jaccard"]);
     }
-    let o = score(&["--input", input.to_str().unwrap(), "--output", "x.jsonl", "--preset", "paper", "--weights", "f1=1"]);
+    let o =
+        score(&["--input", input.to_str().unwrap(), "--output", "x.jsonl", "--preset", "paper", "--weights", "f1=1"]);
     assert!(!o.status.success() && stderr(&o).contains("cannot be used with"), "{}", stderr(&o));
 }
 
@@ -112,14 +113,23 @@ fn a_malformed_line_is_named_and_the_old_output_survives() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("in.jsonl line 4: missing key `answer`"), "{}", stderr(&o));
     assert_eq!(std::fs::read_to_string(&out).unwrap(), "previous results\n");
-    let leftovers = std::fs::read_dir(tmp.path()).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().contains(".tmp")).count();
+    let leftovers = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().contains(".tmp"))
+        .count();
     assert_eq!(leftovers, 0);
 
     for (line, needle) in [
         ("not json", "line 1: not valid JSON"),
         ("[1]", "line 1: expected a JSON object"),
-        (r#"{"id": "a", "response": "r", "answer": "x", "gt_boxes": [[1, 2, 3]]}"#, "line 1: `gt_boxes[0]` must be [x1, y1, x2, y2]"),
-        (r#"{"id": "a", "response": "r", "answer": "x", "image_size": [0, 5]}"#, "line 1: `image_size` must be [width, height]"),
+        (
+            r#"{"id": "a", "response": "r", "answer": "x", "gt_boxes": [[1, 2, 3]]}"#,
+            "line 1: `gt_boxes[0]` must be [x1, y1, x2, y2]",
+        ),
+        (
+            r#"{"id": "a", "response": "r", "answer": "x", "image_size": [0, 5]}"#,
+            "line 1: `image_size` must be [width, height]",
+        ),
         (r#"{"id": "a", "response": "r", "answer": "x", "mask": "missing.png"}"#, "line 1: mask 'missing.png'"),
     ] {
         std::fs::write(&input, format!("{line}\n")).unwrap();
@@ -133,9 +143,7 @@ fn a_malformed_line_is_named_and_the_old_output_survives() {
 fn metrics_follow_the_papers_protocol() {
     let tmp = tempfile::tempdir().unwrap();
     let input = tmp.path().join("in.jsonl");
-    let row = |id: &str, domain: &str, dataset: &str, pred: &str, answer: &str| {
-        json!({"id": id, "response": format!("\\boxed{{{pred}}}"), "answer": answer, "domain": domain, "dataset": dataset})
-    };
+    let row = |id: &str, domain: &str, dataset: &str, pred: &str, answer: &str| json!({"id": id, "response": format!("\\boxed{{{pred}}}"), "answer": answer, "domain": domain, "dataset": dataset});
     write_jsonl(
         &input,
         &[
@@ -146,7 +154,14 @@ fn metrics_follow_the_papers_protocol() {
         ],
     );
     let (out, metrics) = (tmp.path().join("out.jsonl"), tmp.path().join("metrics.json"));
-    let o = score(&["--input", input.to_str().unwrap(), "--output", out.to_str().unwrap(), "--metrics", metrics.to_str().unwrap()]);
+    let o = score(&[
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--metrics",
+        metrics.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let report: Value = serde_json::from_str(&std::fs::read_to_string(&metrics).unwrap()).unwrap();
     // ct/a: label x has tp 1, fn 1 -> accuracy 0.5; ct/b: 1.0; ct = 0.75; mri = 0; overall 0.375.

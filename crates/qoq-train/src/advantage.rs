@@ -109,8 +109,18 @@ impl Estimator {
 
 impl AdvantageConfig {
     /// Its keys in the `[algorithm]` table.
-    pub const KEYS: [&'static str; 10] =
-        ["advantage", "sort_group_rewards", "history_window", "k_max", "elbow_tol", "domain_mean", "clusters", "kl_damping", "kl_damping_quantile", "eps"];
+    pub const KEYS: [&'static str; 10] = [
+        "advantage",
+        "sort_group_rewards",
+        "history_window",
+        "k_max",
+        "elbow_tol",
+        "domain_mean",
+        "clusters",
+        "kl_damping",
+        "kl_damping_quantile",
+        "eps",
+    ];
 
     /// Checks value ranges; the error names the key.
     pub fn validate(&self) -> Result<(), String> {
@@ -217,7 +227,12 @@ impl DrpoHistory {
     /// Advantages of `groups` (the whole global batch). `kl` (per group, per response: the
     /// summed k3 KL to the reference) is needed only with `kl_damping`. DRPO appends this
     /// batch's vectors to the history.
-    pub fn advantages(&mut self, config: &AdvantageConfig, groups: &[Group], kl: Option<&[Vec<f64>]>) -> AdvantageOutput {
+    pub fn advantages(
+        &mut self,
+        config: &AdvantageConfig,
+        groups: &[Group],
+        kl: Option<&[Vec<f64>]>,
+    ) -> AdvantageOutput {
         let eps = config.eps;
         // Step 2: group-relative scores s_{q,i}.
         let mut zero_std_groups = 0;
@@ -235,7 +250,9 @@ impl DrpoHistory {
             })
             .collect();
         match config.estimator {
-            Estimator::Grpo | Estimator::DrGrpo => return AdvantageOutput { advantages: scores, domains: BTreeMap::new(), zero_std_groups },
+            Estimator::Grpo | Estimator::DrGrpo => {
+                return AdvantageOutput { advantages: scores, domains: BTreeMap::new(), zero_std_groups }
+            }
             Estimator::Drpo => {}
         }
 
@@ -295,7 +312,11 @@ impl DrpoHistory {
                 let data = WeightedPoints::from_points(&vectors);
                 let seed = (h.runs << 20) ^ h.seen;
                 // DomainOnly needs no clusters: one k-means with k = 1 is the domain mean.
-                let clustering = if config.clusters { elbow(&data, config.k_max, config.elbow_tol, seed) } else { kmeans(&data, 1, seed) };
+                let clustering = if config.clusters {
+                    elbow(&data, config.k_max, config.elbow_tol, seed)
+                } else {
+                    kmeans(&data, 1, seed)
+                };
                 let k = clustering.centroids.len();
                 let mut size = vec![0.0; k];
                 for (i, &c) in clustering.assignment.iter().enumerate() {
@@ -304,8 +325,14 @@ impl DrpoHistory {
                 let mu_c: Vec<f64> = clustering.centroids.iter().map(|c| mean(c)).collect();
                 let mu_d = match config.domain_mean {
                     DomainMean::InverseClusterSize => {
-                        let (num, den) = (0..k).filter(|&c| size[c] > 0.0).fold((0.0, 0.0), |(n, d), c| (n + mu_c[c] / size[c], d + 1.0 / size[c]));
-                        if den > 0.0 { num / den } else { 0.0 }
+                        let (num, den) = (0..k)
+                            .filter(|&c| size[c] > 0.0)
+                            .fold((0.0, 0.0), |(n, d), c| (n + mu_c[c] / size[c], d + 1.0 / size[c]));
+                        if den > 0.0 {
+                            num / den
+                        } else {
+                            0.0
+                        }
                     }
                     DomainMean::Plain => mean(&vectors.iter().map(|v| mean(v)).collect::<Vec<_>>()),
                 };
@@ -315,10 +342,15 @@ impl DrpoHistory {
                     .iter()
                     .map(|&d| {
                         let c = clustering.assignment[d];
-                        if config.clusters { (size[c].sqrt() * mu_c[c]).max(eps) } else { 1.0 }
+                        if config.clusters {
+                            (size[c].sqrt() * mu_c[c]).max(eps)
+                        } else {
+                            1.0
+                        }
                     })
                     .collect();
-                let stats = DomainStats { questions: h.seen, mu: mu_d, temperature: t_d, clusters: k, ..Default::default() };
+                let stats =
+                    DomainStats { questions: h.seen, mu: mu_d, temperature: t_d, clusters: k, ..Default::default() };
                 (domain.to_string(), DomainScale { t_d, t_c, stats })
             })
             .collect();
@@ -340,9 +372,14 @@ impl DrpoHistory {
         let mut damping: Vec<Vec<f64>> = scores.iter().map(|r| vec![1.0; r.len()]).collect();
         if config.kl_damping {
             if let Some(kl) = kl {
-                let z: Vec<Vec<f64>> = scaled.iter().zip(kl).map(|(s, k)| s.iter().zip(k).map(|(s, k)| s.abs() * k).collect()).collect();
+                let z: Vec<Vec<f64>> =
+                    scaled.iter().zip(kl).map(|(s, k)| s.iter().zip(k).map(|(s, k)| s.abs() * k).collect()).collect();
                 let flat: Vec<f64> = z.iter().flatten().copied().collect();
-                let t = if flat.iter().all(|&v| v == 0.0) { eps } else { quantile(&flat, config.kl_damping_quantile).max(eps) };
+                let t = if flat.iter().all(|&v| v == 0.0) {
+                    eps
+                } else {
+                    quantile(&flat, config.kl_damping_quantile).max(eps)
+                };
                 for ((row, zr), dr) in scaled.iter_mut().zip(&z).zip(damping.iter_mut()) {
                     for ((s, z), d) in row.iter_mut().zip(zr).zip(dr.iter_mut()) {
                         *d = t / (t + z);
@@ -388,7 +425,11 @@ mod tests {
     #[test]
     fn grpo_is_the_standardised_group_score() {
         let config = AdvantageConfig { estimator: Estimator::Grpo, ..Default::default() };
-        let out = DrpoHistory::default().advantages(&config, &[group("a", &[1.0, 0.0, 0.5]), group("a", &[0.3, 0.3, 0.3])], None);
+        let out = DrpoHistory::default().advantages(
+            &config,
+            &[group("a", &[1.0, 0.0, 0.5]), group("a", &[0.3, 0.3, 0.3])],
+            None,
+        );
         // mean 0.5, unbiased std 0.5.
         let expected = [0.5 / (0.5 + 1e-6), -0.5 / (0.5 + 1e-6), 0.0];
         for (a, e) in out.advantages[0].iter().zip(expected) {
@@ -445,7 +486,11 @@ mod tests {
 
     #[test]
     fn domain_only_sets_cluster_temperature_to_one_and_damping_shrinks_large_kl() {
-        let groups = vec![group("a", &[0.9, 0.1, 0.5, 0.4]), group("a", &[0.2, 0.8, 0.6, 0.6]), group("b", &[1.0, 0.0, 1.0, 0.0])];
+        let groups = vec![
+            group("a", &[0.9, 0.1, 0.5, 0.4]),
+            group("a", &[0.2, 0.8, 0.6, 0.6]),
+            group("b", &[1.0, 0.0, 1.0, 0.0]),
+        ];
         let only = AdvantageConfig { clusters: false, ..Default::default() };
         let out = DrpoHistory::default().advantages(&only, &groups, None);
         assert_eq!(out.domains["a"].clusters, 1);
@@ -463,7 +508,10 @@ mod tests {
     #[test]
     fn config_reads_its_toml_keys() {
         let c: AdvantageConfig = toml::from_str("advantage = \"grpo\"\neps = 1e-4\nhistory_window = 8").unwrap();
-        assert_eq!(c, AdvantageConfig { estimator: Estimator::Grpo, eps: 1e-4, history_window: Some(8), ..Default::default() });
+        assert_eq!(
+            c,
+            AdvantageConfig { estimator: Estimator::Grpo, eps: 1e-4, history_window: Some(8), ..Default::default() }
+        );
         assert!(toml::from_str::<AdvantageConfig>("estimator = \"grpo\"").is_err(), "the TOML key is advantage");
         // KEYS are exactly the serialised keys (history_window set, so it is written).
         let full = AdvantageConfig { history_window: Some(1), ..Default::default() };

@@ -98,10 +98,12 @@ pub fn save(
     }
     let opt_path = partial.join("optimizer.safetensors");
     if !optimizer.is_empty() {
-        Tensor::write_safetensors(optimizer, &opt_path).map_err(|e| TrainError::Checkpoint(format!("{}: {e}", opt_path.display())))?;
+        Tensor::write_safetensors(optimizer, &opt_path)
+            .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", opt_path.display())))?;
     }
     let state_path = partial.join("trainer_state.json");
-    let json = serde_json::to_vec_pretty(state).map_err(|e| TrainError::Checkpoint(format!("{}: {e}", state_path.display())))?;
+    let json = serde_json::to_vec_pretty(state)
+        .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", state_path.display())))?;
     std::fs::write(&state_path, json).map_err(|e| TrainError::io(&state_path, e))?;
     sync_dir(&partial);
     let dest = step_dir(root, step);
@@ -180,7 +182,8 @@ pub fn load(dir: &Path) -> Result<(TrainerState, BTreeMap<String, Tensor>), Trai
 fn read_state(dir: &Path) -> Result<TrainerState, String> {
     let state_path = dir.join("trainer_state.json");
     let text = std::fs::read_to_string(&state_path).map_err(|e| format!("{}: {e}", state_path.display()))?;
-    let state: TrainerState = serde_json::from_str(&text).map_err(|e| format!("{}: not a valid trainer state: {e}", state_path.display()))?;
+    let state: TrainerState =
+        serde_json::from_str(&text).map_err(|e| format!("{}: not a valid trainer state: {e}", state_path.display()))?;
     if state.version != FORMAT_VERSION {
         return Err(format!("{}: format version {} is not {FORMAT_VERSION}", state_path.display(), state.version));
     }
@@ -197,12 +200,17 @@ pub fn verify(dir: &Path) -> Result<TrainerState, String> {
     let model = dir.join("model");
     let config = model.join("config.json");
     let text = std::fs::read_to_string(&config).map_err(|e| format!("{}: {e}", config.display()))?;
-    serde_json::from_str::<serde_json::Value>(&text).map_err(|e| format!("{}: not valid JSON: {e}", config.display()))?;
+    serde_json::from_str::<serde_json::Value>(&text)
+        .map_err(|e| format!("{}: not valid JSON: {e}", config.display()))?;
     let index = model.join("model.safetensors.index.json");
     let weights: Vec<PathBuf> = if index.is_file() {
         let text = std::fs::read_to_string(&index).map_err(|e| format!("{}: {e}", index.display()))?;
-        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: not valid JSON: {e}", index.display()))?;
-        let map = json.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| format!("{}: no weight_map", index.display()))?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| format!("{}: not valid JSON: {e}", index.display()))?;
+        let map = json
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| format!("{}: no weight_map", index.display()))?;
         let mut files: Vec<PathBuf> = map.values().filter_map(|v| v.as_str()).map(|f| model.join(f)).collect();
         files.sort();
         files.dedup();
@@ -248,19 +256,34 @@ pub fn check_safetensors(path: &Path) -> Result<(), String> {
     }
     let mut header = vec![0u8; header_len as usize];
     file.read_exact(&mut header).map_err(|e| at(e.to_string()))?;
-    let header: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_slice(&header).map_err(|e| at(format!("not a safetensors file (its header is not JSON: {e})")))?;
+    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&header)
+        .map_err(|e| at(format!("not a safetensors file (its header is not JSON: {e})")))?;
     let mut end = 0u64;
     for (name, info) in header.iter().filter(|(n, _)| *n != "__metadata__") {
         let bad = || at(format!("tensor `{name}` has a malformed header entry"));
         let dtype = info.get("dtype").and_then(|d| d.as_str()).ok_or_else(bad)?;
-        let shape: Vec<u64> = info.get("shape").and_then(|s| s.as_array()).ok_or_else(bad)?.iter().map(|d| d.as_u64().ok_or_else(bad)).collect::<Result<_, _>>()?;
-        let offsets: Vec<u64> = info.get("data_offsets").and_then(|s| s.as_array()).ok_or_else(bad)?.iter().map(|d| d.as_u64().ok_or_else(bad)).collect::<Result<_, _>>()?;
+        let shape: Vec<u64> = info
+            .get("shape")
+            .and_then(|s| s.as_array())
+            .ok_or_else(bad)?
+            .iter()
+            .map(|d| d.as_u64().ok_or_else(bad))
+            .collect::<Result<_, _>>()?;
+        let offsets: Vec<u64> = info
+            .get("data_offsets")
+            .and_then(|s| s.as_array())
+            .ok_or_else(bad)?
+            .iter()
+            .map(|d| d.as_u64().ok_or_else(bad))
+            .collect::<Result<_, _>>()?;
         let [begin, stop] = offsets[..] else { return Err(bad()) };
         let elem = dtype_bytes(dtype).ok_or_else(|| at(format!("tensor `{name}` has unknown dtype {dtype}")))?;
         let need = shape.iter().product::<u64>() * elem;
         if stop < begin || stop - begin != need {
-            return Err(at(format!("tensor `{name}` spans {} bytes, its {dtype} shape {shape:?} needs {need}", stop.saturating_sub(begin))));
+            return Err(at(format!(
+                "tensor `{name}` spans {} bytes, its {dtype} shape {shape:?} needs {need}",
+                stop.saturating_sub(begin)
+            )));
         }
         end = end.max(stop);
     }
@@ -288,7 +311,11 @@ pub enum Resume {
 impl From<bool> for Resume {
     /// `true`: [`Resume::Latest`]; `false`: [`Resume::Fresh`].
     fn from(resume: bool) -> Self {
-        if resume { Resume::Latest } else { Resume::Fresh }
+        if resume {
+            Resume::Latest
+        } else {
+            Resume::Fresh
+        }
     }
 }
 
@@ -325,12 +352,27 @@ pub fn resume_point(root: &Path, resume: &Resume, main: bool) -> Result<Option<P
             Err(TrainError::Checkpoint(format!("cannot resume from {}: {problem}\n{advice}", newest.display())))
         }
         Resume::From(dir) => {
-            let state = verify(dir).map_err(|problem| TrainError::Checkpoint(format!("cannot resume from {}: {problem}", dir.display())))?;
+            let state = verify(dir).map_err(|problem| {
+                TrainError::Checkpoint(format!("cannot resume from {}: {problem}", dir.display()))
+            })?;
             if main {
                 for (n, later) in list(root)?.into_iter().filter(|(n, _)| *n > state.step()) {
-                    let aside = (1..).map(|i| root.join(if i == 1 { format!("step_{n}.superseded") } else { format!("step_{n}.superseded-{i}") })).find(|p| !p.exists()).expect("a free name");
+                    let aside = (1..)
+                        .map(|i| {
+                            root.join(if i == 1 {
+                                format!("step_{n}.superseded")
+                            } else {
+                                format!("step_{n}.superseded-{i}")
+                            })
+                        })
+                        .find(|p| !p.exists())
+                        .expect("a free name");
                     std::fs::rename(&later, &aside).map_err(|e| TrainError::io(&later, e))?;
-                    eprintln!("note: {} is after the checkpoint resumed from: kept as {}", later.display(), aside.display());
+                    eprintln!(
+                        "note: {} is after the checkpoint resumed from: kept as {}",
+                        later.display(),
+                        aside.display()
+                    );
                 }
             }
             Ok(Some(dir.clone()))
@@ -343,7 +385,15 @@ mod tests {
     use super::*;
 
     fn state(sft: u64, rl: u64) -> TrainerState {
-        TrainerState { version: FORMAT_VERSION, sft_steps_done: sft, rl_steps_done: rl, optimizer_step: 3, cursor: Cursor::default(), drpo: DrpoHistory::default(), seed: 0 }
+        TrainerState {
+            version: FORMAT_VERSION,
+            sft_steps_done: sft,
+            rl_steps_done: rl,
+            optimizer_step: 3,
+            cursor: Cursor::default(),
+            drpo: DrpoHistory::default(),
+            seed: 0,
+        }
     }
 
     #[test]
@@ -352,7 +402,15 @@ mod tests {
         let root = tmp.path().join("checkpoints");
         let moments = vec![("exp_avg.w".to_string(), Tensor::from_slice(&[1.0f32, 2.0]))];
         for rl in 1..=3 {
-            save(&root, &state(2, rl), |d| std::fs::write(d.join("w"), b"x").map_err(|e| TrainError::io(d, e)), tmp.path(), &moments, 2).unwrap();
+            save(
+                &root,
+                &state(2, rl),
+                |d| std::fs::write(d.join("w"), b"x").map_err(|e| TrainError::io(d, e)),
+                tmp.path(),
+                &moments,
+                2,
+            )
+            .unwrap();
         }
         let steps: Vec<u64> = list(&root).unwrap().into_iter().map(|(n, _)| n).collect();
         assert_eq!(steps, vec![4, 5]);
@@ -361,7 +419,8 @@ mod tests {
         assert_eq!(Vec::<f32>::try_from(&m["exp_avg.w"]).unwrap(), vec![1.0, 2.0]);
 
         // A write that fails half-way leaves no step_6 and does not disturb step_5.
-        let err = save(&root, &state(2, 4), |_| Err(TrainError::Checkpoint("disk full".into())), tmp.path(), &moments, 2);
+        let err =
+            save(&root, &state(2, 4), |_| Err(TrainError::Checkpoint("disk full".into())), tmp.path(), &moments, 2);
         assert!(err.is_err());
         assert_eq!(latest(&root).unwrap().unwrap(), step_dir(&root, 5));
         // The next write clears the leftover.
@@ -375,7 +434,8 @@ mod tests {
         let moments = vec![("exp_avg.w".to_string(), Tensor::from_slice(&[1.0f32, 2.0]))];
         let write_model = |d: &Path| {
             std::fs::write(d.join("config.json"), "{}").map_err(|e| TrainError::io(d, e))?;
-            Tensor::write_safetensors(&[("w", Tensor::from_slice(&[1.0f32, 2.0, 3.0]))], d.join("model.safetensors")).map_err(TrainError::from)
+            Tensor::write_safetensors(&[("w", Tensor::from_slice(&[1.0f32, 2.0, 3.0]))], d.join("model.safetensors"))
+                .map_err(TrainError::from)
         };
         save(root, s, write_model, root, &moments, 0).unwrap()
     }
@@ -389,7 +449,11 @@ mod tests {
     fn safetensors_headers_are_checked_against_the_file_length() {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("t.safetensors");
-        Tensor::write_safetensors(&[("a", Tensor::from_slice(&[1.0f32; 10])), ("b", Tensor::from_slice(&[1i64, 2]))], &path).unwrap();
+        Tensor::write_safetensors(
+            &[("a", Tensor::from_slice(&[1.0f32; 10])), ("b", Tensor::from_slice(&[1i64, 2]))],
+            &path,
+        )
+        .unwrap();
         check_safetensors(&path).unwrap();
         truncate(&path);
         let err = check_safetensors(&path).unwrap_err();
@@ -412,7 +476,12 @@ mod tests {
         assert_eq!(resume_point(&root, &Resume::Latest, true).unwrap(), Some(step_dir(&root, 3)));
         // Damage step_3 three ways and step_2 one way: the advice skips to step_1.
         truncate(&step_dir(&root, 2).join("optimizer.safetensors"));
-        for (file, damage) in [("model/model.safetensors", "truncated"), ("optimizer.safetensors", "truncated"), ("trainer_state.json", "not a valid trainer state"), ("model/config.json", "No such file")] {
+        for (file, damage) in [
+            ("model/model.safetensors", "truncated"),
+            ("optimizer.safetensors", "truncated"),
+            ("trainer_state.json", "not a valid trainer state"),
+            ("model/config.json", "No such file"),
+        ] {
             let path = step_dir(&root, 3).join(file);
             let saved = std::fs::read(&path).unwrap();
             match file {
@@ -430,7 +499,10 @@ mod tests {
         // Resuming from step_1 sets the later ones aside under new names.
         assert_eq!(resume_point(&root, &Resume::From(step_dir(&root, 1)), true).unwrap(), Some(step_dir(&root, 1)));
         assert_eq!(list(&root).unwrap().into_iter().map(|(n, _)| n).collect::<Vec<_>>(), vec![1]);
-        assert!(root.join("step_2.superseded/optimizer.safetensors").is_file() && root.join("step_3.superseded/model/model.safetensors").is_file());
+        assert!(
+            root.join("step_2.superseded/optimizer.safetensors").is_file()
+                && root.join("step_3.superseded/model/model.safetensors").is_file()
+        );
         // A damaged checkpoint named by --resume-from is refused, naming the file.
         let err = resume_point(&root, &Resume::From(root.join("step_2.superseded")), true).unwrap_err().to_string();
         assert!(err.contains("step_2.superseded/optimizer.safetensors"), "{err}");

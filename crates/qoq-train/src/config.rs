@@ -9,8 +9,8 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use qoq_data::run_config::{loader_from_table, ProcessorConfig};
 use qoq_data::preprocess::ImageProcessorConfig;
+use qoq_data::run_config::{loader_from_table, ProcessorConfig};
 use qoq_data::LoaderConfig;
 use qoq_rewards::RewardConfig;
 use serde::de::DeserializeOwned;
@@ -323,18 +323,25 @@ impl<'de> Deserialize<'de> for AlgorithmSection {
         let table = toml::Table::deserialize(d)?;
         let known = |k: &str| AdvantageConfig::KEYS.contains(&k) || LossConfig::KEYS.contains(&k);
         if let Some(key) = table.keys().find(|k| !known(k)) {
-            let all: Vec<String> = AdvantageConfig::KEYS.iter().chain(&LossConfig::KEYS).map(|k| format!("`{k}`")).collect();
+            let all: Vec<String> =
+                AdvantageConfig::KEYS.iter().chain(&LossConfig::KEYS).map(|k| format!("`{k}`")).collect();
             return Err(D::Error::custom(format!("unknown key `algorithm.{key}`, expected one of {}", all.join(", "))));
         }
-        let (loss, advantages): (toml::Table, toml::Table) = table.into_iter().partition(|(k, _)| LossConfig::KEYS.contains(&k.as_str()));
-        Ok(Self { advantages: from_table("algorithm", advantages).map_err(D::Error::custom)?, loss: from_table("algorithm", loss).map_err(D::Error::custom)? })
+        let (loss, advantages): (toml::Table, toml::Table) =
+            table.into_iter().partition(|(k, _)| LossConfig::KEYS.contains(&k.as_str()));
+        Ok(Self {
+            advantages: from_table("algorithm", advantages).map_err(D::Error::custom)?,
+            loss: from_table("algorithm", loss).map_err(D::Error::custom)?,
+        })
     }
 }
 
 /// `table` as a `T`; the error names the first key that `T` refuses (`section.key`).
 fn from_table<T: DeserializeOwned>(section: &str, table: toml::Table) -> Result<T, String> {
     toml::Value::Table(table.clone()).try_into().map_err(|e: toml::de::Error| {
-        let alone = |k: &String, v: &toml::Value| toml::Value::Table(toml::Table::from_iter([(k.clone(), v.clone())])).try_into::<T>().is_err();
+        let alone = |k: &String, v: &toml::Value| {
+            toml::Value::Table(toml::Table::from_iter([(k.clone(), v.clone())])).try_into::<T>().is_err()
+        };
         match table.iter().find(|(k, v)| alone(k, v)) {
             Some((key, _)) => format!("{section}.{key}: {}", e.message()),
             None => format!("[{section}]: {}", e.message()),
@@ -367,7 +374,15 @@ pub struct ValidationSection {
 
 impl Default for ValidationSection {
     fn default() -> Self {
-        Self { every: 0, shards: None, splits: vec!["val".into()], max_samples: 256, temperature: 0.5, max_new_tokens: None, batch_size: 16 }
+        Self {
+            every: 0,
+            shards: None,
+            splits: vec!["val".into()],
+            max_samples: 256,
+            temperature: 0.5,
+            max_new_tokens: None,
+            batch_size: 16,
+        }
     }
 }
 
@@ -383,7 +398,8 @@ impl TrainConfig {
     /// Reads `path`, resolving `base`, without checking values (see [`Self::check`]).
     pub fn parse_file(path: &Path) -> Result<Self, TrainError> {
         let text = std::fs::read_to_string(path).map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))?;
-        let table: toml::Table = toml::from_str(&text).map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))?;
+        let table: toml::Table =
+            toml::from_str(&text).map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))?;
         if !table.contains_key("base") {
             // Straight from the text: errors point at the line.
             return toml::from_str(&text).map_err(|e| TrainError::Config(format!("{}: {e}", path.display())));
@@ -391,7 +407,9 @@ impl TrainConfig {
         let mut chain = vec![path.to_path_buf()];
         let merged = with_base(path, table, &mut chain).map_err(TrainError::Config)?;
         let files: Vec<String> = chain.iter().map(|p| p.display().to_string()).collect();
-        toml::Value::Table(merged).try_into().map_err(|e| TrainError::Config(format!("{} (over {}): {e}", path.display(), files[1..].join(" over "))))
+        toml::Value::Table(merged)
+            .try_into()
+            .map_err(|e| TrainError::Config(format!("{} (over {}): {e}", path.display(), files[1..].join(" over "))))
     }
 
     /// The shard folder and loader settings of `[data]`; training cycles through the
@@ -414,7 +432,10 @@ impl TrainConfig {
             return Ok(());
         }
         if self.sft.steps > 0 && !self.sft.batch_size.is_multiple_of(world) {
-            return Err(format!("sft.batch_size ({}) must be a multiple of the number of ranks ({world})", self.sft.batch_size));
+            return Err(format!(
+                "sft.batch_size ({}) must be a multiple of the number of ranks ({world})",
+                self.sft.batch_size
+            ));
         }
         if self.rl.steps > 0 && !self.rl.prompts_per_update.is_multiple_of(world) {
             return Err(format!(
@@ -476,7 +497,10 @@ impl TrainConfig {
         }
         if local {
             if !model.path.join("config.json").is_file() {
-                return Err(format!("model.path: {} has no config.json (a Hugging Face Qwen3-VL folder is expected)", model.path.display()));
+                return Err(format!(
+                    "model.path: {} has no config.json (a Hugging Face Qwen3-VL folder is expected)",
+                    model.path.display()
+                ));
             }
             if !model.path.join("tokenizer.json").is_file() {
                 return Err(format!("model.path: {} has no tokenizer.json", model.path.display()));
@@ -491,7 +515,10 @@ impl TrainConfig {
     fn check_sampling(&self) -> Result<(), String> {
         let rl = &self.rl;
         if !(rl.temperature > 0.0 && rl.temperature.is_finite()) {
-            return Err(format!("rl.temperature must be positive and finite (it divides the logits), got {}", rl.temperature));
+            return Err(format!(
+                "rl.temperature must be positive and finite (it divides the logits), got {}",
+                rl.temperature
+            ));
         }
         if !(rl.top_p > 0.0 && rl.top_p <= 1.0) {
             return Err(format!("rl.top_p must be in (0, 1] (1: off), got {}", rl.top_p));
@@ -537,13 +564,22 @@ fn at_least_one(values: &[(&str, usize)]) -> Result<(), String> {
 fn with_base(path: &Path, mut table: toml::Table, chain: &mut Vec<PathBuf>) -> Result<toml::Table, String> {
     let Some(base) = table.remove("base") else { return Ok(table) };
     let toml::Value::String(base) = base else {
-        return Err(format!("{}: base must be a path string (relative to this file), got {}", path.display(), base.type_str()));
+        return Err(format!(
+            "{}: base must be a path string (relative to this file), got {}",
+            path.display(),
+            base.type_str()
+        ));
     };
     let base_path = path.parent().unwrap_or(Path::new(".")).join(&base);
-    let text = std::fs::read_to_string(&base_path).map_err(|e| format!("{}: base = {base:?}: {}: {e}", path.display(), base_path.display()))?;
+    let text = std::fs::read_to_string(&base_path)
+        .map_err(|e| format!("{}: base = {base:?}: {}: {e}", path.display(), base_path.display()))?;
     let same = |a: &Path, b: &Path| a.canonicalize().ok().is_some_and(|a| b.canonicalize().ok() == Some(a));
     if chain.iter().any(|p| same(p, &base_path)) {
-        return Err(format!("{}: base = {base:?}: {} is already in the chain of bases (a cycle)", path.display(), base_path.display()));
+        return Err(format!(
+            "{}: base = {base:?}: {} is already in the chain of bases (a cycle)",
+            path.display(),
+            base_path.display()
+        ));
     }
     let base_table: toml::Table = toml::from_str(&text).map_err(|e| format!("{}: {e}", base_path.display()))?;
     chain.push(base_path.clone());

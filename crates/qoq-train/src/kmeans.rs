@@ -28,7 +28,11 @@ impl WeightedPoints {
             first_of[i] = if w > 0 && points[order[w - 1]] == points[i] { first_of[order[w - 1]] } else { i };
         }
         let mut distinct_of_first = vec![usize::MAX; points.len()];
-        let mut out = WeightedPoints { points: Vec::new(), weights: Vec::new(), index_of_input: Vec::with_capacity(points.len()) };
+        let mut out = WeightedPoints {
+            points: Vec::new(),
+            weights: Vec::new(),
+            index_of_input: Vec::with_capacity(points.len()),
+        };
         for (i, p) in points.iter().enumerate() {
             let f = first_of[i];
             if distinct_of_first[f] == usize::MAX {
@@ -168,7 +172,8 @@ fn lloyd(data: &WeightedPoints, mut centroids: Vec<Vec<f64>>) -> Clustering {
             }
         }
     }
-    let inertia = data.points.iter().zip(&assignment).zip(&data.weights).map(|((p, &c), w)| w * dist2(p, &centroids[c])).sum();
+    let inertia =
+        data.points.iter().zip(&assignment).zip(&data.weights).map(|((p, &c), w)| w * dist2(p, &centroids[c])).sum();
     Clustering { centroids, assignment, inertia }
 }
 

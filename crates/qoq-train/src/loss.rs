@@ -243,7 +243,12 @@ mod tests {
         let mut expected: Vec<String> = LossConfig::KEYS.iter().map(|k| k.to_string()).collect();
         expected.sort();
         assert_eq!(keys, expected);
-        for (bad, key) in [(LossConfig { clip_low: 1.0, ..Default::default() }, "clip_low"), (LossConfig { dual_clip: Some(0.5), ..Default::default() }, "dual_clip"), (LossConfig { kl_coef: f64::NAN, ..Default::default() }, "kl_coef"), (LossConfig { clip_high: -0.1, ..Default::default() }, "clip_high")] {
+        for (bad, key) in [
+            (LossConfig { clip_low: 1.0, ..Default::default() }, "clip_low"),
+            (LossConfig { dual_clip: Some(0.5), ..Default::default() }, "dual_clip"),
+            (LossConfig { kl_coef: f64::NAN, ..Default::default() }, "kl_coef"),
+            (LossConfig { clip_high: -0.1, ..Default::default() }, "clip_high"),
+        ] {
             let err = bad.validate().unwrap_err();
             assert!(err.contains(&format!("algorithm.{key}")), "{err}");
         }
@@ -262,7 +267,18 @@ mod tests {
             let whole = policy_loss(&logp, &old, None, &adv, &mask, &c, n).pg_loss;
             let parts: f64 = [(0, 2), (2, 1)]
                 .iter()
-                .map(|&(s, l)| policy_loss(&logp.narrow(0, s, l), &old.narrow(0, s, l), None, &adv.narrow(0, s, l), &mask.narrow(0, s, l), &c, n).pg_loss)
+                .map(|&(s, l)| {
+                    policy_loss(
+                        &logp.narrow(0, s, l),
+                        &old.narrow(0, s, l),
+                        None,
+                        &adv.narrow(0, s, l),
+                        &mask.narrow(0, s, l),
+                        &c,
+                        n,
+                    )
+                    .pg_loss
+                })
                 .sum();
             assert!((whole - parts).abs() < 1e-12, "{agg:?}");
         }

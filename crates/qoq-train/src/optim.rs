@@ -27,7 +27,16 @@ pub struct OptimConfig {
 
 impl Default for OptimConfig {
     fn default() -> Self {
-        Self { lr: 1e-6, betas: [0.9, 0.999], eps: 1e-8, weight_decay: 1e-2, grad_clip: 1.0, schedule: Schedule::Constant, warmup_steps: 0, min_lr_ratio: 0.0 }
+        Self {
+            lr: 1e-6,
+            betas: [0.9, 0.999],
+            eps: 1e-8,
+            weight_decay: 1e-2,
+            grad_clip: 1.0,
+            schedule: Schedule::Constant,
+            warmup_steps: 0,
+            min_lr_ratio: 0.0,
+        }
     }
 }
 
@@ -118,7 +127,10 @@ impl AdamW {
 
     /// Parameters with and without weight decay (counts of elements).
     pub fn group_sizes(&self) -> (i64, i64) {
-        self.params.iter().fold((0, 0), |(d, n), (_, t, decay)| if *decay { (d + t.numel() as i64, n) } else { (d, n + t.numel() as i64) })
+        self.params.iter().fold(
+            (0, 0),
+            |(d, n), (_, t, decay)| if *decay { (d + t.numel() as i64, n) } else { (d, n + t.numel() as i64) },
+        )
     }
 
     pub fn zero_grad(&mut self) {
@@ -167,7 +179,6 @@ impl AdamW {
         }
         norm
     }
-
 }
 
 /// Which elements of a tensor get weight decay.
@@ -184,7 +195,17 @@ pub(crate) enum Decay<'a> {
 /// losses but, with `train`'s allocator settings, its different allocation order grew the
 /// demo's peak RSS from 3.0 to 4.5 GB; this form is kept.)
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn adamw_update(p: &mut Tensor, g: &mut Tensor, clip: f64, m: &mut Tensor, v: &mut Tensor, lr: f64, decay: Decay<'_>, config: &OptimConfig, step: u64) {
+pub(crate) fn adamw_update(
+    p: &mut Tensor,
+    g: &mut Tensor,
+    clip: f64,
+    m: &mut Tensor,
+    v: &mut Tensor,
+    lr: f64,
+    decay: Decay<'_>,
+    config: &OptimConfig,
+    step: u64,
+) {
     let [b1, b2] = config.betas;
     let bias1 = 1.0 - b1.powi(step as i32);
     let bias2 = 1.0 - b2.powi(step as i32);
@@ -232,7 +253,9 @@ impl AdamW {
         for (prefix, map) in [("exp_avg", &mut self.exp_avg), ("exp_avg_sq", &mut self.exp_avg_sq)] {
             for (name, t) in map.iter_mut() {
                 let key = format!("{prefix}.{name}");
-                let saved = tensors.get(&key).ok_or_else(|| format!("the optimizer state has no `{key}` (was the freezing changed?)"))?;
+                let saved = tensors
+                    .get(&key)
+                    .ok_or_else(|| format!("the optimizer state has no `{key}` (was the freezing changed?)"))?;
                 if saved.size() != t.size() {
                     return Err(format!("`{key}` has shape {:?}, the parameter {:?}", saved.size(), t.size()));
                 }
@@ -250,7 +273,13 @@ mod tests {
 
     #[test]
     fn schedules() {
-        let c = OptimConfig { lr: 1.0, warmup_steps: 2, schedule: Schedule::Cosine, min_lr_ratio: 0.1, ..Default::default() };
+        let c = OptimConfig {
+            lr: 1.0,
+            warmup_steps: 2,
+            schedule: Schedule::Cosine,
+            min_lr_ratio: 0.1,
+            ..Default::default()
+        };
         assert_eq!(c.lr_at(0, 12), 0.5);
         assert_eq!(c.lr_at(1, 12), 1.0);
         assert!((c.lr_at(2, 12) - 1.0).abs() < 1e-12);

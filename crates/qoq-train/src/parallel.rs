@@ -82,7 +82,10 @@ impl DataParallel {
         self.group
             .all_gather_bytes(&bytes)?
             .iter()
-            .map(|b| serde_json::from_slice(b).map_err(|e| TrainError::Config(format!("gathering: a rank sent unreadable data: {e}"))))
+            .map(|b| {
+                serde_json::from_slice(b)
+                    .map_err(|e| TrainError::Config(format!("gathering: a rank sent unreadable data: {e}")))
+            })
             .collect()
     }
 
@@ -230,7 +233,12 @@ impl Optimizer {
         }
     }
 
-    pub fn load_state(&mut self, tensors: &std::collections::BTreeMap<String, Tensor>, step: u64, dp: &DataParallel) -> Result<(), String> {
+    pub fn load_state(
+        &mut self,
+        tensors: &std::collections::BTreeMap<String, Tensor>,
+        step: u64,
+        dp: &DataParallel,
+    ) -> Result<(), String> {
         match self {
             Optimizer::Replicated(o) => o.load_state(tensors, step),
             Optimizer::Sharded(o) => o.load_state(tensors, step, dp.world()),

@@ -53,7 +53,13 @@ pub fn reference_response(answer: &str, boxes: &[(BBox, &str)]) -> String {
         .iter()
         .map(|(b, label)| {
             let label = serde_json::to_string(label).unwrap_or_else(|_| "\"\"".into());
-            format!("{{\"bbox_2d\": [{}, {}, {}, {}], \"label\": {label}}}", b[0].round(), b[1].round(), b[2].round(), b[3].round())
+            format!(
+                "{{\"bbox_2d\": [{}, {}, {}, {}], \"label\": {label}}}",
+                b[0].round(),
+                b[1].round(),
+                b[2].round(),
+                b[3].round()
+            )
         })
         .collect();
     format!("<think>\n</think>\n```json\n[{}]\n```\n\\boxed{{{answer}}}", items.join(", "))
@@ -91,20 +97,27 @@ pub fn prepare(
                 return Ok(VideoLayout::contiguous(v.grid_thw[0] as usize, per_block));
             }
             // Frames are sampled uniformly; without timing metadata transformers assumes 24 fps.
-            VideoLayout::from_frame_indices(&(0..frames).collect::<Vec<_>>(), VIDEO_FPS, processor.config.temporal_patch_size as usize, per_block)
+            VideoLayout::from_frame_indices(
+                &(0..frames).collect::<Vec<_>>(),
+                VIDEO_FPS,
+                processor.config.temporal_patch_size as usize,
+                per_block,
+            )
         })
         .collect::<Result<_, _>>()
         .map_err(|e| bad(e.to_string()))?;
     let options = RenderOptions { add_generation_prompt: true, template: format.template, ..Default::default() };
-    let ids = encode_conversation(tokenizer, &[Message::user(content)], &options, &image_tokens, &videos).map_err(|e| bad(e.to_string()))?;
+    let ids = encode_conversation(tokenizer, &[Message::user(content)], &options, &image_tokens, &videos)
+        .map_err(|e| bad(e.to_string()))?;
     let ids: Vec<i64> = ids.into_iter().map(i64::from).collect();
 
     let boxes: Vec<BBox> = media.boxes.iter().map(|b| b.bbox.map(f64::from)).collect();
     let labelled: Vec<(BBox, &str)> = boxes.iter().copied().zip(media.boxes.iter().map(|b| b.label.as_str())).collect();
     let mask = match &media.mask {
-        Some(m) if m.pixels().any(|p| p.0[0] != 0) => {
-            Some(Mask::from_fn(m.width(), m.height(), |x, y| m.get_pixel(x, y).0[0] != 0).map_err(|e| bad(format!("mask: {e}")))?)
-        }
+        Some(m) if m.pixels().any(|p| p.0[0] != 0) => Some(
+            Mask::from_fn(m.width(), m.height(), |x, y| m.get_pixel(x, y).0[0] != 0)
+                .map_err(|e| bad(format!("mask: {e}")))?,
+        ),
         _ => None,
     };
     Ok(Prompt {
@@ -208,7 +221,8 @@ mod tests {
         assert_eq!(r, "<think>\n</think>\n```json\n[{\"bbox_2d\": [10, 20, 31, 40], \"label\": \"nodule\"}]\n```\n\\boxed{nodule, pleural effusion}");
         let scorer = qoq_rewards::combine::Scorer::new(&Default::default()).unwrap();
         let boxes = [[10.0, 20.0, 31.0, 40.0]];
-        let s = scorer.score(&r, &qoq_rewards::combine::Target { answer: "nodule, pleural effusion", boxes: &boxes, mask: None });
+        let s = scorer
+            .score(&r, &qoq_rewards::combine::Target { answer: "nodule, pleural effusion", boxes: &boxes, mask: None });
         assert_eq!((s.f1, s.iou, s.format), (1.0, 1.0, 1.0));
     }
 

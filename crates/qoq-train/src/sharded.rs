@@ -66,7 +66,10 @@ pub fn gather_segments(tensors: &[&Tensor], segments: &[Segment], padded: i64) -
     if let Some(v) = segment_view(tensors, segments, padded) {
         return v;
     }
-    let mut parts: Vec<Tensor> = segments.iter().map(|s| tensors[s.param].reshape([-1]).narrow(0, s.offset, s.len).to_kind(Kind::Float)).collect();
+    let mut parts: Vec<Tensor> = segments
+        .iter()
+        .map(|s| tensors[s.param].reshape([-1]).narrow(0, s.offset, s.len).to_kind(Kind::Float))
+        .collect();
     let len: i64 = segments.iter().map(|s| s.len).sum();
     if padded > len {
         parts.push(Tensor::zeros([padded - len], (Kind::Float, tensors[segments[0].param].device())));
@@ -78,7 +81,11 @@ pub fn gather_segments(tensors: &[&Tensor], segments: &[Segment], padded: i64) -
 /// tensor (a bucket inside a large matrix).
 pub fn segment_view(tensors: &[&Tensor], segments: &[Segment], padded: i64) -> Option<Tensor> {
     match segments {
-        [only] if only.len == padded && tensors[only.param].kind() == Kind::Float && tensors[only.param].is_contiguous() => {
+        [only]
+            if only.len == padded
+                && tensors[only.param].kind() == Kind::Float
+                && tensors[only.param].is_contiguous() =>
+        {
             Some(tensors[only.param].view([-1]).narrow(0, only.offset, only.len))
         }
         _ => None,
@@ -94,7 +101,9 @@ pub fn scatter_segments(tensors: &[&Tensor], segments: &[Segment], start: i64, v
         let (lo, hi) = (start.max(at), end.min(at + s.len));
         if lo < hi {
             let t = tensors[s.param];
-            t.view([-1]).narrow(0, s.offset + lo - at, hi - lo).copy_(&values.narrow(0, lo - start, hi - lo).to_kind(t.kind()));
+            t.view([-1])
+                .narrow(0, s.offset + lo - at, hi - lo)
+                .copy_(&values.narrow(0, lo - start, hi - lo).to_kind(t.kind()));
         }
         at += s.len;
     }
@@ -121,13 +130,25 @@ pub struct ShardedAdamW {
 
 impl ShardedAdamW {
     /// `params`: the trainable parameters by name, in the same order on every rank.
-    pub fn new(config: OptimConfig, params: Vec<(String, Tensor)>, rank: usize, world: usize, bucket_elems: i64) -> Self {
+    pub fn new(
+        config: OptimConfig,
+        params: Vec<(String, Tensor)>,
+        rank: usize,
+        world: usize,
+        bucket_elems: i64,
+    ) -> Self {
         let _guard = tch::no_grad_guard();
         let w = world as i64;
         let sizes: Vec<i64> = params.iter().map(|(_, t)| t.numel() as i64).collect();
         let masks: Vec<Tensor> = params
             .iter()
-            .map(|(n, t)| Tensor::full([t.numel() as i64], if decays(n, &t.size()) { 1.0 } else { 0.0 }, (Kind::Float, t.device())))
+            .map(|(n, t)| {
+                Tensor::full(
+                    [t.numel() as i64],
+                    if decays(n, &t.size()) { 1.0 } else { 0.0 },
+                    (Kind::Float, t.device()),
+                )
+            })
             .collect();
         let mask_refs: Vec<&Tensor> = masks.iter().collect();
         let buckets = segment_buckets(&sizes, bucket_elems)
@@ -170,7 +191,8 @@ impl ShardedAdamW {
             scatter_segments(&grad_refs, &b.segments, self.rank * b.part, &part);
         }
         // 2. the global norm.
-        let total = Tensor::from_slice(&[sq]).to_device(self.buckets.first().map_or(tch::Device::Cpu, |b| b.decay.device()));
+        let total =
+            Tensor::from_slice(&[sq]).to_device(self.buckets.first().map_or(tch::Device::Cpu, |b| b.decay.device()));
         group.all_reduce(&total, ReduceOp::Sum)?;
         let norm = total.double_value(&[0]).sqrt();
         if !norm.is_finite() {
@@ -186,7 +208,17 @@ impl ShardedAdamW {
             // in place; the gather then writes the same values back), else copies.
             let mut part = gather_segments(&weight_refs, &b.segments, b.part * w).narrow(0, self.rank * b.part, b.part);
             let mut g = gather_segments(&grad_refs, &b.segments, b.part * w).narrow(0, self.rank * b.part, b.part);
-            adamw_update(&mut part, &mut g, clip, &mut b.exp_avg, &mut b.exp_avg_sq, lr, Decay::Mask(&b.decay), &self.config, self.step);
+            adamw_update(
+                &mut part,
+                &mut g,
+                clip,
+                &mut b.exp_avg,
+                &mut b.exp_avg_sq,
+                lr,
+                Decay::Mask(&b.decay),
+                &self.config,
+                self.step,
+            );
             let gathered = group.all_gather(&part)?.reshape([-1]);
             scatter_segments(&weight_refs, &b.segments, 0, &gathered);
         }
@@ -200,7 +232,11 @@ impl ShardedAdamW {
         let mut out = Vec::new();
         let w = group.world_size() as i64;
         for (prefix, pick) in [("exp_avg", 0), ("exp_avg_sq", 1)] {
-            let full: Vec<Tensor> = if group.is_main() { self.params.iter().map(|(_, p)| Tensor::zeros_like(p).to_kind(Kind::Float)).collect() } else { Vec::new() };
+            let full: Vec<Tensor> = if group.is_main() {
+                self.params.iter().map(|(_, p)| Tensor::zeros_like(p).to_kind(Kind::Float)).collect()
+            } else {
+                Vec::new()
+            };
             let full_refs: Vec<&Tensor> = full.iter().collect();
             for b in &self.buckets {
                 let part = if pick == 0 { &b.exp_avg } else { &b.exp_avg_sq };
@@ -227,7 +263,9 @@ impl ShardedAdamW {
             let mut saved = Vec::with_capacity(self.params.len());
             for (name, p) in &self.params {
                 let key = format!("{prefix}.{name}");
-                let t = tensors.get(&key).ok_or_else(|| format!("the optimizer state has no `{key}` (was the freezing changed?)"))?;
+                let t = tensors
+                    .get(&key)
+                    .ok_or_else(|| format!("the optimizer state has no `{key}` (was the freezing changed?)"))?;
                 if t.size() != p.size() {
                     return Err(format!("`{key}` has shape {:?}, the parameter {:?}", t.size(), p.size()));
                 }
@@ -296,19 +334,26 @@ mod tests {
         let config = OptimConfig { lr: 1e-2, weight_decay: 0.1, grad_clip: 0.5, ..Default::default() };
         let make = || {
             vec![
-                ("a.weight".to_string(), Tensor::from_slice(&[0.5f32, -1.0, 2.0, 0.25, 1.5, -0.5]).view([2, 3]).set_requires_grad(true)),
+                (
+                    "a.weight".to_string(),
+                    Tensor::from_slice(&[0.5f32, -1.0, 2.0, 0.25, 1.5, -0.5]).view([2, 3]).set_requires_grad(true),
+                ),
                 ("a.bias".to_string(), Tensor::from_slice(&[0.1f32, -0.2]).set_requires_grad(true)),
                 ("b.norm.weight".to_string(), Tensor::from_slice(&[1.0f32, 1.0, 1.0]).set_requires_grad(true)),
             ]
         };
         let (pa, pb) = (make(), make());
-        let share = |v: &Vec<(String, Tensor)>| v.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect::<Vec<_>>();
+        let share =
+            |v: &Vec<(String, Tensor)>| v.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect::<Vec<_>>();
         let mut plain = crate::optim::AdamW::new(config.clone(), share(&pa));
         let mut sharded = ShardedAdamW::new(config, share(&pb), 0, 1, 4);
         let group = ProcessGroup::single();
         for step in 0..3 {
             for params in [&pa, &pb] {
-                let loss = params.iter().map(|(_, t)| (t * t * (step as f64 + 1.0)).sum(Kind::Float)).fold(Tensor::from(0f32), |a, b| a + b);
+                let loss = params
+                    .iter()
+                    .map(|(_, t)| (t * t * (step as f64 + 1.0)).sum(Kind::Float))
+                    .fold(Tensor::from(0f32), |a, b| a + b);
                 loss.backward();
             }
             let n1 = plain.step(1e-2);

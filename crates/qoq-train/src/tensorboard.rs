@@ -39,9 +39,7 @@ const fn crc32c_table() -> [u32; 256] {
 }
 
 fn crc32c(bytes: &[u8]) -> u32 {
-    !bytes.iter().fold(!0u32, |crc, &b| {
-        CRC32C_TABLE[((crc ^ b as u32) & 0xFF) as usize] ^ (crc >> 8)
-    })
+    !bytes.iter().fold(!0u32, |crc, &b| CRC32C_TABLE[((crc ^ b as u32) & 0xFF) as usize] ^ (crc >> 8))
 }
 
 /// TFRecord masks its CRCs so that a CRC of data that itself contains CRCs stays well mixed.
@@ -82,9 +80,7 @@ fn put_bytes(out: &mut Vec<u8>, field: u32, bytes: &[u8]) {
 
 /// Wall time for events and file names; a clock before 1970 reads as 0 rather than failing.
 fn since_epoch() -> Duration {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()
 }
 
 /// Event { wall_time = 1, step = 2, file_version = 3 | summary = 5 }.
@@ -135,10 +131,7 @@ impl EventWriter {
             let path = dir.join(format!("events.out.tfevents.{secs}.{host}.{pid}.{n}"));
             match OpenOptions::new().write(true).create_new(true).open(&path) {
                 Ok(file) => {
-                    let mut writer = Self {
-                        writer: BufWriter::new(file),
-                        path,
-                    };
+                    let mut writer = Self { writer: BufWriter::new(file), path };
                     writer.write_record(&encode_event(0, Some("brain.Event:2"), None))?;
                     writer.flush()?;
                     return Ok(writer);
@@ -147,10 +140,7 @@ impl EventWriter {
                 Err(e) => return Err(e),
             }
         }
-        Err(io::Error::new(
-            ErrorKind::AlreadyExists,
-            format!("{}: no free event file name", dir.display()),
-        ))
+        Err(io::Error::new(ErrorKind::AlreadyExists, format!("{}: no free event file name", dir.display())))
     }
 
     /// The event file being written.
@@ -247,9 +237,7 @@ fn next_record(rest: &[u8]) -> Result<(ReadEvent, usize), &'static str> {
         return Err("length CRC mismatch");
     }
     let len = header[..8].try_into().map_or(u64::MAX, u64::from_le_bytes);
-    let len = usize::try_from(len)
-        .ok()
-        .filter(|&len| len <= rest.len() - 12);
+    let len = usize::try_from(len).ok().filter(|&len| len <= rest.len() - 12);
     let (payload, crc) = rest[12..].split_at(len.ok_or("truncated payload")?);
     let crc = crc.get(..4).ok_or("truncated payload")?;
     if masked_crc32c(payload) != le_u32(crc) {
@@ -299,13 +287,7 @@ fn fields(mut msg: &[u8]) -> Option<Vec<(u64, Field<'_>)>> {
 }
 
 fn decode_event(payload: &[u8]) -> Option<ReadEvent> {
-    let mut event = ReadEvent {
-        wall_time: 0.0,
-        step: 0,
-        file_version: None,
-        scalars: Vec::new(),
-        images: Vec::new(),
-    };
+    let mut event = ReadEvent { wall_time: 0.0, step: 0, file_version: None, scalars: Vec::new(), images: Vec::new() };
     for field in fields(payload)? {
         match field {
             (1, Field::Bytes(b)) => event.wall_time = f64::from_le_bytes(b.try_into().ok()?),
@@ -413,10 +395,7 @@ mod tests {
         let err = read_events(&path).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidData);
         let message = err.to_string();
-        assert!(
-            message.contains(&format!("record at byte {second}:")),
-            "{message}"
-        );
+        assert!(message.contains(&format!("record at byte {second}:")), "{message}");
         assert!(message.contains(&path.display().to_string()), "{message}");
     }
 

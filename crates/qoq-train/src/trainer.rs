@@ -81,7 +81,9 @@ pub struct Trainer {
 
 /// Stream seeds per (run seed, step, chunk): a step's draws do not depend on earlier ones.
 fn derive_seed(seed: u64, step: u64, chunk: u64) -> u64 {
-    seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ step.wrapping_mul(0xC2B2_AE3D_27D4_EB4F) ^ chunk.wrapping_mul(0x1656_67B1_9E37_79F9)
+    seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ step.wrapping_mul(0xC2B2_AE3D_27D4_EB4F)
+        ^ chunk.wrapping_mul(0x1656_67B1_9E37_79F9)
 }
 
 impl Trainer {
@@ -130,11 +132,11 @@ impl Trainer {
             }
             None => (
                 TrainerState {
-                version: checkpoint::FORMAT_VERSION,
-                sft_steps_done: 0,
-                rl_steps_done: 0,
-                optimizer_step: 0,
-                cursor: loader.cursor(),
+                    version: checkpoint::FORMAT_VERSION,
+                    sft_steps_done: 0,
+                    rl_steps_done: 0,
+                    optimizer_step: 0,
+                    cursor: loader.cursor(),
                     drpo: DrpoHistory::default(),
                     seed: config.run.seed,
                 },
@@ -150,7 +152,9 @@ impl Trainer {
         // A checkpoint holds the active phase's optimizer (at the SFT -> RL boundary, the
         // fresh RL one: `run_until` swaps it in before saving).
         if let (Some(dir), Some(moments)) = (&resume_from, &moments) {
-            optimizer.load_state(moments, state.optimizer_step, &dp).map_err(|e| TrainError::Checkpoint(format!("{}: {e}", dir.display())))?;
+            optimizer
+                .load_state(moments, state.optimizer_step, &dp)
+                .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", dir.display())))?;
         }
         // Every rank starts from rank 0's weights.
         let mut variables: Vec<(String, Tensor)> = policy.var_store().variables().into_iter().collect();
@@ -158,7 +162,10 @@ impl Trainer {
         dp.broadcast(&variables.into_iter().map(|(_, t)| t).collect::<Vec<_>>())?;
 
         let events = if dp.is_main() {
-            Some(EventWriter::create(&out.join("tensorboard")).map_err(|e| TrainError::io(&out.join("tensorboard"), e))?)
+            Some(
+                EventWriter::create(&out.join("tensorboard"))
+                    .map_err(|e| TrainError::io(&out.join("tensorboard"), e))?,
+            )
         } else {
             None
         };
@@ -215,12 +222,15 @@ impl Trainer {
             on_step(step, &metrics);
             // Entering RL: a fresh optimizer with the RL settings.
             if in_sft && self.state.sft_steps_done == self.config.sft.steps {
-                self.optimizer = Optimizer::new(self.config.rl.optim.clone(), self.policy.trainable_parameters(), &self.dp);
+                self.optimizer =
+                    Optimizer::new(self.config.rl.optim.clone(), self.policy.trainable_parameters(), &self.dp);
             }
             let last = step == end;
             // Also at the end of SFT, so the RL phase's effect shows against its start.
             let sft_done = in_sft && self.state.sft_steps_done == self.config.sft.steps && self.config.rl.steps > 0;
-            if validate_every > 0 && (sft_done || (!in_sft && self.state.rl_steps_done.is_multiple_of(validate_every)) || last) {
+            if validate_every > 0
+                && (sft_done || (!in_sft && self.state.rl_steps_done.is_multiple_of(validate_every)) || last)
+            {
                 let m = self.validate()?;
                 self.log(step, &m)?;
                 self.last_validation = Some((step, m));
@@ -280,11 +290,17 @@ impl Trainer {
             for _ in 0..need {
                 match self.loader.next() {
                     Some(s) => samples.push(s?),
-                    None => return Err(TrainError::Config("the data ran out: set data.epochs larger (or leave it unset to cycle)".into())),
+                    None => {
+                        return Err(TrainError::Config(
+                            "the data ran out: set data.epochs larger (or leave it unset to cycle)".into(),
+                        ))
+                    }
                 }
             }
             // Sample `first + i` takes position `usable.len() + i` unless one is skipped.
-            let mine: Vec<usize> = (first..first + need).filter(|&c| self.dp.owner(usable.len() + c - first, block) == self.dp.rank()).collect();
+            let mine: Vec<usize> = (first..first + need)
+                .filter(|&c| self.dp.owner(usable.len() + c - first, block) == self.dp.rank())
+                .collect();
             let fits: Vec<(usize, bool)> = self
                 .prepare_many(&mine.iter().map(|&c| &samples[c]).collect::<Vec<_>>())?
                 .into_iter()
@@ -306,7 +322,8 @@ impl Trainer {
         }
         let positions = self.dp.my_positions(n, block);
         // A skip shifts later samples to other positions: prepare what this rank now lacks.
-        let lacking: Vec<&Sample> = positions.iter().map(|&p| usable[p]).filter(|c| !prepared.contains_key(c)).map(|c| &samples[c]).collect();
+        let lacking: Vec<&Sample> =
+            positions.iter().map(|&p| usable[p]).filter(|c| !prepared.contains_key(c)).map(|c| &samples[c]).collect();
         let mut extra = self.prepare_many(&lacking)?.into_iter();
         let prompts = positions
             .iter()
@@ -323,11 +340,21 @@ impl Trainer {
     }
 
     /// Per-token log-probs (and entropies) of `responses` under `model`, micro-batched.
-    fn score_rows(&self, model: &dyn Policy, prompts: &[Prompt], rows: &[(usize, &[i64])], temperature: f64) -> Result<Vec<Vec<f32>>, TrainError> {
+    fn score_rows(
+        &self,
+        model: &dyn Policy,
+        prompts: &[Prompt],
+        rows: &[(usize, &[i64])],
+        temperature: f64,
+    ) -> Result<Vec<Vec<f32>>, TrainError> {
         let _guard = tch::no_grad_guard();
         let mut out = Vec::with_capacity(rows.len());
         for chunk in rows.chunks(self.config.rl.micro_batch.max(1)) {
-            let batch = PromptBatch::new(&chunk.iter().map(|(p, _)| &prompts[*p]).collect::<Vec<_>>(), self.tokens.pad, self.device)?;
+            let batch = PromptBatch::new(
+                &chunk.iter().map(|(p, _)| &prompts[*p]).collect::<Vec<_>>(),
+                self.tokens.pad,
+                self.device,
+            )?;
             let responses: Vec<Vec<i64>> = chunk.iter().map(|(_, r)| r.to_vec()).collect();
             let (logp, _) = model.score(&batch.inputs(), &responses, temperature)?;
             let logp = logp.to_kind(Kind::Float).to_device(Device::Cpu);
@@ -358,7 +385,11 @@ impl Trainer {
         let mut loss_sum = 0.0;
         let mut correct = 0.0;
         for chunk in (0..prompts.len()).collect::<Vec<_>>().chunks(self.config.sft.micro_batch) {
-            let batch = PromptBatch::new(&chunk.iter().map(|&i| &prompts[i]).collect::<Vec<_>>(), self.tokens.pad, self.device)?;
+            let batch = PromptBatch::new(
+                &chunk.iter().map(|&i| &prompts[i]).collect::<Vec<_>>(),
+                self.tokens.pad,
+                self.device,
+            )?;
             let responses: Vec<Vec<i64>> = chunk.iter().map(|&i| targets[i].clone()).collect();
             let (logp, _) = self.policy.score(&batch.inputs(), &responses, 1.0)?;
             let mask = response_mask(&responses.iter().map(Vec::len).collect::<Vec<_>>(), self.device);
@@ -366,7 +397,8 @@ impl Trainer {
             loss.backward();
             loss_sum += loss.double_value(&[]);
             // exp(logp) > 0.5 means the reference token is the arg-max.
-            correct += tch::no_grad(|| (logp.exp().gt(0.5).to_kind(Kind::Float) * &mask).sum(Kind::Float).double_value(&[]));
+            correct +=
+                tch::no_grad(|| (logp.exp().gt(0.5).to_kind(Kind::Float) * &mask).sum(Kind::Float).double_value(&[]));
         }
         let lr = self.optimizer.config().lr_at(self.optimizer.steps(), self.config.sft.steps);
         let grad_norm = self.optimizer.step(lr, &self.dp)?;
@@ -405,7 +437,14 @@ impl Trainer {
     /// Samples `g` responses per prompt, `batch` prompts per call. `positions`: the
     /// prompts' places in the global batch; a call's sampling stream is keyed by its
     /// place, so ranks whose shares align with `batch` draw what one process would.
-    fn rollout(&self, prompts: &[Prompt], positions: &[usize], sampling: &SamplingConfig, batch: usize, step: u64) -> Result<Vec<Response>, TrainError> {
+    fn rollout(
+        &self,
+        prompts: &[Prompt],
+        positions: &[usize],
+        sampling: &SamplingConfig,
+        batch: usize,
+        step: u64,
+    ) -> Result<Vec<Response>, TrainError> {
         let mut out = Vec::new();
         let batch = batch.max(1);
         for start in (0..prompts.len()).step_by(batch) {
@@ -510,10 +549,18 @@ impl Trainer {
         // Stable: each group keeps its sampling order.
         all.sort_by_key(|r| r.position);
         if all.len() != rl.prompts_per_step * g {
-            return Err(TrainError::Config(format!("gathered {} responses, expected {} (ranks disagree on the batch)", all.len(), rl.prompts_per_step * g)));
+            return Err(TrainError::Config(format!(
+                "gathered {} responses, expected {} (ranks disagree on the batch)",
+                all.len(),
+                rl.prompts_per_step * g
+            )));
         }
-        let groups: Vec<Group> = all.chunks(g).map(|rs| Group { domain: rs[0].group.clone(), rewards: rs.iter().map(|r| r.scores.overall).collect() }).collect();
-        let kl: Option<Vec<Vec<f64>>> = refs.as_ref().map(|_| all.chunks(g).map(|rs| rs.iter().map(|r| r.kl.unwrap_or(0.0)).collect()).collect());
+        let groups: Vec<Group> = all
+            .chunks(g)
+            .map(|rs| Group { domain: rs[0].group.clone(), rewards: rs.iter().map(|r| r.scores.overall).collect() })
+            .collect();
+        let kl: Option<Vec<Vec<f64>>> =
+            refs.as_ref().map(|_| all.chunks(g).map(|rs| rs.iter().map(|r| r.kl.unwrap_or(0.0)).collect()).collect());
         let adv = self.state.drpo.advantages(&self.config.algorithm.advantages, &groups, kl.as_deref());
         for (rs, a) in all.chunks_mut(g).zip(&adv.advantages) {
             for (r, a) in rs.iter_mut().zip(a) {
@@ -541,7 +588,8 @@ impl Trainer {
             let normaliser = batch_normaliser(loss_config.aggregation, &lengths);
             self.optimizer.zero_grad();
             for micro in batch.chunks(rl.micro_batch) {
-                let terms = self.micro_batch_loss(&prompts, micro, &loss_config, normaliser, rl.temperature, &mut sums)?;
+                let terms =
+                    self.micro_batch_loss(&prompts, micro, &loss_config, normaliser, rl.temperature, &mut sums)?;
                 terms.loss.backward();
                 sums.add(&terms);
             }
@@ -581,7 +629,10 @@ impl Trainer {
         if due && self.dp.is_main() {
             self.write_rollouts(step, &all)?;
         }
-        if self.dp.is_main() && (rl_due(self.config.run.image_summary_every, self.state.rl_steps_done) || (self.config.run.image_summary_every > 0 && self.state.rl_steps_done == 1)) {
+        if self.dp.is_main()
+            && (rl_due(self.config.run.image_summary_every, self.state.rl_steps_done)
+                || (self.config.run.image_summary_every > 0 && self.state.rl_steps_done == 1))
+        {
             if let (Some(r), Some(events)) = (responses.first(), self.events.as_mut()) {
                 if let Some(img) = rollout_image(&prompts[r.prompt], &r.text) {
                     events.image("rollout/boxes", step as i64, &img).map_err(|e| TrainError::io(events.path(), e))?;
@@ -601,7 +652,11 @@ impl Trainer {
         temperature: f64,
         sums: &mut LossSums,
     ) -> Result<LossTerms, TrainError> {
-        let batch = PromptBatch::new(&micro.iter().map(|r| &prompts[r.prompt]).collect::<Vec<_>>(), self.tokens.pad, self.device)?;
+        let batch = PromptBatch::new(
+            &micro.iter().map(|r| &prompts[r.prompt]).collect::<Vec<_>>(),
+            self.tokens.pad,
+            self.device,
+        )?;
         let tokens: Vec<Vec<i64>> = micro.iter().map(|r| r.tokens.clone()).collect();
         let (logp, entropy) = self.policy.score(&batch.inputs(), &tokens, temperature)?;
         let lengths: Vec<usize> = tokens.iter().map(Vec::len).collect();
@@ -615,7 +670,10 @@ impl Trainer {
             Tensor::from_slice(&v).view([rows.len() as i64, t as i64]).to_device(self.device)
         };
         let old = pad(micro.iter().map(|r| r.old_logp.as_slice()).collect());
-        let reference = micro.iter().all(|r| r.ref_logp.is_some()).then(|| pad(micro.iter().map(|r| r.ref_logp.as_deref().unwrap_or(&[])).collect()));
+        let reference = micro
+            .iter()
+            .all(|r| r.ref_logp.is_some())
+            .then(|| pad(micro.iter().map(|r| r.ref_logp.as_deref().unwrap_or(&[])).collect()));
         let adv: Vec<f32> = micro.iter().map(|r| r.advantage as f32).collect();
         let adv = Tensor::from_slice(&adv).to_device(self.device);
         let logp = logp.to_kind(Kind::Float);
@@ -657,7 +715,13 @@ impl Trainer {
         let started = Instant::now();
         let v = self.config.validation.clone();
         let (shards, mut loader_config) = self.config.loader().map_err(TrainError::Config)?;
-        loader_config = LoaderConfig { splits: Some(v.splits.clone()), epochs: Some(1), shuffle: false, domain_weights: None, ..loader_config };
+        loader_config = LoaderConfig {
+            splits: Some(v.splits.clone()),
+            epochs: Some(1),
+            shuffle: false,
+            domain_weights: None,
+            ..loader_config
+        };
         let mut loader = Loader::open(v.shards.as_deref().unwrap_or(&shards), loader_config)?;
         let mut samples = Vec::new();
         for s in loader.by_ref().take(v.max_samples) {
@@ -668,7 +732,8 @@ impl Trainer {
         let prompts = self.prepare_many(&samples[share.clone()].iter().collect::<Vec<_>>())?;
         let positions: Vec<usize> = share.collect();
         let sampling = self.sampling(v.temperature, v.max_new_tokens.unwrap_or(self.config.rl.max_new_tokens), 1, 0);
-        let mut responses = self.rollout(&prompts, &positions, &sampling, v.batch_size, u64::MAX - self.state.step())?;
+        let mut responses =
+            self.rollout(&prompts, &positions, &sampling, v.batch_size, u64::MAX - self.state.step())?;
         self.score_rewards(&prompts, &mut responses);
         let mine: Vec<(String, String, String, String, Scores)> = responses
             .iter()
@@ -720,8 +785,17 @@ impl LossSums {
 
     /// Adds up the ranks' shares (the gradient norm and learning rate are global already).
     fn sum_over_ranks(&mut self, dp: &DataParallel) -> Result<(), TrainError> {
-        let v = dp.sum(&[self.pg_loss, self.kl_loss, self.clip_higher, self.clip_lower, self.ppo_kl, self.entropy, self.tokens])?;
-        [self.pg_loss, self.kl_loss, self.clip_higher, self.clip_lower, self.ppo_kl, self.entropy, self.tokens] = v.try_into().expect("seven sums");
+        let v = dp.sum(&[
+            self.pg_loss,
+            self.kl_loss,
+            self.clip_higher,
+            self.clip_lower,
+            self.ppo_kl,
+            self.entropy,
+            self.tokens,
+        ])?;
+        [self.pg_loss, self.kl_loss, self.clip_higher, self.clip_lower, self.ppo_kl, self.entropy, self.tokens] =
+            v.try_into().expect("seven sums");
         Ok(())
     }
 
@@ -802,7 +876,10 @@ fn module_groups(names: &[String]) -> Result<Vec<ModuleGroup>, TrainError> {
     names
         .iter()
         .map(|n| {
-            ModuleGroup::ALL.into_iter().find(|g| g.name() == n).ok_or_else(|| TrainError::Config(format!("model.freeze: unknown module {n:?}")))
+            ModuleGroup::ALL
+                .into_iter()
+                .find(|g| g.name() == n)
+                .ok_or_else(|| TrainError::Config(format!("model.freeze: unknown module {n:?}")))
         })
         .collect()
 }

@@ -25,7 +25,13 @@ fn adamw_matches_torch_step_for_step() {
     let vector = tensor(&f["initial"]["vector"]).set_requires_grad(true);
     let config = OptimConfig { lr: 0.01, weight_decay: 0.1, grad_clip: 1.0, ..Default::default() };
     // The names put the matrix in the decay group and the vector (a norm weight) outside it.
-    let mut opt = AdamW::new(config, vec![("layer.proj.weight".into(), matrix.shallow_clone()), ("layer.norm.weight".into(), vector.shallow_clone())]);
+    let mut opt = AdamW::new(
+        config,
+        vec![
+            ("layer.proj.weight".into(), matrix.shallow_clone()),
+            ("layer.norm.weight".into(), vector.shallow_clone()),
+        ],
+    );
     for (i, step) in f["steps"].as_array().unwrap().iter().enumerate() {
         for (p, g) in [(&matrix, &step["grad"]["matrix"]), (&vector, &step["grad"]["vector"])] {
             let mut grad = p.grad();
@@ -38,7 +44,9 @@ fn adamw_matches_torch_step_for_step() {
         }
         let norm = opt.step(0.01);
         assert!((norm - step["grad_norm"].as_f64().unwrap()).abs() < 1e-4 * (1.0 + norm), "step {i}: grad norm {norm}");
-        for (name, p, want) in [("matrix", &matrix, &step["after"]["matrix"]), ("vector", &vector, &step["after"]["vector"])] {
+        for (name, p, want) in
+            [("matrix", &matrix, &step["after"]["matrix"]), ("vector", &vector, &step["after"]["vector"])]
+        {
             let diff = (p.detach() - tensor(want)).abs().max().double_value(&[]);
             assert!(diff < 2e-6, "step {i}: {name} differs from torch by {diff}");
         }

@@ -40,7 +40,11 @@ fn policy_loss_matches_the_original() {
         let mask = matrix(&case["mask"]);
         let adv: Vec<f64> = serde_json::from_value(case["advantages"].clone()).unwrap();
         let adv = Tensor::from_slice(&adv);
-        let lengths: Vec<usize> = Vec::<f64>::try_from(mask.sum_dim_intlist(1, false, Kind::Double)).unwrap().iter().map(|&l| l as usize).collect();
+        let lengths: Vec<usize> = Vec::<f64>::try_from(mask.sum_dim_intlist(1, false, Kind::Double))
+            .unwrap()
+            .iter()
+            .map(|&l| l as usize)
+            .collect();
         // The original divides by (tokens + 1e-8); ours by the token count.
         let normaliser = batch_normaliser(Aggregation::TokenMean, &lengths) + 1e-8;
         let terms = policy_loss(&logp, &old, Some(&reference), &adv, &mask, &config, normaliser);
@@ -100,11 +104,8 @@ fn advantages_match_the_original() {
                 })
                 .collect();
             let out = history.advantages(&config, &groups, None);
-            let ours: Vec<(String, f64)> = order
-                .iter()
-                .zip(&out.advantages)
-                .flat_map(|(u, a)| a.iter().map(move |v| (u.clone(), *v)))
-                .collect();
+            let ours: Vec<(String, f64)> =
+                order.iter().zip(&out.advantages).flat_map(|(u, a)| a.iter().map(move |v| (u.clone(), *v))).collect();
             if step["original_nonfinite"].as_bool().unwrap() {
                 // Where the original divides 0 by 0 (a cluster of all-zero rewards) ours stays finite.
                 assert!(out.advantages.iter().flatten().all(|a| a.is_finite()), "{name} step {s}: not finite");
@@ -112,7 +113,11 @@ fn advantages_match_the_original() {
             }
             if let Some(k) = step.get("debug").and_then(|d| d.get("k_per_domain")).and_then(Value::as_object) {
                 for (domain, k) in k {
-                    assert_eq!(out.domains[domain].clusters as u64, k.as_u64().unwrap(), "{name} step {s}: k of {domain}");
+                    assert_eq!(
+                        out.domains[domain].clusters as u64,
+                        k.as_u64().unwrap(),
+                        "{name} step {s}: k of {domain}"
+                    );
                 }
             }
             let expected: Vec<f64> = serde_json::from_value(step["expected"].clone()).unwrap();

@@ -85,9 +85,7 @@ fn conversation(row: &Row) -> Result<(&str, &str), Reason> {
         if slot.is_none() {
             match turn.get("value") {
                 Some(Value::String(v)) => *slot = Some(v.as_str()),
-                Some(v) => {
-                    return Err(format!("`conversations[{i}].value` must be a string, found {}", type_name(v)))
-                }
+                Some(v) => return Err(format!("`conversations[{i}].value` must be a string, found {}", type_name(v))),
                 None => return Err(format!("`conversations[{i}]` has no `value`")),
             }
         }

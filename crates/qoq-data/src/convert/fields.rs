@@ -43,10 +43,9 @@ pub fn optional_str<'a>(row: &'a Row, key: &str) -> Result<Option<&'a str>, Reas
 pub(super) fn optional_f64(row: &Row, key: &str) -> Result<Option<f64>, Reason> {
     match row.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => n
-            .as_f64()
-            .map(Some)
-            .ok_or_else(|| format!("`{key}` = {n} is not representable as a number")),
+        Some(Value::Number(n)) => {
+            n.as_f64().map(Some).ok_or_else(|| format!("`{key}` = {n} is not representable as a number"))
+        }
         Some(v) => Err(format!("`{key}` must be a number, found {}", type_name(v))),
     }
 }
@@ -74,10 +73,7 @@ pub(super) fn first_present<'a>(row: &'a Row, keys: &[&'a str]) -> Option<(&'a s
 
 /// The keys of `row` not in `consumed`, for [`crate::Sample::extra`].
 pub(super) fn extra_map(row: &Row, consumed: &[&str]) -> Map<String, Value> {
-    row.iter()
-        .filter(|(k, _)| !consumed.contains(&k.as_str()))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
+    row.iter().filter(|(k, _)| !consumed.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
 /// The question text without the `<image>` / `<video>` placeholders (and the line break
@@ -127,9 +123,7 @@ pub(super) fn normalize_split(split: &str) -> String {
 /// The split named by a file stem (`annotation_valid` -> `val`, `qa_test_mini_mm` ->
 /// `test`, `geom_train_upsampled` -> `train`), if any word of it names one.
 pub(super) fn split_from_stem(stem: &str) -> Option<String> {
-    stem.split(['_', '-', '.', ' '])
-        .map(normalize_split)
-        .find(|w| matches!(w.as_str(), "train" | "val" | "test"))
+    stem.split(['_', '-', '.', ' ']).map(normalize_split).find(|w| matches!(w.as_str(), "train" | "val" | "test"))
 }
 
 #[cfg(test)]

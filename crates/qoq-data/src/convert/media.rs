@@ -148,9 +148,7 @@ pub(super) fn read_mask(root: &Path, rel: &str) -> Result<Vec<u8>, Reason> {
     if image::guess_format(&bytes).ok() == Some(ImageFormat::Png) {
         return Ok(bytes);
     }
-    let grey = image::load_from_memory(&bytes)
-        .map_err(|e| format!("`{}`: {e}", path.display()))?
-        .into_luma8();
+    let grey = image::load_from_memory(&bytes).map_err(|e| format!("`{}`: {e}", path.display()))?.into_luma8();
     let mut png = Vec::new();
     grey.write_to(&mut Cursor::new(&mut png), ImageFormat::Png)
         .map_err(|e| format!("`{}`: re-encoding as PNG: {e}", path.display()))?;
@@ -211,9 +209,7 @@ pub(super) fn parse_npy(bytes: &[u8]) -> Result<(usize, usize, Vec<f32>), Reason
         2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
         v => return Err(format!("unsupported .npy format version {v}")),
     };
-    let header = bytes
-        .get(start..start + header_len)
-        .ok_or("truncated .npy header")?;
+    let header = bytes.get(start..start + header_len).ok_or("truncated .npy header")?;
     let header = String::from_utf8_lossy(header);
     let descr = header_value(&header, "descr")
         .and_then(|v| v.strip_prefix('\''))
@@ -236,11 +232,7 @@ pub(super) fn parse_npy(bytes: &[u8]) -> Result<(usize, usize, Vec<f32>), Reason
     let (leads, samples) = match shape[..] {
         [n] => (1, n),
         [l, n] => (l, n),
-        _ => {
-            return Err(format!(
-                "array has shape {shape:?}; expected (samples,) or (leads, samples)"
-            ))
-        }
+        _ => return Err(format!("array has shape {shape:?}; expected (samples,) or (leads, samples)")),
     };
     if leads == 0 || samples == 0 {
         return Err(format!("array of shape {shape:?} is empty"));
@@ -303,9 +295,8 @@ pub(super) fn parse_csv(text: &str) -> Result<(usize, usize, Vec<f32>), Reason> 
         if line.is_empty() {
             continue;
         }
-        let sep = *separator.get_or_insert_with(|| {
-            [',', ';', '\t'].into_iter().find(|c| line.contains(*c)).unwrap_or(',')
-        });
+        let sep =
+            *separator.get_or_insert_with(|| [',', ';', '\t'].into_iter().find(|c| line.contains(*c)).unwrap_or(','));
         let parsed: Result<Vec<f32>, String> = line
             .split(sep)
             .map(|f| f.trim().parse::<f32>().map_err(|_| format!("line {}: `{}` is not a number", i + 1, f.trim())))

@@ -20,8 +20,17 @@ use crate::sample::Sample;
 /// Keys turned into sample fields; the rest (`correct_choice`, `insurance_type`, ...) go
 /// into `extra`.
 const CONSUMED: [&str; 11] = [
-    "question", "problem", "answer", "choices", "images", "time-series", "time_series", "dataset",
-    "data_source", "sampling_rate", "id",
+    "question",
+    "problem",
+    "answer",
+    "choices",
+    "images",
+    "time-series",
+    "time_series",
+    "dataset",
+    "data_source",
+    "sampling_rate",
+    "id",
 ];
 
 /// A string, or a number written as text (`3`, `1.5`); `None` for null.

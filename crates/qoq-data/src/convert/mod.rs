@@ -288,11 +288,7 @@ struct FileContext {
 impl FileContext {
     fn new(input: &Path, opts: &ConvertOptions) -> Result<Self> {
         let name = input.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let stem = name
-            .strip_suffix(".jsonl")
-            .or_else(|| name.strip_suffix(".json"))
-            .unwrap_or(&name)
-            .to_string();
+        let stem = name.strip_suffix(".jsonl").or_else(|| name.strip_suffix(".json")).unwrap_or(&name).to_string();
         let folder = match input.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
@@ -366,8 +362,7 @@ impl FileContext {
             .iter()
             .enumerate()
             .map(|(i, p)| {
-                media::read_video(&self.media_root, p, self.frames_per_video)
-                    .map_err(|e| format!("`videos[{i}]`: {e}"))
+                media::read_video(&self.media_root, p, self.frames_per_video).map_err(|e| format!("`videos[{i}]`: {e}"))
             })
             .collect()
     }
@@ -410,7 +405,6 @@ fn sampling_rate(row: &Row) -> std::result::Result<f32, Reason> {
     }
 }
 
-
 /// Climb: (canonical domain, dataset) of the annotation file, from `opts` or its folders.
 fn climb_names(input: &Path, folder: &Path, opts: &ConvertOptions) -> Result<(String, String)> {
     // Resolve `.` / relative paths so the folder names are real ones.
@@ -448,10 +442,7 @@ fn climb_names(input: &Path, folder: &Path, opts: &ConvertOptions) -> Result<(St
 /// A file-name-safe prefix: characters other than letters, digits, `-`, `_` and `.`
 /// become `_`.
 fn sanitize(prefix: &str) -> String {
-    prefix
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' })
-        .collect()
+    prefix.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' }).collect()
 }
 
 /// A hidden folder inside `out_dir` the shards are written to. On success they are moved
@@ -525,7 +516,9 @@ mod tests {
 
     #[test]
     fn format_names_round_trip() {
-        for (name, f) in SourceFormat::NAMES.iter().zip([SourceFormat::Climb, SourceFormat::QoqMed, SourceFormat::Mimic]) {
+        for (name, f) in
+            SourceFormat::NAMES.iter().zip([SourceFormat::Climb, SourceFormat::QoqMed, SourceFormat::Mimic])
+        {
             assert_eq!(name.parse::<SourceFormat>().unwrap(), f);
             assert_eq!(f.to_string(), *name);
         }

@@ -11,7 +11,9 @@
 
 use serde_json::Value;
 
-use super::fields::{extra_map, optional_str, required_str, str_list, strip_placeholders, parse_choices, type_name, Reason, Row};
+use super::fields::{
+    extra_map, optional_str, parse_choices, required_str, str_list, strip_placeholders, type_name, Reason, Row,
+};
 use super::{media, FileContext};
 use crate::domain::{domain_and_dataset_from_path, domain_of_folder, DOMAIN_FOLDERS};
 use crate::sample::{LabeledBox, Sample};
@@ -23,8 +25,18 @@ const IHM_PROMPT: &str = "Will the patient survive for at least 48 hours?";
 
 /// Keys turned into sample fields; the rest (`demo`, ...) go into `extra`.
 const CONSUMED: [&str; 12] = [
-    "problem", "answer", "images", "videos", "time-series", "time_series", "dataset", "data_source",
-    "bbox", "segmentation_path", "sampling_rate", "id",
+    "problem",
+    "answer",
+    "images",
+    "videos",
+    "time-series",
+    "time_series",
+    "dataset",
+    "data_source",
+    "bbox",
+    "segmentation_path",
+    "sampling_rate",
+    "id",
 ];
 
 pub(super) fn convert_row(row: &Row, id: String, ctx: &FileContext) -> Result<Sample, Reason> {
@@ -185,15 +197,29 @@ mod tests {
 
     #[test]
     fn domain_follows_the_original_loader() {
-        let d = |p: &str, i: &[&str], v: &[&str], t: &[&str], src, ds| domain_and_dataset(p, &s(i), &s(v), &s(t), src, ds);
-        assert_eq!(d("q", &["mammo/vindr/a.png"], &[], &[], Some("chest_xray"), Some("x")).unwrap(), ("mammography", "vindr".into()));
+        let d =
+            |p: &str, i: &[&str], v: &[&str], t: &[&str], src, ds| domain_and_dataset(p, &s(i), &s(v), &s(t), src, ds);
+        assert_eq!(
+            d("q", &["mammo/vindr/a.png"], &[], &[], Some("chest_xray"), Some("x")).unwrap(),
+            ("mammography", "vindr".into())
+        );
         assert_eq!(d("q", &[], &["ct/kits23/v/c1"], &[], None, None).unwrap(), ("ct", "kits23".into()));
-        assert_eq!(d("How long will the patient stay in the hospital?", &["chest_xray/mimic-cxr/a.jpg"], &[], &[], None, None).unwrap(), ("ehr", "los_prediction".into()));
-        assert_eq!(d("x Will the patient survive for at least 48 hours? y", &[], &[], &[], None, None).unwrap(), ("ehr", "48_ihm".into()));
+        assert_eq!(
+            d("How long will the patient stay in the hospital?", &["chest_xray/mimic-cxr/a.jpg"], &[], &[], None, None)
+                .unwrap(),
+            ("ehr", "los_prediction".into())
+        );
+        assert_eq!(
+            d("x Will the patient survive for at least 48 hours? y", &[], &[], &[], None, None).unwrap(),
+            ("ehr", "48_ihm".into())
+        );
         assert_eq!(d("q", &[], &[], &["ptbxl/HR1.npy"], None, Some("PTB-XL")).unwrap(), ("ecg", "PTB-XL".into()));
         assert_eq!(d("q", &[], &[], &["ptbxl/HR1.npy"], None, None).unwrap(), ("ecg", "ptbxl".into()));
         assert!(d("q", &[], &[], &["HR1.npy"], None, None).unwrap_err().contains("`dataset`"));
-        assert_eq!(d("q", &["img/a.png"], &[], &[], Some("derm"), Some("isic2020")).unwrap(), ("dermoscopy", "isic2020".into()));
+        assert_eq!(
+            d("q", &["img/a.png"], &[], &[], Some("derm"), Some("isic2020")).unwrap(),
+            ("dermoscopy", "isic2020".into())
+        );
         assert!(d("q", &["img/a.png"], &[], &[], Some("nope"), None).unwrap_err().contains("img/a.png"));
         assert!(d("q", &[], &[], &[], None, None).unwrap_err().contains("no images"));
     }
@@ -201,7 +227,10 @@ mod tests {
     #[test]
     fn boxes_flat_nested_and_empty() {
         let b = |v: Value| parse_boxes(Some(&v), "Mass");
-        assert_eq!(b(json!([1, 2, 3.5, 4])).unwrap(), vec![LabeledBox { bbox: [1., 2., 3.5, 4.], label: "Mass".into() }]);
+        assert_eq!(
+            b(json!([1, 2, 3.5, 4])).unwrap(),
+            vec![LabeledBox { bbox: [1., 2., 3.5, 4.], label: "Mass".into() }]
+        );
         assert_eq!(b(json!([[1, 2, 3, 4], [0, 0, 0, 0], [5, 6, 7, 8]])).unwrap().len(), 2);
         assert!(b(json!([0, 0, 0, 0])).unwrap().is_empty());
         assert!(b(json!([])).unwrap().is_empty());

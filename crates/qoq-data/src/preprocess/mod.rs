@@ -137,7 +137,10 @@ impl ImageProcessorConfig {
             ));
         }
         if self.video_frames == 0 || !self.video_frames.is_multiple_of(self.temporal_patch_size as usize) {
-            return Err(format!("video_frames {} must be a positive multiple of {}", self.video_frames, self.temporal_patch_size));
+            return Err(format!(
+                "video_frames {} must be a positive multiple of {}",
+                self.video_frames, self.temporal_patch_size
+            ));
         }
         if self.image_std.contains(&0.0) || self.rescale_factor.is_nan() || self.rescale_factor <= 0.0 {
             return Err("image_std and rescale_factor must be non-zero".into());
@@ -226,7 +229,8 @@ impl ImageProcessor {
             }
             return Ok((height, width));
         }
-        smart_resize(height, width, c.patch_size * c.merge_size, c.min_pixels, c.max_pixels).map_err(DataError::Preprocess)
+        smart_resize(height, width, c.patch_size * c.merge_size, c.min_pixels, c.max_pixels)
+            .map_err(DataError::Preprocess)
     }
 
     /// One image: resized, normalised and patchified with its frame repeated in time.
@@ -243,9 +247,16 @@ impl ImageProcessor {
         let c = &self.config;
         let first = frames.first().ok_or_else(|| DataError::Preprocess("a video without frames".into()))?;
         let (h, w) = if c.do_resize {
-            smart_resize_video(frames.len() as u32, first.height(), first.width(), c.temporal_patch_size,
-                c.patch_size * c.merge_size, c.video_min_pixels, c.video_max_pixels)
-                .map_err(DataError::Preprocess)?
+            smart_resize_video(
+                frames.len() as u32,
+                first.height(),
+                first.width(),
+                c.temporal_patch_size,
+                c.patch_size * c.merge_size,
+                c.video_min_pixels,
+                c.video_max_pixels,
+            )
+            .map_err(DataError::Preprocess)?
         } else {
             self.target_size(first.height(), first.width())?
         };
@@ -260,7 +271,11 @@ impl ImageProcessor {
         }
         let (w0, h0) = frames[0].dimensions();
         if let Some(f) = frames.iter().find(|f| f.dimensions() != (w0, h0)) {
-            return Err(DataError::Preprocess(format!("frames differ in size: {w0}x{h0} and {}x{}", f.width(), f.height())));
+            return Err(DataError::Preprocess(format!(
+                "frames differ in size: {w0}x{h0} and {}x{}",
+                f.width(),
+                f.height()
+            )));
         }
         // Resize each distinct frame once: a still image is one frame repeated in time.
         let mut resized: Vec<std::borrow::Cow<'_, RgbImage>> = Vec::with_capacity(frames.len());
@@ -348,14 +363,13 @@ impl ImageProcessor {
             let mut decoded: Vec<(usize, RgbImage)> = Vec::new();
             for &i in &picked {
                 if decoded.last().map(|(j, _)| *j) != Some(i) {
-                    let img = decode_rgb(&frames[i]).map_err(|e| DataError::Preprocess(format!("videos[{v}][{i}]: {e}")))?;
+                    let img =
+                        decode_rgb(&frames[i]).map_err(|e| DataError::Preprocess(format!("videos[{v}][{i}]: {e}")))?;
                     decoded.push((i, img));
                 }
             }
-            let refs: Vec<&RgbImage> = picked
-                .iter()
-                .map(|i| &decoded.iter().find(|(j, _)| j == i).expect("decoded above").1)
-                .collect();
+            let refs: Vec<&RgbImage> =
+                picked.iter().map(|i| &decoded.iter().find(|(j, _)| j == i).expect("decoded above").1).collect();
             videos.push(self.preprocess_video(&refs)?);
         }
         let reference = images.first().or(videos.first());
@@ -437,8 +451,12 @@ mod tests {
     fn preprocessor_config_json_in_both_serialisations() {
         let dir = tempfile::tempdir().unwrap();
         let new = dir.path().join("new.json");
-        std::fs::write(&new, r#"{"image_processor_type": "Qwen2VLImageProcessorFast", "patch_size": 16,
-            "size": {"shortest_edge": 1024, "longest_edge": 9999}, "image_mean": [0.5, 0.5, 0.5]}"#).unwrap();
+        std::fs::write(
+            &new,
+            r#"{"image_processor_type": "Qwen2VLImageProcessorFast", "patch_size": 16,
+            "size": {"shortest_edge": 1024, "longest_edge": 9999}, "image_mean": [0.5, 0.5, 0.5]}"#,
+        )
+        .unwrap();
         let c = ImageProcessorConfig::from_json_file(&new).unwrap();
         assert_eq!((c.min_pixels, c.max_pixels, c.patch_size), (1024, 9999, 16));
         let old = dir.path().join("old.json");

@@ -189,7 +189,8 @@ mod tests {
 
     #[test]
     fn transposed_horizontal_pass_equals_the_direct_one() {
-        let img = RgbImage::from_fn(53, 9, |x, y| image::Rgb([(x * 37 + y * 11) as u8, (x * x) as u8, (255 - x * 3) as u8]));
+        let img =
+            RgbImage::from_fn(53, 9, |x, y| image::Rgb([(x * 37 + y * 11) as u8, (x * x) as u8, (255 - x * 3) as u8]));
         let ax = axis_weights(53, 20);
         let out = resize_bicubic_aa(&img, 20, 9);
         for y in 0..9u32 {
@@ -197,7 +198,8 @@ mod tests {
                 for c in 0..3 {
                     let mut acc = 1i32 << (ax.precision - 1);
                     for k in 0..ax.len[x] {
-                        acc += img.get_pixel((ax.start[x] + k) as u32, y).0[c] as i32 * ax.weights[x * ax.taps + k] as i32;
+                        acc +=
+                            img.get_pixel((ax.start[x] + k) as u32, y).0[c] as i32 * ax.weights[x * ax.taps + k] as i32;
                     }
                     assert_eq!(out.get_pixel(x as u32, y).0[c], clamp_shift(acc, ax.precision), "({x}, {y}, {c})");
                 }

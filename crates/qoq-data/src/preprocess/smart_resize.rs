@@ -3,7 +3,13 @@
 //! [min_pixels, max_pixels], aspect ratio kept as closely as possible.
 
 /// `(height, width)` after resizing, or an error for an aspect ratio above 200.
-pub fn smart_resize(height: u32, width: u32, factor: u32, min_pixels: u64, max_pixels: u64) -> Result<(u32, u32), String> {
+pub fn smart_resize(
+    height: u32,
+    width: u32,
+    factor: u32,
+    min_pixels: u64,
+    max_pixels: u64,
+) -> Result<(u32, u32), String> {
     if height == 0 || width == 0 {
         return Err(format!("image is {width}x{height}: empty"));
     }

@@ -114,7 +114,11 @@ fn text_content(s: String) -> Vec<Content> {
 pub fn messages_from_json(text: &str) -> Result<Vec<Message>, PolicyError> {
     let v: Json = serde_json::from_str(text).map_err(|e| input(format!("conversation JSON: {e}")))?;
     let Json::Arr(items) = v else { return Err(input("conversation JSON: expected an array of messages")) };
-    items.iter().enumerate().map(|(i, m)| message_from_json(m).map_err(|e| input(format!("message {i}: {e}")))).collect()
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, m)| message_from_json(m).map_err(|e| input(format!("message {i}: {e}"))))
+        .collect()
 }
 
 fn message_from_json(m: &Json) -> Result<Message, String> {
@@ -161,7 +165,8 @@ fn content_item(item: &Json) -> Result<Content, String> {
         Some(Json::Str(s)) => Some(s.as_str()),
         _ => None,
     };
-    if ty == Some("image") || ty == Some("image_url") || item.get("image").is_some() || item.get("image_url").is_some() {
+    if ty == Some("image") || ty == Some("image_url") || item.get("image").is_some() || item.get("image_url").is_some()
+    {
         Ok(Content::Image)
     } else if ty == Some("video") || item.get("video").is_some() {
         Ok(Content::Video)
@@ -193,7 +198,6 @@ fn tool_call(c: &Json) -> Result<ToolCall, String> {
     Ok(ToolCall { name, arguments })
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,7 +210,8 @@ mod tests {
         assert!(e.contains("no `role`"), "{e}");
         let e = messages_from_json(r#"{"role": "user"}"#).unwrap_err().to_string();
         assert!(e.contains("array"), "{e}");
-        let e = messages_from_json(r#"[{"role": "assistant", "tool_calls": [{"name": "f"}]}]"#).unwrap_err().to_string();
+        let e =
+            messages_from_json(r#"[{"role": "assistant", "tool_calls": [{"name": "f"}]}]"#).unwrap_err().to_string();
         assert!(e.contains("no `arguments`"), "{e}");
         let m = messages_from_json(r#"[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}, {"video": "v.mp4"}, {"type": "text", "text": "t"}]}]"#).unwrap();
         assert_eq!(m[0].content, vec![Content::Image, Content::Video, Content::text("t")]);

@@ -47,10 +47,8 @@ impl VideoLayout {
         while !idx.len().is_multiple_of(temporal_patch_size) {
             idx.push(last);
         }
-        let timestamps = idx
-            .chunks(temporal_patch_size)
-            .map(|g| (g[0] as f64 / fps + g[g.len() - 1] as f64 / fps) / 2.0)
-            .collect();
+        let timestamps =
+            idx.chunks(temporal_patch_size).map(|g| (g[0] as f64 / fps + g[g.len() - 1] as f64 / fps) / 2.0).collect();
         Ok(Self { timestamps, tokens_per_frame, timestamped: true })
     }
 
@@ -82,7 +80,12 @@ pub fn merged_tokens(grid_thw: [u32; 3], merge_size: u32) -> usize {
     grid_thw.iter().map(|&v| v as usize).product::<usize>() / merge
 }
 
-fn check_counts(found_images: usize, found_videos: usize, images: &[usize], videos: &[VideoLayout]) -> Result<(), PolicyError> {
+fn check_counts(
+    found_images: usize,
+    found_videos: usize,
+    images: &[usize],
+    videos: &[VideoLayout],
+) -> Result<(), PolicyError> {
     if found_images != images.len() {
         return Err(input(format!(
             "the prompt has {found_images} {IMAGE_PAD} placeholders but {} images were given",
@@ -118,7 +121,13 @@ pub fn expand_text(text: &str, images: &[usize], videos: &[VideoLayout]) -> Resu
             (None, None) => break,
             (Some(a), None) => (a, true),
             (None, Some(b)) => (b, false),
-            (Some(a), Some(b)) => if a < b { (a, true) } else { (b, false) },
+            (Some(a), Some(b)) => {
+                if a < b {
+                    (a, true)
+                } else {
+                    (b, false)
+                }
+            }
         };
         out.push_str(&rest[..at]);
         if is_image {
@@ -158,7 +167,12 @@ pub fn expand_text(text: &str, images: &[usize], videos: &[VideoLayout]) -> Resu
 /// of placeholders and of media agree, or if a `<|video_pad|>` follows ordinary text (the
 /// time stamp would then tokenize together with it; the templates always put
 /// `<|vision_start|>` there, and [`expand_text`] handles any text).
-pub fn expand_placeholders(tok: &Tokenizer, ids: &[u32], images: &[usize], videos: &[VideoLayout]) -> Result<Vec<u32>, PolicyError> {
+pub fn expand_placeholders(
+    tok: &Tokenizer,
+    ids: &[u32],
+    images: &[usize],
+    videos: &[VideoLayout],
+) -> Result<Vec<u32>, PolicyError> {
     let found_images = ids.iter().filter(|&&t| t == tok.image_pad).count();
     let found_videos = ids.iter().filter(|&&t| t == tok.video_pad).count();
     check_counts(found_images, found_videos, images, videos)?;
@@ -208,7 +222,6 @@ pub fn encode_conversation(
     expand_placeholders(tok, &ids, images, videos)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,7 +242,12 @@ mod tests {
     #[test]
     fn expand_text_layout_and_counts() {
         let v = VideoLayout { timestamps: vec![0.3, 1.6], tokens_per_frame: 2, timestamped: true };
-        let got = expand_text("a<|image_pad|>b<|vision_start|><|video_pad|><|vision_end|>c<|image_pad|>", &[1, 3], std::slice::from_ref(&v)).unwrap();
+        let got = expand_text(
+            "a<|image_pad|>b<|vision_start|><|video_pad|><|vision_end|>c<|image_pad|>",
+            &[1, 3],
+            std::slice::from_ref(&v),
+        )
+        .unwrap();
         assert_eq!(
             got,
             "a<|image_pad|>b<|vision_start|><0.3 seconds><|vision_start|><|video_pad|><|video_pad|><|vision_end|>\
@@ -238,7 +256,12 @@ mod tests {
         assert!(expand_text("<|image_pad|>", &[], &[]).is_err());
         assert!(expand_text("x", &[4], &[]).is_err());
         assert!(expand_text("<|video_pad|>", &[], &[]).is_err());
-        assert!(expand_text("<|video_pad|>", &[], &[VideoLayout { timestamps: vec![], tokens_per_frame: 1, timestamped: true }]).is_err());
+        assert!(expand_text(
+            "<|video_pad|>",
+            &[],
+            &[VideoLayout { timestamps: vec![], tokens_per_frame: 1, timestamped: true }]
+        )
+        .is_err());
         assert_eq!(expand_text("plain", &[], &[]).unwrap(), "plain");
     }
 }

@@ -208,7 +208,6 @@ impl<'de> Deserialize<'de> for Json {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,9 +246,13 @@ mod tests {
 
     #[test]
     fn json_as_python_dumps() {
-        let got = python_json(r#"{"b": [1, -2, 3.0, 1E2, true, null], "a": "é\"\\\n\u0001\u007f", "b": {}, "c": []}"#).unwrap();
+        let got = python_json(r#"{"b": [1, -2, 3.0, 1E2, true, null], "a": "é\"\\\n\u0001\u007f", "b": {}, "c": []}"#)
+            .unwrap();
         assert_eq!(got, "{\"b\": {}, \"a\": \"é\\\"\\\\\\n\\u0001\u{7f}\", \"c\": []}");
-        assert_eq!(python_json("[1, 2.5e-10, 18446744073709551615, -9223372036854775808]").unwrap(), "[1, 2.5e-10, 18446744073709551615, -9223372036854775808]");
+        assert_eq!(
+            python_json("[1, 2.5e-10, 18446744073709551615, -9223372036854775808]").unwrap(),
+            "[1, 2.5e-10, 18446744073709551615, -9223372036854775808]"
+        );
         assert!(python_json("{").is_err());
     }
 }

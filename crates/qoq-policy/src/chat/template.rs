@@ -131,7 +131,8 @@ pub fn render_with(messages: &[Message], opts: &RenderOptions) -> Result<String,
                             let before = content.split("</think>").next().unwrap_or("");
                             let r = before.trim_end_matches('\n').rsplit("<think>").next().unwrap_or("");
                             let r = r.trim_start_matches('\n').to_string();
-                            content = content.rsplit("</think>").next().unwrap_or("").trim_start_matches('\n').to_string();
+                            content =
+                                content.rsplit("</think>").next().unwrap_or("").trim_start_matches('\n').to_string();
                             r
                         }
                         None => String::new(),
@@ -186,7 +187,9 @@ fn render_qwen2(messages: &[Message], opts: &RenderOptions) -> Result<String, Po
     let mut count = VisionCount::default();
     for (i, m) in messages.iter().enumerate() {
         if !m.tool_calls.is_empty() || m.reasoning.is_some() {
-            return Err(input(format!("message {i}: the Qwen2-VL chat template writes neither tool calls nor reasoning")));
+            return Err(input(format!(
+                "message {i}: the Qwen2-VL chat template writes neither tool calls nor reasoning"
+            )));
         }
         if i == 0 && m.role != "system" {
             let _ = write!(out, "<|im_start|>system\n{QWEN2_DEFAULT_SYSTEM}<|im_end|>\n");
@@ -309,7 +312,6 @@ fn write_tool_calls(out: &mut String, calls: &[ToolCall], content_nonempty: bool
     Ok(())
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -330,13 +332,19 @@ mod tests {
         assert!(e.contains("assistant message cannot hold a video"), "{e}");
         let e = err(&[Message::user(vec![]), Message::system("late")], Template::Instruct);
         assert!(e.contains("must come first"), "{e}");
-        assert!(render_with(&[Message::user(vec![]), Message::system("late")], &RenderOptions { template: Template::Thinking, ..Default::default() }).is_ok());
+        assert!(render_with(
+            &[Message::user(vec![]), Message::system("late")],
+            &RenderOptions { template: Template::Thinking, ..Default::default() }
+        )
+        .is_ok());
         let e = err(&[Message::user(vec![]).with_reasoning("r")], Template::Thinking);
         assert!(e.contains("only assistant messages carry reasoning"), "{e}");
         let call = ToolCall { name: "f".into(), arguments: ToolArguments::Json("{bad".into()) };
         let e = err(&[Message::user(vec![]), Message::assistant("").with_tool_calls(vec![call])], Template::Instruct);
         assert!(e.contains("tool call `f`"), "{e}");
-        let e = render_with(&[Message::user(vec![])], &RenderOptions { tools: vec!["nope".into()], ..Default::default() }).unwrap_err();
+        let e =
+            render_with(&[Message::user(vec![])], &RenderOptions { tools: vec!["nope".into()], ..Default::default() })
+                .unwrap_err();
         assert!(e.to_string().contains("tool 0"), "{e}");
     }
 }

@@ -26,7 +26,9 @@ pub struct Attention {
 impl Attention {
     /// Variables under `p` (= `...layers.N.self_attn`).
     pub fn new(p: nn::Path, c: &DecoderConfig) -> Self {
-        let lin = |name: &str, i: i64, o: i64, bias: bool| nn::linear(&p / name, i, o, nn::LinearConfig { bias, ..Default::default() });
+        let lin = |name: &str, i: i64, o: i64, bias: bool| {
+            nn::linear(&p / name, i, o, nn::LinearConfig { bias, ..Default::default() })
+        };
         let (h, kv, d) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
         Self {
             q_proj: lin("q_proj", c.hidden_size, h * d, c.qkv_bias),

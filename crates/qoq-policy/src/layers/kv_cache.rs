@@ -46,7 +46,8 @@ impl LayerCache {
             self.keys = Some(grow(&self.keys, k));
             self.values = Some(grow(&self.values, v));
         }
-        let (keys, values) = (self.keys.as_ref().expect("allocated above"), self.values.as_ref().expect("allocated above"));
+        let (keys, values) =
+            (self.keys.as_ref().expect("allocated above"), self.values.as_ref().expect("allocated above"));
         keys.narrow(2, self.len, l).copy_(k);
         values.narrow(2, self.len, l).copy_(v);
         self.len = needed;

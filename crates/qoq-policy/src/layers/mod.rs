@@ -89,6 +89,7 @@ pub fn position_ids(index: &[RopeIndex], mask_rows: &[Vec<i64>], device: Device)
     let l = index.first().map_or(0, |r| r.positions[0].len()) as i64;
     let flat: Vec<i64> = (0..3).flat_map(|axis| index.iter().flat_map(move |r| r.positions[axis].clone())).collect();
     let positions = Tensor::from_slice(&flat).view([3, b, l]).to_device(device);
-    let next = index.iter().zip(mask_rows).map(|(r, m)| m.iter().filter(|&&v| v != 0).count() as i64 + r.delta).collect();
+    let next =
+        index.iter().zip(mask_rows).map(|(r, m)| m.iter().filter(|&&v| v != 0).count() as i64 + r.delta).collect();
     (positions, next)
 }

@@ -71,7 +71,10 @@ impl MropeLayout {
         let half = self.0.len() as i64;
         // Pick, for every slot, the axis that drives it: gather along dim 0.
         let size = freqs.size();
-        let index = Tensor::from_slice(&self.0).to_device(freqs.device()).view([1, 1, 1, half]).expand([1, size[1], size[2], half], false);
+        let index = Tensor::from_slice(&self.0)
+            .to_device(freqs.device())
+            .view([1, 1, 1, half])
+            .expand([1, size[1], size[2], half], false);
         let chosen = freqs.gather(0, &index, false).squeeze_dim(0);
         let emb = Tensor::cat(&[&chosen, &chosen], -1);
         (emb.cos(), emb.sin())

@@ -17,7 +17,11 @@ pub struct VisionAttention {
 impl VisionAttention {
     /// Variables under `p` (= `...blocks.N.attn`), width `dim`.
     pub fn new(p: nn::Path, dim: i64, heads: i64) -> Self {
-        Self { qkv: nn::linear(&p / "qkv", dim, 3 * dim, Default::default()), proj: nn::linear(&p / "proj", dim, dim, Default::default()), heads }
+        Self {
+            qkv: nn::linear(&p / "qkv", dim, 3 * dim, Default::default()),
+            proj: nn::linear(&p / "proj", dim, dim, Default::default()),
+            heads,
+        }
     }
 
     /// `x` [N, C]; attention only within each segment of `lengths` tokens (summing to N).

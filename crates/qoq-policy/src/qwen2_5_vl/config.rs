@@ -88,11 +88,14 @@ impl Qwen25VLConfig {
         let mrope: Vec<i64> = rope
             .and_then(|r| r.get("mrope_section"))
             .and_then(Value::as_array)
-            .ok_or_else(|| format!("`{section}rope_scaling.mrope_section` (or `rope_parameters.mrope_section`) missing"))?
+            .ok_or_else(|| {
+                format!("`{section}rope_scaling.mrope_section` (or `rope_parameters.mrope_section`) missing")
+            })?
             .iter()
             .map(|x| x.as_i64().ok_or("`mrope_section` must hold integers"))
             .collect::<Result<_, _>>()?;
-        let mrope_section: [i64; 3] = mrope.try_into().map_err(|_| "`mrope_section` must hold 3 integers".to_string())?;
+        let mrope_section: [i64; 3] =
+            mrope.try_into().map_err(|_| "`mrope_section` must hold 3 integers".to_string())?;
         let heads = int(text, section, "num_attention_heads")?;
         let hidden = int(text, section, "hidden_size")?;
         let text_config = TextConfig {
@@ -113,8 +116,16 @@ impl Qwen25VLConfig {
             hidden_size: int(vision, vs, "hidden_size")?,
             intermediate_size: int(vision, vs, "intermediate_size")?,
             num_heads: int(vision, vs, "num_heads")?,
-            in_channels: vision.get("in_channels").or_else(|| vision.get("in_chans")).and_then(Value::as_i64).unwrap_or(3),
-            patch_size: vision.get("patch_size").or_else(|| vision.get("spatial_patch_size")).and_then(Value::as_i64).unwrap_or(14),
+            in_channels: vision
+                .get("in_channels")
+                .or_else(|| vision.get("in_chans"))
+                .and_then(Value::as_i64)
+                .unwrap_or(3),
+            patch_size: vision
+                .get("patch_size")
+                .or_else(|| vision.get("spatial_patch_size"))
+                .and_then(Value::as_i64)
+                .unwrap_or(14),
             temporal_patch_size: vision.get("temporal_patch_size").and_then(Value::as_i64).unwrap_or(2),
             spatial_merge_size: vision.get("spatial_merge_size").and_then(Value::as_i64).unwrap_or(2),
             window_size: vision.get("window_size").and_then(Value::as_i64).unwrap_or(112),
@@ -129,11 +140,18 @@ impl Qwen25VLConfig {
             },
             out_hidden_size: int(vision, vs, "out_hidden_size")?,
             tokens_per_second: vision.get("tokens_per_second").and_then(Value::as_f64).unwrap_or(4.0),
-            rope_theta: vision.get("rope_parameters").and_then(|r| r.get("rope_theta")).and_then(Value::as_f64).unwrap_or(10_000.0),
+            rope_theta: vision
+                .get("rope_parameters")
+                .and_then(|r| r.get("rope_theta"))
+                .and_then(Value::as_f64)
+                .unwrap_or(10_000.0),
         };
         // 5.x ties on the root flag; a pre-v5 `text_config.tie_word_embeddings: true` is forwarded.
         let tie = v.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false)
-            || v.get("text_config").and_then(|t| t.get("tie_word_embeddings")).and_then(Value::as_bool).unwrap_or(false);
+            || v.get("text_config")
+                .and_then(|t| t.get("tie_word_embeddings"))
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
         let top = |key: &str, default: i64| v.get(key).and_then(Value::as_i64).unwrap_or(default);
         let config = Self {
             text_config,
@@ -259,7 +277,10 @@ impl Qwen25VLConfig {
     pub fn validate(&self) -> Result<(), String> {
         let t = &self.text_config;
         let v = &self.vision_config;
-        if t.num_attention_heads <= 0 || t.num_key_value_heads <= 0 || t.num_attention_heads % t.num_key_value_heads != 0 {
+        if t.num_attention_heads <= 0
+            || t.num_key_value_heads <= 0
+            || t.num_attention_heads % t.num_key_value_heads != 0
+        {
             return Err("num_attention_heads must be a positive multiple of num_key_value_heads".into());
         }
         if t.hidden_size % t.num_attention_heads != 0 {
@@ -276,7 +297,10 @@ impl Qwen25VLConfig {
         }
         let unit = v.patch_size * v.spatial_merge_size;
         if unit <= 0 || v.window_size % unit != 0 || v.window_size < unit {
-            return Err(format!("vision window_size {} must be a positive multiple of patch_size x spatial_merge_size = {unit}", v.window_size));
+            return Err(format!(
+                "vision window_size {} must be a positive multiple of patch_size x spatial_merge_size = {unit}",
+                v.window_size
+            ));
         }
         if v.fullatt_block_indexes.iter().any(|&i| i < 0 || i >= v.depth) {
             return Err("fullatt_block_indexes must lie within the vision depth".into());

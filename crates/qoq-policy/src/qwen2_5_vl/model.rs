@@ -34,7 +34,9 @@ pub fn in_memory_name(name: &str) -> String {
         return format!("model.visual.{rest}");
     }
     match name.strip_prefix("model.") {
-        Some(rest) if !rest.starts_with("language_model.") && !rest.starts_with("visual.") => format!("model.language_model.{rest}"),
+        Some(rest) if !rest.starts_with("language_model.") && !rest.starts_with("visual.") => {
+            format!("model.language_model.{rest}")
+        }
         _ => name.to_string(),
     }
 }
@@ -82,10 +84,20 @@ impl Qwen25VL {
         let visual = VisionModel::new(&root / "model" / "visual", &config.vision_config, config.merger_window());
         let language_model = TextModel::new(&root / "model" / "language_model", &config.decoder_config());
         let lm_head = (!config.tie_word_embeddings).then(|| {
-            nn::linear(&root / "lm_head", t.hidden_size, t.vocab_size, nn::LinearConfig { bias: false, ..Default::default() })
+            nn::linear(
+                &root / "lm_head",
+                t.hidden_size,
+                t.vocab_size,
+                nn::LinearConfig { bias: false, ..Default::default() },
+            )
         });
         let inv_freq = inverse_frequencies(t.rope_theta, t.head_dim).to_device(device);
-        let tokens = SpecialTokens::qwen(config.image_token_id, config.video_token_id, config.vision_start_token_id, config.vision_end_token_id);
+        let tokens = SpecialTokens::qwen(
+            config.image_token_id,
+            config.video_token_id,
+            config.vision_start_token_id,
+            config.vision_end_token_id,
+        );
         Ok(Self {
             config: config.clone(),
             vs,
@@ -105,7 +117,8 @@ impl Qwen25VL {
     pub fn from_pretrained(dir: &Path, device: Device) -> Result<Self, PolicyError> {
         let path = dir.join("config.json");
         let value = weights::read_json(&path)?;
-        let config = Qwen25VLConfig::from_json(&value).map_err(|e| PolicyError::Checkpoint(format!("{}: {e}", path.display())))?;
+        let config = Qwen25VLConfig::from_json(&value)
+            .map_err(|e| PolicyError::Checkpoint(format!("{}: {e}", path.display())))?;
         let mut model = Self::new(&config, device)?;
         // Either name set loads; the one found is the one saved back.
         let saw_in_memory = std::cell::Cell::new(false);
@@ -236,7 +249,10 @@ mod tests {
             assert_eq!(in_memory_name(file), memory);
             assert_eq!(checkpoint_name(memory, NameLayout::InMemory), memory);
         }
-        assert_eq!(checkpoint_name("model.visual.merger.mlp.0.bias", NameLayout::Published), "visual.merger.mlp.0.bias");
+        assert_eq!(
+            checkpoint_name("model.visual.merger.mlp.0.bias", NameLayout::Published),
+            "visual.merger.mlp.0.bias"
+        );
         assert_eq!(checkpoint_name("model.language_model.norm.weight", NameLayout::Published), "model.norm.weight");
         assert_eq!(in_memory_name("time_series_embedding.proj.weight"), "time_series_embedding.proj.weight");
     }

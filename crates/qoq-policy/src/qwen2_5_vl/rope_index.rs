@@ -24,7 +24,11 @@ pub struct RopeInputs<'a> {
 }
 
 /// Positions for a batch: `input_ids` and `attention_mask` rows (mask 0: padding, position 0).
-pub fn rope_index(input_ids: &[Vec<i64>], attention_mask: &[Vec<i64>], m: &RopeInputs<'_>) -> Result<Vec<RopeIndex>, PolicyError> {
+pub fn rope_index(
+    input_ids: &[Vec<i64>],
+    attention_mask: &[Vec<i64>],
+    m: &RopeInputs<'_>,
+) -> Result<Vec<RopeIndex>, PolicyError> {
     let mut images = m.image_grids.iter().copied();
     let mut videos = m.video_grids.iter().copied().enumerate();
     let mut out = Vec::with_capacity(input_ids.len());
@@ -54,11 +58,16 @@ pub fn rope_index(input_ids: &[Vec<i64>], attention_mask: &[Vec<i64>], m: &RopeI
                     (images.next(), 1.0f32)
                 } else {
                     match videos.next() {
-                        Some((v, g)) => (Some(g), m.tokens_per_second as f32 * m.seconds_per_grid.get(v).copied().unwrap_or(1.0) as f32),
+                        Some((v, g)) => (
+                            Some(g),
+                            m.tokens_per_second as f32 * m.seconds_per_grid.get(v).copied().unwrap_or(1.0) as f32,
+                        ),
                         None => (None, 1.0),
                     }
                 };
-                let [t, h, w] = grid.ok_or_else(|| PolicyError::Input(format!("row {row}: more {what} placeholder tokens than {what} grids")))?;
+                let [t, h, w] = grid.ok_or_else(|| {
+                    PolicyError::Input(format!("row {row}: more {what} placeholder tokens than {what} grids"))
+                })?;
                 let (gh, gw) = (h / m.merge, w / m.merge);
                 if k + (t * gh * gw) as usize > run_end {
                     return Err(PolicyError::Input(format!(
@@ -95,7 +104,15 @@ mod tests {
     use super::*;
 
     fn inputs<'a>(images: &'a [Grid], videos: &'a [Grid], spg: &'a [f64]) -> RopeInputs<'a> {
-        RopeInputs { image_grids: images, video_grids: videos, seconds_per_grid: spg, image_token_id: 9, video_token_id: 10, merge: 2, tokens_per_second: 2.0 }
+        RopeInputs {
+            image_grids: images,
+            video_grids: videos,
+            seconds_per_grid: spg,
+            image_token_id: 9,
+            video_token_id: 10,
+            merge: 2,
+            tokens_per_second: 2.0,
+        }
     }
 
     #[test]

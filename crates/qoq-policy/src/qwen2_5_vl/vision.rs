@@ -103,7 +103,11 @@ impl VisionModel {
         let kernel = [c.hidden_size, c.in_channels, c.temporal_patch_size, c.patch_size, c.patch_size];
         let bound = 1.0 / ((c.in_channels * c.temporal_patch_size * c.patch_size * c.patch_size) as f64).sqrt();
         Self {
-            patch_weight: (&p / "patch_embed" / "proj").var("weight", &kernel, nn::Init::Uniform { lo: -bound, up: bound }),
+            patch_weight: (&p / "patch_embed" / "proj").var(
+                "weight",
+                &kernel,
+                nn::Init::Uniform { lo: -bound, up: bound },
+            ),
             blocks: (0..c.depth).map(|i| VisionBlock::new(&p / "blocks" / i, c)).collect(),
             merger: PatchMerger::new(&p / "merger", c),
             config: c.clone(),
@@ -161,7 +165,14 @@ impl VisionTower for VisionModel {
         };
         let frames: Vec<i64> = grids.iter().flat_map(|&[t, h, w]| std::iter::repeat_n(h * w, t as usize)).collect();
         let windows: Vec<i64> = lengths.into_iter().filter(|&l| l > 0).map(|l| l * unit).collect();
-        VisionPass { x: reorder(&x), cos: reorder(&cos), sin: reorder(&sin), frames, windows, window_index: Some(order) }
+        VisionPass {
+            x: reorder(&x),
+            cos: reorder(&cos),
+            sin: reorder(&sin),
+            frames,
+            windows,
+            window_index: Some(order),
+        }
     }
 
     fn num_blocks(&self) -> usize {

@@ -73,8 +73,8 @@ fn vision_theta() -> f64 {
 impl Qwen3VLConfig {
     /// Read `config.json` (either serialisation); errors name the file and the key.
     pub fn from_file(path: &Path) -> Result<Self, PolicyError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| PolicyError::Checkpoint(format!("{}: {e}", path.display())))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| PolicyError::Checkpoint(format!("{}: {e}", path.display())))?;
         let value: Value = serde_json::from_str(&text)
             .map_err(|e| PolicyError::Checkpoint(format!("{}: not JSON ({e})", path.display())))?;
         Self::from_json(&value).map_err(|e| PolicyError::Checkpoint(format!("{}: {e}", path.display())))
@@ -123,11 +123,8 @@ impl Qwen3VLConfig {
             mrope_section,
             attention_bias: text.get("attention_bias").and_then(Value::as_bool).unwrap_or(false),
         };
-        let vision_theta = vision
-            .get("rope_parameters")
-            .and_then(|r| r.get("rope_theta"))
-            .and_then(Value::as_f64)
-            .unwrap_or(10_000.0);
+        let vision_theta =
+            vision.get("rope_parameters").and_then(|r| r.get("rope_theta")).and_then(Value::as_f64).unwrap_or(10_000.0);
         let vision_config = VisionConfig {
             depth: int(vision, "vision_config", "depth")?,
             hidden_size: int(vision, "vision_config", "hidden_size")?,

@@ -42,12 +42,32 @@ impl Qwen3VL {
         let visual = VisionModel::new(&root / "model" / "visual", &config.vision_config);
         let language_model = TextModel::new(&root / "model" / "language_model", &config.decoder_config());
         let lm_head = (!config.tie_word_embeddings).then(|| {
-            nn::linear(&root / "lm_head", t.hidden_size, t.vocab_size, nn::LinearConfig { bias: false, ..Default::default() })
+            nn::linear(
+                &root / "lm_head",
+                t.hidden_size,
+                t.vocab_size,
+                nn::LinearConfig { bias: false, ..Default::default() },
+            )
         });
         let inv_freq = inverse_frequencies(t.rope_theta, t.head_dim).to_device(device);
         let mrope = MropeLayout::interleaved(t.mrope_section, t.head_dim / 2);
-        let tokens = SpecialTokens::qwen(config.image_token_id, config.video_token_id, config.vision_start_token_id, config.vision_end_token_id);
-        Ok(Self { config: config.clone(), vs, visual, language_model, lm_head, inv_freq, mrope, tokens, extra: ExtraTensors::default() })
+        let tokens = SpecialTokens::qwen(
+            config.image_token_id,
+            config.video_token_id,
+            config.vision_start_token_id,
+            config.vision_end_token_id,
+        );
+        Ok(Self {
+            config: config.clone(),
+            vs,
+            visual,
+            language_model,
+            lm_head,
+            inv_freq,
+            mrope,
+            tokens,
+            extra: ExtraTensors::default(),
+        })
     }
 
     /// Load a Hugging Face checkpoint folder (`config.json` + safetensors weights).
@@ -95,7 +115,9 @@ impl Policy for Qwen3VL {
 
     fn module_group(&self, name: &str) -> ModuleGroup {
         match name.strip_prefix("model.visual.") {
-            Some(rest) if rest.starts_with("merger.") || rest.starts_with("deepstack_merger_list.") => ModuleGroup::Merger,
+            Some(rest) if rest.starts_with("merger.") || rest.starts_with("deepstack_merger_list.") => {
+                ModuleGroup::Merger
+            }
             Some(_) => ModuleGroup::VisionTower,
             None => ModuleGroup::Llm,
         }
@@ -132,7 +154,15 @@ impl Policy for Qwen3VL {
         // Multimodal rope positions from the ids, pads excluded.
         let (id_rows, mask_rows) = id_rows(&ids, &mask)?;
         let merge = c.vision_config.spatial_merge_size;
-        let index = rope_index(&id_rows, &mask_rows, &inputs.image_grids, &inputs.video_grids, c.image_token_id, c.video_token_id, merge)?;
+        let index = rope_index(
+            &id_rows,
+            &mask_rows,
+            &inputs.image_grids,
+            &inputs.video_grids,
+            c.image_token_id,
+            c.video_token_id,
+            merge,
+        )?;
         let (positions, next_position) = position_ids(&index, &mask_rows, device);
         Ok(Embedded { embeds, positions, key_valid: mask.ne(0), next_position, injections })
     }

@@ -29,7 +29,13 @@ pub fn rope_index(
         let mut k = 0;
         while k < kept.len() {
             let id = ids[kept[k]];
-            let modality = if id == image_token_id { 1 } else if id == video_token_id { 2 } else { 0 };
+            let modality = if id == image_token_id {
+                1
+            } else if id == video_token_id {
+                2
+            } else {
+                0
+            };
             if modality == 0 {
                 for axis in &mut positions {
                     axis[kept[k]] = cur;
@@ -76,7 +82,6 @@ pub fn rope_index(
     }
     Ok(out)
 }
-
 
 #[cfg(test)]
 mod tests {

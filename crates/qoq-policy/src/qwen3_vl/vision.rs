@@ -103,7 +103,11 @@ impl VisionModel {
         Self {
             patch_weight: patch.var("weight", &kernel, nn::Init::Uniform { lo: -bound, up: bound }),
             patch_bias: patch.var("bias", &[c.hidden_size], nn::Init::Uniform { lo: -bound, up: bound }),
-            pos_embed: (&p / "pos_embed").var("weight", &[c.num_position_embeddings, c.hidden_size], nn::Init::Randn { mean: 0.0, stdev: 1.0 }),
+            pos_embed: (&p / "pos_embed").var(
+                "weight",
+                &[c.num_position_embeddings, c.hidden_size],
+                nn::Init::Randn { mean: 0.0, stdev: 1.0 },
+            ),
             blocks: (0..c.depth).map(|i| VisionBlock::new(&p / "blocks" / i, c)).collect(),
             merger: PatchMerger::new(&p / "merger", c, false),
             deepstack_merger_list: (0..c.deepstack_visual_indexes.len())
@@ -170,7 +174,12 @@ impl VisionTower for VisionModel {
     /// give their DeepStack merger's feature.
     fn block(&self, i: usize, x: &Tensor, pass: &VisionPass) -> (Tensor, Option<Tensor>) {
         let x = self.blocks[i].forward(x, &pass.cos, &pass.sin, &pass.frames);
-        let tap = self.config.deepstack_visual_indexes.iter().position(|&d| d == i as i64).map(|j| self.deepstack_merger_list[j].forward(&x));
+        let tap = self
+            .config
+            .deepstack_visual_indexes
+            .iter()
+            .position(|&d| d == i as i64)
+            .map(|j| self.deepstack_merger_list[j].forward(&x));
         (x, tap)
     }
 

@@ -23,7 +23,8 @@ pub fn case_meta(name: &str) -> serde_json::Value {
 }
 
 pub fn grids(t: Option<&Tensor>) -> Vec<Grid> {
-    t.map(|t| Vec::<Vec<i64>>::try_from(t).unwrap().into_iter().map(|g| [g[0], g[1], g[2]]).collect()).unwrap_or_default()
+    t.map(|t| Vec::<Vec<i64>>::try_from(t).unwrap().into_iter().map(|g| [g[0], g[1], g[2]]).collect())
+        .unwrap_or_default()
 }
 
 /// The model inputs a case holds.

@@ -61,9 +61,17 @@ fn main() -> Result<()> {
     let (mut rows, mut bad) = (0, 0);
     for input in &args.input {
         bar.set_message(input.display().to_string());
-        let report = convert_jsonl(input, &args.out, &opts).with_context(|| format!("converting {}", input.display()))?;
+        let report =
+            convert_jsonl(input, &args.out, &opts).with_context(|| format!("converting {}", input.display()))?;
         bar.suspend(|| {
-            println!("{}: {} rows written, {} bad of {} lines, {} shards", input.display(), report.rows_written, report.bad_count, report.lines, report.files.len());
+            println!(
+                "{}: {} rows written, {} bad of {} lines, {} shards",
+                input.display(),
+                report.rows_written,
+                report.bad_count,
+                report.lines,
+                report.files.len()
+            );
             for b in report.bad.iter().take(args.show_bad) {
                 println!("  bad: {} line {} (id {:?}): {}", b.file.display(), b.row, b.id, b.reason);
             }

@@ -51,21 +51,29 @@ fn main() -> Result<()> {
     let args = Args::parse();
     let dir = &args.model;
     let model = load_policy(dir, Device::Cpu).with_context(|| format!("loading the checkpoint {}", dir.display()))?;
-    let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json")).with_context(|| format!("{}: the checkpoint's tokenizer", dir.display()))?;
+    let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
+        .with_context(|| format!("{}: the checkpoint's tokenizer", dir.display()))?;
     let processor_config = model.family().processor_config(dir)?;
     let merge = processor_config.merge_size;
     let processor = ImageProcessor::new(processor_config)?;
-    let image = image::open(&args.image).with_context(|| format!("cannot read the image {}", args.image.display()))?.to_rgb8();
+    let image =
+        image::open(&args.image).with_context(|| format!("cannot read the image {}", args.image.display()))?.to_rgb8();
     let vision = processor.preprocess_image(&image)?;
 
     let messages = [Message::user(vec![Content::Image, Content::text(args.prompt.clone())])];
-    let options = RenderOptions { add_generation_prompt: true, template: model.prompt_format().template, ..Default::default() };
+    let options =
+        RenderOptions { add_generation_prompt: true, template: model.prompt_format().template, ..Default::default() };
     let ids = encode_conversation(&tokenizer, &messages, &options, &[merged_tokens(vision.grid_thw, merge)], &[])?;
     let ids: Vec<i64> = ids.into_iter().map(i64::from).collect();
     let input_ids = Tensor::from_slice(&ids).view([1, -1]);
     let grid = vision.grid_thw.map(i64::from);
     let pixels = Tensor::from_slice(&vision.pixel_values).view([vision.rows() as i64, -1]);
-    let inputs = Inputs { input_ids: Some(&input_ids), pixel_values: Some(&pixels), image_grids: vec![grid], ..Default::default() };
+    let inputs = Inputs {
+        input_ids: Some(&input_ids),
+        pixel_values: Some(&pixels),
+        image_grids: vec![grid],
+        ..Default::default()
+    };
 
     let tokens = model.special_tokens().clone().with_tokenizer(&tokenizer);
     let mut config = SamplingConfig::qwen_default(&tokens);

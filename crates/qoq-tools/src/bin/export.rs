@@ -36,17 +36,25 @@ fn main() -> Result<()> {
     let args = Args::parse();
     let model_dir = args.checkpoint.join("model");
     if !args.checkpoint.join("trainer_state.json").is_file() || !model_dir.join("config.json").is_file() {
-        bail!("{} is not a complete training checkpoint (expected trainer_state.json and model/config.json)", args.checkpoint.display());
+        bail!(
+            "{} is not a complete training checkpoint (expected trainer_state.json and model/config.json)",
+            args.checkpoint.display()
+        );
     }
-    if args.out.exists() && std::fs::read_dir(&args.out).with_context(|| format!("reading {}", args.out.display()))?.next().is_some() {
+    if args.out.exists()
+        && std::fs::read_dir(&args.out).with_context(|| format!("reading {}", args.out.display()))?.next().is_some()
+    {
         bail!("{} exists and is not empty: choose a new folder", args.out.display());
     }
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
-    let mut model = load_policy(&model_dir, tch::Device::Cpu).with_context(|| format!("loading {}", model_dir.display()))?;
+    let mut model =
+        load_policy(&model_dir, tch::Device::Cpu).with_context(|| format!("loading {}", model_dir.display()))?;
     if args.bf16 {
         model.set_kind(tch::Kind::BFloat16);
     }
-    model.save_pretrained(&args.out, args.max_shard_bytes).with_context(|| format!("writing {}", args.out.display()))?;
+    model
+        .save_pretrained(&args.out, args.max_shard_bytes)
+        .with_context(|| format!("writing {}", args.out.display()))?;
     let mut copied = Vec::new();
     for name in MODEL_SIDE_FILES {
         let from = model_dir.join(name);
@@ -56,10 +64,16 @@ fn main() -> Result<()> {
         }
     }
     if !copied.contains(&"tokenizer.json") {
-        eprintln!("warning: the checkpoint carries no tokenizer.json; copy the base model's tokenizer files into {}", args.out.display());
+        eprintln!(
+            "warning: the checkpoint carries no tokenizer.json; copy the base model's tokenizer files into {}",
+            args.out.display()
+        );
     }
     if !copied.iter().any(|n| n.starts_with("chat_template")) {
-        eprintln!("warning: the source model had no chat_template.json / .jinja; copy the base model's into {}", args.out.display());
+        eprintln!(
+            "warning: the source model had no chat_template.json / .jinja; copy the base model's into {}",
+            args.out.display()
+        );
     }
     println!("exported {} to {} ({})", args.checkpoint.display(), args.out.display(), copied.join(", "));
     Ok(())

@@ -12,8 +12,8 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use qoq_data::preprocess::{ImageProcessor, ImageProcessorConfig};
-use qoq_tools::config::RunConfig;
 use qoq_data::{Checks, Loader, LoaderConfig, Sample, ShardSet};
+use qoq_tools::config::RunConfig;
 
 #[derive(Parser)]
 #[command(about = "Validate a directory of sample shards and summarise it")]
@@ -127,21 +127,54 @@ fn main() -> Result<()> {
     bar.finish_and_clear();
     let elapsed = start.elapsed().as_secs_f64();
 
-    println!("{:<14} {:<26} {:>7} {:>7} {:>6} {:>6} {:>7} {:>6} {:>6} {:>5}", "domain", "dataset", "rows", "train", "val", "test", "images", "frames", "boxes", "ecg");
+    println!(
+        "{:<14} {:<26} {:>7} {:>7} {:>6} {:>6} {:>7} {:>6} {:>6} {:>5}",
+        "domain", "dataset", "rows", "train", "val", "test", "images", "frames", "boxes", "ecg"
+    );
     let mut totals = Counts::default();
     for ((domain, dataset), c) in &counts {
         let split = |k: &str| c.splits.get(k).copied().unwrap_or(0);
-        println!("{:<14} {:<26} {:>7} {:>7} {:>6} {:>6} {:>7} {:>6} {:>6} {:>5}", domain, dataset, c.rows, split("train"), split("val"), split("test"), c.images, c.frames, c.boxes, c.ecg);
+        println!(
+            "{:<14} {:<26} {:>7} {:>7} {:>6} {:>6} {:>7} {:>6} {:>6} {:>5}",
+            domain,
+            dataset,
+            c.rows,
+            split("train"),
+            split("val"),
+            split("test"),
+            c.images,
+            c.frames,
+            c.boxes,
+            c.ecg
+        );
         totals.rows += c.rows;
         totals.images += c.images;
         totals.frames += c.frames;
         totals.boxes += c.boxes;
         totals.ecg += c.ecg;
     }
-    println!("{:<14} {:<26} {:>7} {:>7} {:>6} {:>6} {:>7} {:>6} {:>6} {:>5}", "total", format!("{} shards", shard_count), totals.rows, "", "", "", totals.images, totals.frames, totals.boxes, totals.ecg);
+    println!(
+        "{:<14} {:<26} {:>7} {:>7} {:>6} {:>6} {:>7} {:>6} {:>6} {:>5}",
+        "total",
+        format!("{} shards", shard_count),
+        totals.rows,
+        "",
+        "",
+        "",
+        totals.images,
+        totals.frames,
+        totals.boxes,
+        totals.ecg
+    );
 
     let bad = loader.bad_rows();
-    println!("\nrows read: {}  good: {}  bad: {}  ({:.1} rows/s)", bad.seen, totals.rows, bad.bad, bad.seen as f64 / elapsed.max(1e-9));
+    println!(
+        "\nrows read: {}  good: {}  bad: {}  ({:.1} rows/s)",
+        bad.seen,
+        totals.rows,
+        bad.bad,
+        bad.seen as f64 / elapsed.max(1e-9)
+    );
     for b in bad.examples.iter().take(args.show_bad) {
         println!("  bad: {b}");
     }
@@ -167,7 +200,12 @@ fn main() -> Result<()> {
     let all_bad = bad.bad + prep_failures.len() as u64;
     let max_bad = cfg_max_bad;
     if bad.seen > 0 && all_bad as f64 / bad.seen as f64 > max_bad {
-        bail!("{}: {all_bad} of {} rows are bad ({} fail preprocessing), more than --max-bad-fraction {max_bad}", dir.display(), bad.seen, prep_failures.len());
+        bail!(
+            "{}: {all_bad} of {} rows are bad ({} fail preprocessing), more than --max-bad-fraction {max_bad}",
+            dir.display(),
+            bad.seen,
+            prep_failures.len()
+        );
     }
     if totals.rows == 0 {
         bail!("{} has no usable rows", dir.display());

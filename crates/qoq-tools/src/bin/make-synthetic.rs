@@ -41,8 +41,11 @@ fn main() -> Result<()> {
             .collect();
         if !existing.is_empty() {
             if !args.force {
-                bail!("{} already holds {} synthetic shards; pass --force to replace them, or choose another --out",
-                    args.out.display(), existing.len());
+                bail!(
+                    "{} already holds {} synthetic shards; pass --force to replace them, or choose another --out",
+                    args.out.display(),
+                    existing.len()
+                );
             }
             for p in existing {
                 std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;

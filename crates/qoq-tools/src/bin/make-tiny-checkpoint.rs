@@ -56,9 +56,14 @@ fn main() -> Result<()> {
         Family::Qwen3Vl => ".qwen-tokenizer",
         Family::Qwen25Vl => ".qwen2.5-tokenizer",
     };
-    let tokenizer_dir = args.tokenizer.unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").join(default_dir));
+    let tokenizer_dir =
+        args.tokenizer.unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").join(default_dir));
     let tokenizer = tokenizer_dir.join("tokenizer.json");
-    anyhow::ensure!(tokenizer.is_file(), "{} is missing: run `bash tools/setup.sh` or pass --tokenizer DIR", tokenizer.display());
+    anyhow::ensure!(
+        tokenizer.is_file(),
+        "{} is missing: run `bash tools/setup.sh` or pass --tokenizer DIR",
+        tokenizer.display()
+    );
     tch::manual_seed(args.seed);
     let model: Box<dyn Policy> = match family {
         Family::Qwen3Vl => Box::new(Qwen3VL::new(&Qwen3VLConfig::tiny(), tch::Device::Cpu)?),

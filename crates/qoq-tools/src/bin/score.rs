@@ -14,10 +14,10 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use qoq_tools::scoring::{output_line, score_records, MaskCache, RecordReader};
 use qoq_rewards::answer::LabelOptions;
 use qoq_rewards::eval::Evaluator;
 use qoq_rewards::{IouAggregation, Preset, RewardConfig, Scorer, Weights};
+use qoq_tools::scoring::{output_line, score_records, MaskCache, RecordReader};
 
 #[derive(Parser)]
 #[command(about = "Score responses (JSONL in, JSONL out) with the QoQ-Med rewards")]
@@ -76,7 +76,8 @@ fn main() -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     let summary = result?;
-    std::fs::rename(&tmp, &args.output).with_context(|| format!("cannot move the result to {}", args.output.display()))?;
+    std::fs::rename(&tmp, &args.output)
+        .with_context(|| format!("cannot move the result to {}", args.output.display()))?;
     eprintln!("{summary}");
     Ok(())
 }

@@ -56,7 +56,9 @@ struct Args {
 #[cfg(unix)]
 fn keep_freed_memory() {
     use std::os::unix::process::CommandExt;
-    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_some() || std::env::var("QOQ_KEEP_FREED_MEMORY").is_ok_and(|v| v == "0") {
+    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_some()
+        || std::env::var("QOQ_KEEP_FREED_MEMORY").is_ok_and(|v| v == "0")
+    {
         return;
     }
     let Ok(exe) = std::env::current_exe() else { return };
@@ -112,11 +114,17 @@ fn launch(args: &Args, config: &TrainConfig) -> Result<()> {
     }
     eprintln!("launch: {} ranks of {}", args.nproc, exe.display());
     let grace = Duration::from_secs(config.distributed.timeout_s + 30);
-    let outcome = qoq_dist::launch::run_local(args.nproc, &exe, &child_args, &[], grace).context("starting the ranks")?;
+    let outcome =
+        qoq_dist::launch::run_local(args.nproc, &exe, &child_args, &[], grace).context("starting the ranks")?;
     match outcome.first_failure {
         None => Ok(()),
         Some(rank) => {
-            let codes: Vec<String> = outcome.codes.iter().enumerate().map(|(r, c)| format!("rank {r}: {}", c.map_or("killed".into(), |c| format!("exit {c}")))).collect();
+            let codes: Vec<String> = outcome
+                .codes
+                .iter()
+                .enumerate()
+                .map(|(r, c)| format!("rank {r}: {}", c.map_or("killed".into(), |c| format!("exit {c}"))))
+                .collect();
             anyhow::bail!("rank {rank} failed first ({})", codes.join(", "))
         }
     }
@@ -150,7 +158,8 @@ fn train(args: &Args, config: TrainConfig, group: Rc<ProcessGroup>) -> Result<()
         Some(dir) => Resume::From(dir.clone()),
         None => Resume::from(args.resume),
     };
-    let mut trainer = Trainer::new(config, resume, dp).with_context(|| format!("starting the run in {}", out.display()))?;
+    let mut trainer =
+        Trainer::new(config, resume, dp).with_context(|| format!("starting the run in {}", out.display()))?;
     let total = trainer.total_steps();
     let done = trainer.state.step();
     if main_rank {
@@ -176,9 +185,10 @@ fn train(args: &Args, config: TrainConfig, group: Rc<ProcessGroup>) -> Result<()
             return;
         }
         bar.set_position(step);
-        let reward = m.get("reward/overall").map(|r| format!("reward {r:.3}")).unwrap_or_else(|| {
-            m.get("sft/loss").map(|l| format!("sft loss {l:.3}")).unwrap_or_default()
-        });
+        let reward = m
+            .get("reward/overall")
+            .map(|r| format!("reward {r:.3}"))
+            .unwrap_or_else(|| m.get("sft/loss").map(|l| format!("sft loss {l:.3}")).unwrap_or_default());
         let speed = m.get("perf/throughput").map(|t| format!("{t:.0} tok/s")).unwrap_or_default();
         bar.set_message(format!("{reward} {speed}"));
         if !bar.is_hidden() {
@@ -218,7 +228,10 @@ fn train(args: &Args, config: TrainConfig, group: Rc<ProcessGroup>) -> Result<()
             get("val/reward/overall")
         );
     }
-    println!("wall time {:.1} s, peak RSS {peak:.0} MiB, optimizer state {state_mib:.1} MiB (rank 0 of {world})", started.elapsed().as_secs_f64());
+    println!(
+        "wall time {:.1} s, peak RSS {peak:.0} MiB, optimizer state {state_mib:.1} MiB (rank 0 of {world})",
+        started.elapsed().as_secs_f64()
+    );
     eprintln!("done: {}", out.display());
     Ok(())
 }

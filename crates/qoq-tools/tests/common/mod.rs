@@ -24,7 +24,11 @@ pub fn setup(dir: &Path) -> (PathBuf, PathBuf) {
 }
 
 pub fn weights(dir: &Path) -> Vec<(String, Tensor)> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "safetensors")).collect();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .collect();
     files.sort();
     let mut all: Vec<(String, Tensor)> = files.iter().flat_map(|f| Tensor::read_safetensors(f).unwrap()).collect();
     all.sort_by(|a, b| a.0.cmp(&b.0));
