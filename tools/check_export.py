@@ -4,6 +4,7 @@ logits; this loads HF_DIR with the class its config.json names
 (Qwen3VLForConditionalGeneration or Qwen2_5_VLForConditionalGeneration) and compares.
 
     cargo run --release --bin export -- --checkpoint runs/demo/checkpoints/step_N --out /tmp/hf
+        (the Qwen2.5-VL demo: runs/demo-qwen2_5_vl/checkpoints/step_N)
     cargo run --release --bin diagnose -- --model /tmp/hf --image IMG --prompt "..." --max-new-tokens 1 --dump /tmp/d.safetensors
     $(bash tools/reference-env.sh) tools/check_export.py /tmp/hf /tmp/d.safetensors
 
