@@ -243,7 +243,8 @@ impl Qwen25VLConfig {
                 "window_size": v.window_size,
                 "fullatt_block_indexes": v.fullatt_block_indexes,
                 "out_hidden_size": v.out_hidden_size,
-                "tokens_per_second": v.tokens_per_second,
+                // transformers 5.24 takes an integer here (and refuses 2.0).
+                "tokens_per_second": v.tokens_per_second as i64,
                 "hidden_act": "silu",
             },
         })
