@@ -15,17 +15,23 @@
 pub mod advantage;
 pub mod checkpoint;
 pub mod config;
+mod data;
 mod error;
 pub mod kmeans;
 pub mod loss;
 pub mod memory;
+mod metrics;
 pub mod optim;
 pub mod parallel;
 pub mod prompts;
+mod rl_step;
+mod rollout;
+mod sft;
 pub mod sharded;
 pub mod summary;
 pub mod tensorboard;
 pub mod trainer;
+mod validation;
 
 pub use error::TrainError;
 pub use trainer::{Metrics, Trainer};

@@ -1,0 +1,64 @@
+//! The supervised warm start: one optimizer step per batch of prompts and their
+//! reference answers (`[sft]`; drpo.md section 4).
+
+use std::time::Instant;
+
+use tch::Kind;
+
+use crate::loss::sft_loss;
+use crate::metrics::{memory_metrics, Metrics};
+use crate::prompts::{response_mask, PromptBatch};
+use crate::{TrainError, Trainer};
+
+impl Trainer {
+    /// One SFT step: teacher-forced cross-entropy on the reference answers of
+    /// `sft.batch_size` prompts (the global batch), token mean over the batch, one
+    /// optimizer step.
+    pub(crate) fn sft_step(&mut self) -> Result<Metrics, TrainError> {
+        let t0 = Instant::now();
+        let batch_size = self.config.sft.batch_size;
+        let (prompts, _) = self.next_prompts(batch_size, batch_size)?;
+        let targets: Vec<Vec<i64>> = prompts
+            .iter()
+            .map(|p| {
+                let mut ids: Vec<i64> = self.tokenizer.encode(&p.reference)?.into_iter().map(i64::from).collect();
+                ids.push(i64::from(self.tokenizer.im_end_id()));
+                Ok(ids)
+            })
+            .collect::<Result<_, qoq_policy::PolicyError>>()?;
+        // Token mean over the global batch.
+        let normaliser = self.dp.sum(&[targets.iter().map(Vec::len).sum::<usize>() as f64])?[0].max(1.0);
+        self.optimizer.zero_grad();
+        let mut loss_sum = 0.0;
+        let mut correct = 0.0;
+        for chunk in (0..prompts.len()).collect::<Vec<_>>().chunks(self.config.sft.micro_batch) {
+            let batch = PromptBatch::new(
+                &chunk.iter().map(|&i| &prompts[i]).collect::<Vec<_>>(),
+                self.tokens.pad,
+                self.device,
+            )?;
+            let responses: Vec<Vec<i64>> = chunk.iter().map(|&i| targets[i].clone()).collect();
+            let (logp, _) = self.policy.score(&batch.inputs(), &responses, 1.0)?;
+            let mask = response_mask(&responses.iter().map(Vec::len).collect::<Vec<_>>(), self.device);
+            let loss = sft_loss(&logp, &mask, normaliser);
+            loss.backward();
+            loss_sum += loss.double_value(&[]);
+            // exp(logp) > 0.5 means the reference token is the arg-max.
+            correct +=
+                tch::no_grad(|| (logp.exp().gt(0.5).to_kind(Kind::Float) * &mask).sum(Kind::Float).double_value(&[]));
+        }
+        let lr = self.optimizer.config().lr_at(self.optimizer.steps(), self.config.sft.steps);
+        let grad_norm = self.optimizer.step(lr, &self.dp)?;
+        self.state.sft_steps_done += 1;
+        let [loss_sum, correct]: [f64; 2] = self.dp.sum(&[loss_sum, correct])?.try_into().expect("two sums");
+        let mut m = Metrics::new();
+        m.insert("sft/loss".into(), loss_sum);
+        m.insert("sft/token_accuracy".into(), correct / normaliser);
+        m.insert("actor/grad_norm".into(), grad_norm);
+        m.insert("actor/lr".into(), lr);
+        m.insert("timing_s/step".into(), t0.elapsed().as_secs_f64());
+        m.insert("perf/throughput".into(), normaliser / t0.elapsed().as_secs_f64());
+        memory_metrics(&mut m, self.optimizer.state_bytes());
+        Ok(m)
+    }
+}
