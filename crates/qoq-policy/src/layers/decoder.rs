@@ -62,4 +62,12 @@ impl TextModel {
             norm: RmsNorm::new(&p / "norm", c.hidden_size, c.rms_norm_eps),
         }
     }
+
+    /// Vocabulary logits of final hidden states: `head`, or the tied embedding without one.
+    pub fn logits(&self, head: Option<&nn::Linear>, hidden: &Tensor) -> Tensor {
+        match head {
+            Some(head) => head.forward(hidden),
+            None => hidden.matmul(&self.embed_tokens.ws.tr()),
+        }
+    }
 }

@@ -172,10 +172,7 @@ impl Policy for Qwen3VL {
     }
 
     fn logits(&self, hidden: &Tensor) -> Tensor {
-        match &self.lm_head {
-            Some(head) => head.forward(hidden),
-            None => hidden.matmul(&self.language_model.embed_tokens.ws.tr()),
-        }
+        self.language_model.logits(self.lm_head.as_ref(), hidden)
     }
 
     fn save_pretrained(&self, dir: &Path, max_shard_bytes: u64) -> Result<(), PolicyError> {
