@@ -53,7 +53,7 @@ pub fn prepare_counts(
         .collect()
 }
 
-pub use qoq_train::memory::peak_rss_mib;
+pub use qoq_train::peak_rss_mib;
 
 /// The `[data]` and `[processor]` tables of a run configuration (configs/data/*.toml; the
 /// trainer's configs carry the same tables). Unknown keys are errors naming the key.

@@ -10,6 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{config_text, write_config};
+use qoq_policy::ModuleGroup;
 use qoq_train::advantage::{AdvantageConfig, DomainMean, Estimator};
 use qoq_train::config::{DeviceConfig, Dtype, TrainConfig};
 use qoq_train::loss::{Aggregation, LossConfig};
@@ -263,7 +264,7 @@ fn base_lays_a_file_over_another_key_by_key() {
     let c = TrainConfig::from_file(&top).unwrap();
     assert_eq!(c.run.output_dir, PathBuf::from("elsewhere"));
     assert_eq!(c.run.seed, 3, "a key the override does not set keeps the base's value");
-    assert_eq!(c.model.freeze, vec!["merger".to_string()], "arrays are replaced, not merged");
+    assert_eq!(c.model.freeze, vec![ModuleGroup::Merger], "arrays are replaced, not merged");
     assert_eq!(c.model.path, model);
     assert_eq!((c.rl.steps, c.rl.max_new_tokens, c.rl.prompts_per_step), (7, 11, 2));
     assert_eq!((c.rl.optim.lr, c.rl.optim.weight_decay), (0.5, 0.125), "sub-tables merge key by key");
@@ -295,7 +296,7 @@ fn stage1_is_stage2_with_its_overrides() {
     let mut stage2 = TrainConfig::parse_file(&configs.join("stage2.toml")).unwrap();
     stage1.check(false).unwrap();
     assert_eq!(stage1.run.output_dir, PathBuf::from("runs/stage1"));
-    assert_eq!(stage1.model.freeze, vec!["vision_tower".to_string(), "llm".to_string()]);
+    assert_eq!(stage1.model.freeze, vec![ModuleGroup::VisionTower, ModuleGroup::Llm]);
     assert_eq!((stage1.rl.steps, stage1.rl.optim.lr), (100, 1e-5));
     assert_eq!(stage1.run.device, DeviceConfig::Cuda);
     // Everything else is stage 2's.

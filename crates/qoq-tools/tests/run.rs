@@ -155,7 +155,11 @@ fn bad_configs_fail_fast_naming_the_key_and_file() {
             "multiple of rl.prompts_per_update",
         ),
         ("estimator", base.replace("kl_coef = 0.01", "advantage = \"ppo\""), "advantage"),
-        ("freeze", base.replace("[model]", "[model]\nfreeze = [\"visual\"]"), "model.freeze"),
+        (
+            "freeze",
+            base.replace("[model]", "[model]\nfreeze = [\"visual\"]"),
+            "unknown variant `visual`, expected one of `vision_tower`",
+        ),
         ("clip", base.replace("kl_coef = 0.01", "dual_clip = 0.5"), "algorithm.dual_clip"),
         ("model", base.replace(&model.display().to_string(), "/nonexistent/model"), "model.path"),
     ];

@@ -69,13 +69,13 @@ impl TrainerState {
     }
 }
 
-pub fn step_dir(root: &Path, step: u64) -> PathBuf {
+pub(crate) fn step_dir(root: &Path, step: u64) -> PathBuf {
     root.join(format!("step_{step}"))
 }
 
 /// Writes checkpoint `step_N` under `root`: `write_model` fills the model folder it is
 /// given; `optimizer` holds the moments.
-pub fn save(
+pub(crate) fn save(
     root: &Path,
     state: &TrainerState,
     write_model: impl FnOnce(&Path) -> Result<(), TrainError>,
@@ -142,7 +142,7 @@ fn remove_partials(root: &Path) -> Result<(), TrainError> {
 }
 
 /// Complete checkpoints under `root`, oldest first.
-pub fn list(root: &Path) -> Result<Vec<(u64, PathBuf)>, TrainError> {
+pub(crate) fn list(root: &Path) -> Result<Vec<(u64, PathBuf)>, TrainError> {
     let mut out = Vec::new();
     if !root.exists() {
         return Ok(out);
@@ -165,7 +165,7 @@ pub fn latest(root: &Path) -> Result<Option<PathBuf>, TrainError> {
 }
 
 /// Reads a checkpoint's state and optimizer moments.
-pub fn load(dir: &Path) -> Result<(TrainerState, BTreeMap<String, Tensor>), TrainError> {
+pub(crate) fn load(dir: &Path) -> Result<(TrainerState, BTreeMap<String, Tensor>), TrainError> {
     let state = read_state(dir).map_err(TrainError::Checkpoint)?;
     let opt_path = dir.join("optimizer.safetensors");
     let moments = if opt_path.is_file() {
@@ -242,7 +242,7 @@ fn dtype_bytes(dtype: &str) -> Option<u64> {
 /// Checks that a safetensors file is whole: an 8-byte header length, a JSON header, each
 /// tensor's byte range as long as its dtype and shape need, and the file ending exactly
 /// where the last range does (a truncated file is shorter).
-pub fn check_safetensors(path: &Path) -> Result<(), String> {
+pub(crate) fn check_safetensors(path: &Path) -> Result<(), String> {
     let at = |m: String| format!("{}: {m}", path.display());
     let mut file = std::fs::File::open(path).map_err(|e| at(e.to_string()))?;
     let size = file.metadata().map_err(|e| at(e.to_string()))?.len();
@@ -325,7 +325,7 @@ impl From<bool> for Resume {
 /// For [`Resume::From`], with `main` (the rank that writes), checkpoints under `root` after
 /// the one resumed from belong to the abandoned continuation: they are renamed
 /// `step_N.superseded` (never deleted), so that a later `--resume` follows the new run.
-pub fn resume_point(root: &Path, resume: &Resume, main: bool) -> Result<Option<PathBuf>, TrainError> {
+pub(crate) fn resume_point(root: &Path, resume: &Resume, main: bool) -> Result<Option<PathBuf>, TrainError> {
     match resume {
         Resume::Fresh => match latest(root)? {
             Some(_) => Err(TrainError::Config(format!(

@@ -20,6 +20,16 @@ use crate::optim::{AdamW, OptimConfig};
 use crate::sharded::{gather_segments, scatter_segments, segment_buckets, segment_view, ShardedAdamW};
 use crate::TrainError;
 
+/// The default gradient bucket, in MiB of fp32: one collective per bucket. 25 MiB is
+/// PyTorch DDP's default (`bucket_cap_mb`), large enough to keep NCCL near its bandwidth and
+/// small enough that the temporary copy of a bucket stays negligible.
+pub const DEFAULT_BUCKET_MIB: usize = 25;
+
+/// Elements of fp32 in a bucket of `mib` MiB.
+pub fn bucket_elems(mib: usize) -> i64 {
+    (mib << 20) as i64 / 4
+}
+
 pub struct DataParallel {
     pub group: Rc<ProcessGroup>,
     /// Elements per gradient bucket (all-reduce / reduce-scatter unit).
@@ -29,7 +39,11 @@ pub struct DataParallel {
 
 impl DataParallel {
     pub fn single() -> Self {
-        Self { group: Rc::new(ProcessGroup::single()), bucket_elems: 25 << 18, sharded_optimizer: false }
+        Self {
+            group: Rc::new(ProcessGroup::single()),
+            bucket_elems: bucket_elems(DEFAULT_BUCKET_MIB),
+            sharded_optimizer: false,
+        }
     }
 
     pub fn rank(&self) -> usize {
@@ -161,7 +175,7 @@ fn owner(pos: usize, block: usize, world: usize) -> usize {
 
 /// Gives every trainable parameter a (zero) gradient, so every rank reduces the same set
 /// of tensors even when its share of the batch leaves some parameter untouched.
-pub fn materialize_grads(params: &[(String, Tensor)]) {
+pub(crate) fn materialize_grads(params: &[(String, Tensor)]) {
     if params.iter().all(|(_, p)| p.grad().defined()) {
         return;
     }
@@ -170,7 +184,7 @@ pub fn materialize_grads(params: &[(String, Tensor)]) {
 }
 
 /// AdamW with the whole state on every rank, or sharded across ranks (ZeRO-1).
-pub enum Optimizer {
+pub(crate) enum Optimizer {
     Replicated(AdamW),
     Sharded(ShardedAdamW),
 }

@@ -25,7 +25,7 @@ use std::path::PathBuf;
 use qoq_data::preprocess::ImageProcessor;
 use qoq_data::Loader;
 use qoq_policy::chat::Tokenizer;
-use qoq_policy::{load_policy, ModuleGroup, Policy, SpecialTokens};
+use qoq_policy::{load_policy, Policy, SpecialTokens};
 use qoq_rewards::Scorer;
 use tch::{Device, Tensor};
 
@@ -42,23 +42,23 @@ pub use crate::metrics::Metrics;
 /// in `sft.rs` and `rl_step.rs`, the prompts of a step in `data.rs`.
 pub struct Trainer {
     pub config: TrainConfig,
-    pub device: Device,
-    pub policy: Box<dyn Policy>,
+    pub(crate) device: Device,
+    pub(crate) policy: Box<dyn Policy>,
     pub(crate) reference: Option<Box<dyn Policy>>,
     pub(crate) tokenizer: Tokenizer,
     pub(crate) processor: ImageProcessor,
     pub(crate) scorer: Scorer,
     pub(crate) loader: Loader,
     pub(crate) optimizer: Optimizer,
-    pub dp: DataParallel,
-    pub state: TrainerState,
+    pub(crate) dp: DataParallel,
+    pub(crate) state: TrainerState,
     /// Rank 0's TensorBoard events (the other ranks log nothing).
     pub(crate) events: Option<EventWriter>,
     pub(crate) out: PathBuf,
     pub(crate) tokens: SpecialTokens,
     pub(crate) prompts_skipped: u64,
     /// The latest validation figures (step, metrics).
-    pub last_validation: Option<(u64, Metrics)>,
+    pub(crate) last_validation: Option<(u64, Metrics)>,
 }
 
 impl Trainer {
@@ -120,7 +120,7 @@ impl Trainer {
         };
         loader.seek(state.cursor)?;
 
-        policy.freeze(&module_groups(&config.model.freeze)?);
+        policy.freeze(&config.model.freeze);
         let in_sft = state.sft_steps_done < config.sft.steps;
         let optim_config = if in_sft { config.sft.optim.clone() } else { config.rl.optim.clone() };
         let mut optimizer = Optimizer::new(optim_config, policy.trainable_parameters(), &dp);
@@ -171,6 +171,22 @@ impl Trainer {
         self.optimizer.state_bytes()
     }
 
+    /// Global steps (SFT, then RL) done so far, counting those of a resumed checkpoint.
+    pub fn steps_done(&self) -> u64 {
+        self.state.step()
+    }
+
+    /// The device the policy computes on.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// The latest validation figures: (global step, metrics).
+    pub fn last_validation(&self) -> Option<&(u64, Metrics)> {
+        self.last_validation.as_ref()
+    }
+
+    /// SFT steps plus RL steps of the config.
     pub fn total_steps(&self) -> u64 {
         self.config.sft.steps + self.config.rl.steps
     }
@@ -250,17 +266,4 @@ impl Trainer {
         self.dp.group.barrier()?;
         Ok(written)
     }
-}
-
-/// The module groups a config names (validated when the config was read).
-fn module_groups(names: &[String]) -> Result<Vec<ModuleGroup>, TrainError> {
-    names
-        .iter()
-        .map(|n| {
-            ModuleGroup::ALL
-                .into_iter()
-                .find(|g| g.name() == n)
-                .ok_or_else(|| TrainError::Config(format!("model.freeze: unknown module {n:?}")))
-        })
-        .collect()
 }

@@ -119,8 +119,14 @@ impl ImageProcessorConfig {
         if let Some(size) = value.get("size") {
             let size: SizeField = serde_json::from_value(size.clone())
                 .map_err(|e| DataError::invalid(path, format!("bad `size`: {e}")))?;
-            cfg.min_pixels = size.shortest_edge.unwrap_or(cfg.min_pixels);
-            cfg.max_pixels = size.longest_edge.unwrap_or(cfg.max_pixels);
+            // transformers 5.24 folds explicit `min_pixels` / `max_pixels` into `size`, so
+            // those keys win over `size` when a file carries both.
+            if value.get("min_pixels").is_none() {
+                cfg.min_pixels = size.shortest_edge.unwrap_or(cfg.min_pixels);
+            }
+            if value.get("max_pixels").is_none() {
+                cfg.max_pixels = size.longest_edge.unwrap_or(cfg.max_pixels);
+            }
         }
         cfg.validate().map_err(|e| DataError::invalid(path, e))?;
         Ok(cfg)
@@ -463,6 +469,14 @@ mod tests {
         std::fs::write(&old, r#"{"min_pixels": 3136, "max_pixels": 12845056, "patch_size": 14}"#).unwrap();
         let c = ImageProcessorConfig::from_json_file(&old).unwrap();
         assert_eq!((c.min_pixels, c.max_pixels, c.patch_size), (3136, 12845056, 14));
+        let both = dir.path().join("both.json");
+        std::fs::write(
+            &both,
+            r#"{"min_pixels": 3136, "max_pixels": 12845056, "size": {"shortest_edge": 56, "longest_edge": 28}}"#,
+        )
+        .unwrap();
+        let c = ImageProcessorConfig::from_json_file(&both).unwrap();
+        assert_eq!((c.min_pixels, c.max_pixels), (3136, 12845056), "min/max_pixels win over size, as in 5.24");
         let bad = dir.path().join("bad.json");
         std::fs::write(&bad, r#"{"size": {"shortest_edge": 10, "longest_edge": 5}}"#).unwrap();
         let err = ImageProcessorConfig::from_json_file(&bad).unwrap_err().to_string();

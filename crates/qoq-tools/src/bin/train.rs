@@ -149,7 +149,7 @@ fn train(args: &Args, config: TrainConfig, group: Rc<ProcessGroup>) -> Result<()
     let out = config.run.output_dir.clone();
     let dp = DataParallel {
         group,
-        bucket_elems: (config.distributed.bucket_mb << 20) as i64 / 4,
+        bucket_elems: qoq_train::parallel::bucket_elems(config.distributed.bucket_mb),
         sharded_optimizer: config.distributed.sharded_optimizer,
     };
     let main_rank = dp.is_main();
@@ -161,14 +161,14 @@ fn train(args: &Args, config: TrainConfig, group: Rc<ProcessGroup>) -> Result<()
     let mut trainer =
         Trainer::new(config, resume, dp).with_context(|| format!("starting the run in {}", out.display()))?;
     let total = trainer.total_steps();
-    let done = trainer.state.step();
+    let done = trainer.steps_done();
     if main_rank {
         eprintln!(
             "run {}: steps {done}/{total} done ({} SFT + {} RL planned), device {:?}, {world} rank(s){}",
             out.display(),
             trainer.config.sft.steps,
             trainer.config.rl.steps,
-            trainer.device,
+            trainer.device(),
             if trainer.config.distributed.sharded_optimizer && world > 1 { ", sharded optimizer" } else { "" }
         );
     }
@@ -219,7 +219,7 @@ fn train(args: &Args, config: TrainConfig, group: Rc<ProcessGroup>) -> Result<()
             mean(&rl_rewards[n - tenth..])
         );
     }
-    if let Some((step, m)) = &trainer.last_validation {
+    if let Some((step, m)) = trainer.last_validation() {
         let get = |k: &str| m.get(k).copied().unwrap_or(f64::NAN);
         println!(
             "validation at step {step}: accuracy {:.4}, F1 {:.4}, reward {:.4}",
