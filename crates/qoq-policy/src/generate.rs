@@ -165,57 +165,6 @@ pub fn generate<P: Policy + ?Sized>(
     Ok(Rollouts { prompt_index: rows.iter().map(|&r| r as usize).collect(), tokens, logprobs, stopped })
 }
 
-/// Per-token log-probs and entropies of `responses` (one per prompt row of `inputs`,
-/// any lengths) under the model at `temperature`: `[B, T]` each, T the longest response;
-/// entries past a response's end are 0. Runs with autograd unless the caller disabled it,
-/// so the log-probs can carry the policy gradient (the entropies never do).
-pub fn score<P: Policy + ?Sized>(
-    policy: &P,
-    inputs: &Inputs<'_>,
-    responses: &[Vec<i64>],
-    temperature: f64,
-) -> Result<(Tensor, Tensor), PolicyError> {
-    let device = policy.device();
-    let ids = inputs.input_ids.ok_or_else(|| PolicyError::Input("input_ids are required".into()))?;
-    let (b, l) = ids.size2()?;
-    if responses.len() as i64 != b {
-        return Err(PolicyError::Input(format!("{} responses for {b} prompt rows", responses.len())));
-    }
-    let t = responses.iter().map(Vec::len).max().unwrap_or(0) as i64;
-    if t == 0 {
-        let zeros = Tensor::zeros([b, 0], (Kind::Float, device));
-        return Ok((zeros.shallow_clone(), zeros));
-    }
-    // Prompt (left-padded) followed by the response (right-padded, masked).
-    let mut resp = vec![0i64; (b * t) as usize];
-    let mut resp_mask = vec![0i64; (b * t) as usize];
-    for (i, r) in responses.iter().enumerate() {
-        for (j, &tok) in r.iter().enumerate() {
-            resp[i * t as usize + j] = tok;
-            resp_mask[i * t as usize + j] = 1;
-        }
-    }
-    let resp = Tensor::from_slice(&resp).view([b, t]).to_device(device);
-    let resp_mask = Tensor::from_slice(&resp_mask).view([b, t]).to_device(device);
-    let prompt_mask = match inputs.attention_mask {
-        Some(m) => m.to_device(device),
-        None => Tensor::ones([b, l], (Kind::Int64, device)),
-    };
-    let full_ids = Tensor::cat(&[ids.to_device(device), resp.shallow_clone()], 1);
-    let full_mask = Tensor::cat(&[prompt_mask, resp_mask.shallow_clone()], 1);
-    let full = inputs.with_ids(&full_ids, &full_mask);
-    let (hidden, _) = policy.forward_hidden(&full)?;
-    // Position l - 1 + j predicts response token j.
-    let logits = policy.logits(&hidden.narrow(1, l - 1, t)).to_kind(Kind::Float);
-    let logits = if temperature > 0.0 { logits / temperature } else { logits };
-    let logp_all = logits.log_softmax(-1, Kind::Float);
-    let valid = resp_mask.to_kind(Kind::Float);
-    let logp = logp_all.gather(2, &resp.unsqueeze(-1), false).squeeze_dim(-1) * &valid;
-    // Entropy is only logged (never in a loss): no graph for it.
-    let entropy = tch::no_grad(|| -(logp_all.exp() * &logp_all).sum_dim_intlist(-1, false, Kind::Float) * &valid);
-    Ok((logp, entropy))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,6 +24,7 @@ mod layers;
 mod policy;
 pub mod qwen2_5_vl;
 pub mod qwen3_vl;
+mod update;
 mod vision_inputs;
 pub mod weights;
 
@@ -37,4 +38,5 @@ pub use policy::{
 };
 pub use qwen2_5_vl::{Qwen25VL, Qwen25VLConfig};
 pub use qwen3_vl::{Qwen3VL, Qwen3VLConfig};
+pub use update::{forward_for_update, UpdateForward, UpdateOptions, DEFAULT_CHUNK_TOKENS};
 pub use vision_inputs::{count_placeholders, VisionBatch};

@@ -377,14 +377,16 @@ pub trait Policy: Send {
         crate::generate::generate(self, inputs, config)
     }
 
-    /// Per-token log-probs and entropies of `responses` ([`crate::generate::score`]).
+    /// Per-token log-probs and entropies of `responses` ([`crate::update::score`]), the
+    /// logits `chunk_tokens` rows at a time.
     fn score(
         &self,
         inputs: &Inputs<'_>,
         responses: &[Vec<i64>],
         temperature: f64,
+        chunk_tokens: i64,
     ) -> Result<(Tensor, Tensor), PolicyError> {
-        crate::generate::score(self, inputs, responses, temperature)
+        crate::update::score(self, inputs, responses, temperature, chunk_tokens)
     }
 
     /// Parameters that train (not frozen), sorted by name.

@@ -91,12 +91,12 @@ fn scoring_gives_back_the_sampling_logprobs() {
         image_grids: vec![grid[0], grid[0], grid[1], grid[1]],
         ..Default::default()
     };
-    let (logp, entropy) = m.score(&scored_inputs, &rollouts.tokens, 1.0).unwrap();
+    let (logp, entropy) = m.score(&scored_inputs, &rollouts.tokens, 1.0, qoq_policy::DEFAULT_CHUNK_TOKENS).unwrap();
     let sampled = Tensor::from_slice(&rollouts.logprobs.concat()).view([6, 6]);
     let ratio_error = (logp.to_kind(Kind::Float) - sampled).exp().rsub_scalar(1.0).abs().max().double_value(&[]);
     assert!(ratio_error < 1e-4, "sampling and scoring log-probs differ: ratio off by {ratio_error}");
     // Scoring twice (old and new log-probs before any update) gives ratio exactly 1.
-    let (again, _) = m.score(&scored_inputs, &rollouts.tokens, 1.0).unwrap();
+    let (again, _) = m.score(&scored_inputs, &rollouts.tokens, 1.0, qoq_policy::DEFAULT_CHUNK_TOKENS).unwrap();
     assert!(again.equal(&logp));
     assert!(entropy.min().double_value(&[]) > 0.0);
     assert!(logp.requires_grad(), "scoring keeps the graph for the policy gradient");

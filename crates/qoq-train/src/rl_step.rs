@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use qoq_policy::forward_for_update;
 use tch::{Kind, Tensor};
 
 use crate::advantage::Group;
@@ -124,8 +125,7 @@ impl Trainer {
             self.optimizer.zero_grad();
             for micro in batch.chunks(rl.micro_batch) {
                 let terms =
-                    self.micro_batch_loss(&prompts, micro, &loss_config, normaliser, rl.temperature, &mut sums)?;
-                terms.loss.backward();
+                    self.micro_batch_update(&prompts, micro, &loss_config, normaliser, rl.temperature, &mut sums)?;
                 sums.add(&terms);
             }
             let lr = self.optimizer.config().lr_at(self.optimizer.steps(), total_updates);
@@ -167,8 +167,9 @@ impl Trainer {
         Ok(m)
     }
 
-    /// The loss share of one micro-batch (with autograd).
-    fn micro_batch_loss(
+    /// One micro-batch's share of the update: its loss, backpropagated into the
+    /// parameters' gradients (chunked log-probs, recomputation per `[memory]`).
+    fn micro_batch_update(
         &self,
         prompts: &[Prompt],
         micro: &[Ready],
@@ -182,8 +183,15 @@ impl Trainer {
             self.tokens.pad,
             self.device,
         )?;
+        let inputs = batch.inputs();
         let tokens: Vec<Vec<i64>> = micro.iter().map(|r| r.response.tokens.clone()).collect();
-        let (logp, entropy) = self.policy.score(&batch.inputs(), &tokens, temperature)?;
+        let forward = forward_for_update(
+            self.policy.as_ref(),
+            &inputs,
+            &tokens,
+            temperature,
+            &self.config.memory.update_options(),
+        )?;
         let lengths: Vec<usize> = tokens.iter().map(Vec::len).collect();
         let mask = response_mask(&lengths, self.device);
         let pad = |rows: Vec<&[f32]>| -> Tensor {
@@ -201,9 +209,14 @@ impl Trainer {
             .then(|| pad(micro.iter().map(|r| r.logp.reference.as_deref().unwrap_or(&[])).collect()));
         let adv: Vec<f32> = micro.iter().map(|r| r.advantage as f32).collect();
         let adv = Tensor::from_slice(&adv).to_device(self.device);
-        let logp = logp.to_kind(Kind::Float);
-        sums.entropy += tch::no_grad(|| (entropy.to_kind(Kind::Float) * &mask).sum(Kind::Float).double_value(&[]));
+        sums.entropy += (&forward.entropy * &mask).sum(Kind::Float).double_value(&[]);
         sums.tokens += lengths.iter().sum::<usize>() as f64;
-        Ok(policy_loss(&logp, &old, reference.as_ref(), &adv, &mask, config, normaliser))
+        // The loss is a function of the log-probs only: differentiate it there, then hand
+        // that gradient to the model's backward (exact; see qoq_policy::forward_for_update).
+        let logp = forward.logp.detach().set_requires_grad(true);
+        let terms = policy_loss(&logp, &old, reference.as_ref(), &adv, &mask, config, normaliser);
+        terms.loss.backward();
+        forward.backward(self.policy.as_ref(), &inputs, &logp.grad())?;
+        Ok(terms)
     }
 }

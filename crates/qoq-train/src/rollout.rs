@@ -194,7 +194,8 @@ impl Trainer {
                 self.device,
             )?;
             let responses: Vec<Vec<i64>> = chunk.iter().map(|(_, r)| r.to_vec()).collect();
-            let (logp, _) = model.score(&batch.inputs(), &responses, temperature)?;
+            let (logp, _) =
+                model.score(&batch.inputs(), &responses, temperature, self.config.memory.logits_chunk_tokens)?;
             let logp = logp.to_kind(Kind::Float).to_device(Device::Cpu);
             for (i, r) in responses.iter().enumerate() {
                 out.push(Vec::<f32>::try_from(logp.get(i as i64).narrow(0, 0, r.len() as i64))?);

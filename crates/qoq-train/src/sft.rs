@@ -3,6 +3,7 @@
 
 use std::time::Instant;
 
+use qoq_policy::forward_for_update;
 use tch::Kind;
 
 use crate::loss::sft_loss;
@@ -38,10 +39,20 @@ impl Trainer {
                 self.device,
             )?;
             let responses: Vec<Vec<i64>> = chunk.iter().map(|&i| targets[i].clone()).collect();
-            let (logp, _) = self.policy.score(&batch.inputs(), &responses, 1.0)?;
+            let inputs = batch.inputs();
+            let forward = forward_for_update(
+                self.policy.as_ref(),
+                &inputs,
+                &responses,
+                1.0,
+                &self.config.memory.update_options(),
+            )?;
             let mask = response_mask(&responses.iter().map(Vec::len).collect::<Vec<_>>(), self.device);
+            // Differentiated at the log-probs, then through the model (see rl_step.rs).
+            let logp = forward.logp.detach().set_requires_grad(true);
             let loss = sft_loss(&logp, &mask, normaliser);
             loss.backward();
+            forward.backward(self.policy.as_ref(), &inputs, &logp.grad())?;
             loss_sum += loss.double_value(&[]);
             // exp(logp) > 0.5 means the reference token is the arg-max.
             correct +=

@@ -11,11 +11,21 @@ pub struct LayerCache {
     keys: Option<Tensor>,
     values: Option<Tensor>,
     len: i64,
+    /// Keeps nothing: a training forward needs no cache, only the layer's keys and values.
+    discard: bool,
 }
 
 impl LayerCache {
+    /// A cache that keeps nothing: `append` hands back the new keys and values as they are.
+    pub fn discarding() -> Self {
+        Self { discard: true, ..Self::default() }
+    }
+
     /// Append `k`, `v` `[B, kv, l, D]`; returns the filled keys and values.
     pub fn append(&mut self, k: &Tensor, v: &Tensor) -> (Tensor, Tensor) {
+        if self.discard {
+            return (k.shallow_clone(), v.shallow_clone());
+        }
         let l = k.size()[2];
         let needed = self.len + l;
         if k.requires_grad() || v.requires_grad() {
@@ -57,7 +67,7 @@ impl LayerCache {
     /// Rows `index` of the cache (for G samples per prompt).
     pub fn select_rows(&self, index: &Tensor) -> LayerCache {
         let pick = |t: &Option<Tensor>| t.as_ref().map(|t| t.index_select(0, index));
-        LayerCache { keys: pick(&self.keys), values: pick(&self.values), len: self.len }
+        LayerCache { keys: pick(&self.keys), values: pick(&self.values), len: self.len, discard: self.discard }
     }
 }
 
