@@ -223,14 +223,14 @@ fn dtype_and_algorithm_are_read_into_their_types_with_todays_defaults() {
     );
     assert!(!c.algorithm.needs_reference(), "KL damping reads the reference only under DRPO");
 
-    // Errors name the key: unknown, mistyped, out of range; the dtype that does not train yet.
+    // Errors name the key: unknown, mistyped, out of range; bf16 gradients without bf16 weights.
     let cases = [
         ("algorithm", "epsilon", "1e-4", "algorithm.epsilon"),
         ("algorithm", "k_max", "\"x\"", "algorithm.k_max"),
         ("algorithm", "clip_high", "\"x\"", "algorithm.clip_high"),
         ("algorithm", "eps", "0.5", "algorithm.eps"),
         ("algorithm", "advantage", "\"ppo\"", "ppo"),
-        ("model", "dtype", "\"bfloat16\"", "only \"float32\" trains"),
+        ("model", "grad_dtype", "\"bfloat16\"", "needs model.dtype = \"bfloat16\""),
         ("model", "dtype", "\"float64\"", "dtype"),
     ];
     for (i, (table, key, value, needle)) in cases.into_iter().enumerate() {

@@ -228,9 +228,16 @@ fn twenty() -> u64 {
 pub struct ModelSection {
     /// A Hugging Face Qwen3-VL folder: config.json, safetensors, tokenizer.json.
     pub path: PathBuf,
-    /// The weights the policy computes with.
+    /// The weights the policy computes with: "float32", or "bfloat16" with fp32 master
+    /// weights (`precision.rs`).
     #[serde(default)]
     pub dtype: Dtype,
+    /// With bf16: where micro-batch gradients accumulate before the optimizer step
+    /// ("float32", the default: each micro-batch's bf16 gradient is added into the fp32
+    /// masters' gradient; "bfloat16": summed in bf16 on the weights, moved once per step).
+    /// The ranks always reduce fp32 gradients.
+    #[serde(default)]
+    pub grad_dtype: GradDtype,
     /// Module groups that do not train: "vision_tower", "merger", "llm", "ecg_encoder",
     /// "ecg_projection" (an unknown name fails when the config is read, listing these).
     #[serde(default)]
@@ -243,7 +250,16 @@ pub struct ModelSection {
 pub enum Dtype {
     #[default]
     Float32,
-    /// Not trainable yet (needs fp32 master weights).
+    /// bf16 compute, fp32 master weights and moments.
+    Bfloat16,
+}
+
+/// `model.grad_dtype`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GradDtype {
+    #[default]
+    Float32,
     Bfloat16,
 }
 
@@ -482,11 +498,8 @@ impl TrainConfig {
         self.loader()?;
         self.processor().validate().map_err(|e| format!("[processor]: {e}"))?;
         let model = &self.model;
-        match model.dtype {
-            Dtype::Float32 => {}
-            Dtype::Bfloat16 => {
-                return Err("model.dtype: only \"float32\" trains for now (bf16 with fp32 master weights is not built yet), got \"bfloat16\"".into())
-            }
+        if model.dtype == Dtype::Float32 && model.grad_dtype == GradDtype::Bfloat16 {
+            return Err("model.grad_dtype = \"bfloat16\" needs model.dtype = \"bfloat16\"".into());
         }
         if self.memory.logits_chunk_tokens < 1 {
             return Err(format!(

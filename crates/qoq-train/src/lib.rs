@@ -23,6 +23,7 @@ mod memory;
 mod metrics;
 pub mod optim;
 pub mod parallel;
+mod precision;
 mod prompts;
 mod rl_step;
 mod rollout;

@@ -126,10 +126,11 @@ impl Trainer {
             for micro in batch.chunks(rl.micro_batch) {
                 let terms =
                     self.micro_batch_update(&prompts, micro, &loss_config, normaliser, rl.temperature, &mut sums)?;
+                self.after_backward();
                 sums.add(&terms);
             }
             let lr = self.optimizer.config().lr_at(self.optimizer.steps(), total_updates);
-            sums.grad_norm += self.optimizer.step(lr, &self.dp)?;
+            sums.grad_norm += self.optimizer_step(lr)?;
             sums.lr = lr;
             updates += 1.0;
         }

@@ -53,13 +53,14 @@ impl Trainer {
             let loss = sft_loss(&logp, &mask, normaliser);
             loss.backward();
             forward.backward(self.policy.as_ref(), &inputs, &logp.grad())?;
+            self.after_backward();
             loss_sum += loss.double_value(&[]);
             // exp(logp) > 0.5 means the reference token is the arg-max.
             correct +=
                 tch::no_grad(|| (logp.exp().gt(0.5).to_kind(Kind::Float) * &mask).sum(Kind::Float).double_value(&[]));
         }
         let lr = self.optimizer.config().lr_at(self.optimizer.steps(), self.config.sft.steps);
-        let grad_norm = self.optimizer.step(lr, &self.dp)?;
+        let grad_norm = self.optimizer_step(lr)?;
         self.state.sft_steps_done += 1;
         let [loss_sum, correct]: [f64; 2] = self.dp.sum(&[loss_sum, correct])?.try_into().expect("two sums");
         let mut m = Metrics::new();

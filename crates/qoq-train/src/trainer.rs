@@ -27,12 +27,13 @@ use qoq_data::Loader;
 use qoq_policy::chat::Tokenizer;
 use qoq_policy::{load_policy, Policy, SpecialTokens};
 use qoq_rewards::Scorer;
-use tch::{Device, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use crate::advantage::DrpoHistory;
 use crate::checkpoint::{self, Resume, TrainerState};
-use crate::config::TrainConfig;
+use crate::config::{Dtype, TrainConfig};
 use crate::parallel::{DataParallel, Optimizer};
+use crate::precision::MasterWeights;
 use crate::tensorboard::EventWriter;
 use crate::TrainError;
 
@@ -50,6 +51,8 @@ pub struct Trainer {
     pub(crate) scorer: Scorer,
     pub(crate) loader: Loader,
     pub(crate) optimizer: Optimizer,
+    /// With bf16: the fp32 masters the optimizer updates (`precision.rs`).
+    pub(crate) masters: Option<MasterWeights>,
     pub(crate) dp: DataParallel,
     pub(crate) state: TrainerState,
     /// Rank 0's TensorBoard events (the other ranks log nothing).
@@ -82,9 +85,13 @@ impl Trainer {
             Some(dir) => dir.join("model"),
             None => config.model.path.clone(),
         };
-        let policy = load_policy(&model_dir, device)?;
+        let mut policy = load_policy(&model_dir, device)?;
+        let bf16 = config.model.dtype == Dtype::Bfloat16;
         let reference = if config.algorithm.needs_reference() && config.rl.steps > 0 {
-            let r = load_policy(&config.model.path, device)?;
+            let mut r = load_policy(&config.model.path, device)?;
+            if bf16 {
+                r.set_kind(Kind::BFloat16);
+            }
             r.var_store().variables().values().for_each(|t| {
                 let _ = t.shallow_clone().set_requires_grad(false);
             });
@@ -121,9 +128,14 @@ impl Trainer {
         loader.seek(state.cursor)?;
 
         policy.freeze(&config.model.freeze);
+        // Every rank starts from rank 0's weights (fp32, before any bf16 cast).
+        let mut variables: Vec<(String, Tensor)> = policy.var_store().variables().into_iter().collect();
+        variables.sort_by(|a, b| a.0.cmp(&b.0));
+        dp.broadcast(&variables.into_iter().map(|(_, t)| t).collect::<Vec<_>>())?;
+        let masters = bf16.then(|| MasterWeights::new(policy.as_mut(), config.model.grad_dtype));
         let in_sft = state.sft_steps_done < config.sft.steps;
         let optim_config = if in_sft { config.sft.optim.clone() } else { config.rl.optim.clone() };
-        let mut optimizer = Optimizer::new(optim_config, policy.trainable_parameters(), &dp);
+        let mut optimizer = Optimizer::new(optim_config, optimized(policy.as_ref(), masters.as_ref()), &dp);
         // A checkpoint holds the active phase's optimizer (at the SFT -> RL boundary, the
         // fresh RL one: `run_until` swaps it in before saving).
         if let (Some(dir), Some(moments)) = (&resume_from, &moments) {
@@ -131,10 +143,6 @@ impl Trainer {
                 .load_state(moments, state.optimizer_step, &dp)
                 .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", dir.display())))?;
         }
-        // Every rank starts from rank 0's weights.
-        let mut variables: Vec<(String, Tensor)> = policy.var_store().variables().into_iter().collect();
-        variables.sort_by(|a, b| a.0.cmp(&b.0));
-        dp.broadcast(&variables.into_iter().map(|(_, t)| t).collect::<Vec<_>>())?;
 
         let events = if dp.is_main() {
             Some(
@@ -156,6 +164,7 @@ impl Trainer {
             scorer,
             loader,
             optimizer,
+            masters,
             dp,
             state,
             events,
@@ -213,8 +222,11 @@ impl Trainer {
             on_step(step, &metrics);
             // Entering RL: a fresh optimizer with the RL settings.
             if in_sft && self.state.sft_steps_done == self.config.sft.steps {
-                self.optimizer =
-                    Optimizer::new(self.config.rl.optim.clone(), self.policy.trainable_parameters(), &self.dp);
+                self.optimizer = Optimizer::new(
+                    self.config.rl.optim.clone(),
+                    optimized(self.policy.as_ref(), self.masters.as_ref()),
+                    &self.dp,
+                );
             }
             let last = step == end;
             // Also at the end of SFT, so the RL phase's effect shows against its start.
@@ -250,11 +262,16 @@ impl Trainer {
         let moments = self.optimizer.state_tensors(&self.dp)?;
         self.dp.check_replicas(self.optimizer.params().into_iter())?;
         let written = if self.dp.is_main() {
-            let policy = &self.policy;
+            let (policy, masters) = (&self.policy, &self.masters);
+            let write = |dir: &std::path::Path| policy.save_pretrained(dir, checkpoint::MODEL_SHARD_BYTES);
             Some(checkpoint::save(
                 &self.out.join("checkpoints"),
                 &self.state,
-                |dir| policy.save_pretrained(dir, checkpoint::MODEL_SHARD_BYTES).map_err(TrainError::from),
+                // With bf16, the fp32 masters are what the checkpoint holds.
+                |dir| match masters {
+                    Some(m) => m.with_masters_in_place(|| write(dir)).map_err(TrainError::from),
+                    None => write(dir).map_err(TrainError::from),
+                },
                 &self.config.model.path,
                 &moments,
                 self.config.run.keep_checkpoints,
@@ -265,5 +282,35 @@ impl Trainer {
         // Nobody runs ahead of a checkpoint that failed to write.
         self.dp.group.barrier()?;
         Ok(written)
+    }
+}
+
+impl Trainer {
+    /// After each micro-batch's backward (moves bf16 gradients to the fp32 masters).
+    pub(crate) fn after_backward(&self) {
+        if let Some(m) = &self.masters {
+            m.after_backward();
+        }
+    }
+
+    /// Reduces the gradients over the ranks, clips, updates (the masters with bf16, then
+    /// the bf16 weights from them). Returns the gradient norm before clipping.
+    pub(crate) fn optimizer_step(&mut self, lr: f64) -> Result<f64, TrainError> {
+        if let Some(m) = &self.masters {
+            m.before_step();
+        }
+        let norm = self.optimizer.step(lr, &self.dp)?;
+        if let Some(m) = &self.masters {
+            m.after_step();
+        }
+        Ok(norm)
+    }
+}
+
+/// What the optimizer updates: the fp32 masters with bf16, else the trainable weights.
+fn optimized(policy: &dyn Policy, masters: Option<&MasterWeights>) -> Vec<(String, Tensor)> {
+    match masters {
+        Some(m) => m.named_masters(),
+        None => policy.trainable_parameters(),
     }
 }
