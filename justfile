@@ -64,6 +64,10 @@ reward-ablation:
 demo-qwen2_5_vl:
     FAMILY=qwen2_5_vl bash tools/demo.sh
 
+# The demo in bf16 with fp32 master weights (configs/demo-bf16.toml).
+demo-bf16:
+    DTYPE=bfloat16 bash tools/demo.sh
+
 # The demo on 2 local ranks (data parallel over c10d Gloo).
 demo-2-ranks:
     NPROC=2 bash tools/demo.sh

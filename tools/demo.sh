@@ -9,7 +9,9 @@
 #                                  FAMILY=qwen2_5_vl for the same demo on a tiny random
 #                                  Qwen2.5-VL with the Qwen2.5 tokenizer:
 #                                  configs/demo-qwen2_5_vl.toml, data/tiny-qwen2.5-vl,
-#                                  runs/demo-qwen2_5_vl)
+#                                  runs/demo-qwen2_5_vl;
+#                                  DTYPE=bfloat16 for the Qwen3-VL demo in bf16 with fp32
+#                                  master weights: configs/demo-bf16.toml, runs/demo-bf16)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 family=${FAMILY:-qwen3_vl}
@@ -17,6 +19,13 @@ case "$family" in
     qwen3_vl) model=data/tiny-qwen3-vl; config=configs/demo.toml; out=runs/demo ;;
     qwen2_5_vl) model=data/tiny-qwen2.5-vl; config=configs/demo-qwen2_5_vl.toml; out=runs/demo-qwen2_5_vl ;;
     *) echo "demo: FAMILY must be qwen3_vl or qwen2_5_vl, not '$family'" >&2; exit 1 ;;
+esac
+case "${DTYPE:-float32}" in
+    float32) ;;
+    bfloat16)
+        [ "$family" = qwen3_vl ] || { echo "demo: DTYPE=bfloat16 has a config for FAMILY=qwen3_vl only" >&2; exit 1; }
+        config=configs/demo-bf16.toml; out=runs/demo-bf16 ;;
+    *) echo "demo: DTYPE must be float32 or bfloat16, not '$DTYPE'" >&2; exit 1 ;;
 esac
 bash tools/setup.sh
 samples=${SAMPLES:-1000}

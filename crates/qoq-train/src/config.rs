@@ -287,8 +287,11 @@ pub struct SftSection {
     pub steps: u64,
     /// Prompts per SFT step.
     pub batch_size: usize,
-    /// Sequences per forward pass.
+    /// Sequences per forward pass (at most, with `micro_batch_tokens`).
     pub micro_batch: usize,
+    /// Pack sequences longest first into forward passes of at most this many tokens,
+    /// padding counted (`micro_batches.rs`); absent: `micro_batch` sequences in order.
+    pub micro_batch_tokens: Option<usize>,
     /// lr defaults to [`SFT_LR`], whether or not the table is written.
     #[serde(deserialize_with = "sft_optim")]
     pub optim: OptimConfig,
@@ -299,7 +302,13 @@ pub const SFT_LR: f64 = 1e-5;
 
 impl Default for SftSection {
     fn default() -> Self {
-        Self { steps: 0, batch_size: 16, micro_batch: 8, optim: OptimConfig { lr: SFT_LR, ..Default::default() } }
+        Self {
+            steps: 0,
+            batch_size: 16,
+            micro_batch: 8,
+            micro_batch_tokens: None,
+            optim: OptimConfig { lr: SFT_LR, ..Default::default() },
+        }
     }
 }
 
@@ -321,8 +330,13 @@ pub struct RlSection {
     pub samples_per_prompt: usize,
     /// Prompts per optimizer step (prompts_per_step must be a multiple).
     pub prompts_per_update: usize,
-    /// Sequences per forward pass in scoring and updates.
+    /// Sequences per forward pass in scoring and updates (at most, with
+    /// `micro_batch_tokens`).
     pub micro_batch: usize,
+    /// Pack sequences longest first into forward passes of at most this many tokens,
+    /// padding counted; absent: `micro_batch` sequences in order. Scoring and the update
+    /// use the same packing.
+    pub micro_batch_tokens: Option<usize>,
     /// Prompts per generate call.
     pub generation_batch: usize,
     /// Sampling temperature (> 0); the log-probs of scoring and updates use it too.
@@ -343,6 +357,7 @@ impl Default for RlSection {
             samples_per_prompt: 5,
             prompts_per_update: 128,
             micro_batch: 8,
+            micro_batch_tokens: None,
             generation_batch: 64,
             temperature: 1.0,
             top_p: 0.99,
@@ -509,6 +524,14 @@ impl TrainConfig {
         }
         if self.sft.steps == 0 && self.rl.steps == 0 {
             return Err("nothing to do: sft.steps and rl.steps are both 0".into());
+        }
+        for (key, budget) in [
+            ("sft.micro_batch_tokens", self.sft.micro_batch_tokens),
+            ("rl.micro_batch_tokens", self.rl.micro_batch_tokens),
+        ] {
+            if budget == Some(0) {
+                return Err(format!("{key} must be at least 1 (leave it out to batch by rows)"));
+            }
         }
         if self.sft.steps > 0 {
             self.sft.optim.validate("sft.optim")?;

@@ -21,6 +21,7 @@ mod kmeans;
 pub mod loss;
 mod memory;
 mod metrics;
+mod micro_batches;
 pub mod optim;
 pub mod parallel;
 mod precision;

@@ -10,6 +10,7 @@ use tch::{Kind, Tensor};
 use crate::advantage::Group;
 use crate::loss::{batch_normaliser, policy_loss, LossConfig, LossTerms};
 use crate::metrics::{advantage_metrics, memory_metrics, rollout_metrics, LossSums, Metrics};
+use crate::micro_batches::Packing;
 use crate::prompts::{response_mask, Prompt, PromptBatch};
 use crate::rollout::{Advantaged, LogProbs, Ready, RolloutRecord};
 use crate::summary::rollout_image;
@@ -42,15 +43,24 @@ impl Trainer {
         let scored = self.score_rewards(&prompts, sampled);
         timing.insert("reward", t.elapsed().as_secs_f64());
 
-        // 3. old_log_prob (and ref): the same forward as the update, so ratio = 1 at first.
+        // 3. old_log_prob (and ref): the same forward as the update, so ratio = 1 at first;
+        // also the same micro-batches, packed per optimizer batch.
         let t = Instant::now();
+        let local_per_update = rl.prompts_per_update / self.dp.world() * g;
+        let lengths: Vec<(usize, usize)> =
+            scored.iter().map(|r| (prompts[r.response.prompt].ids.len(), r.response.tokens.len())).collect();
+        let packings: Vec<Packing> =
+            lengths.chunks(local_per_update).map(|l| Packing::new(l, rl.micro_batch, rl.micro_batch_tokens)).collect();
         let rows: Vec<(usize, &[i64])> =
             scored.iter().map(|r| (r.response.prompt, r.response.tokens.as_slice())).collect();
-        let old = self.score_rows(self.policy.as_ref(), &prompts, &rows, rl.temperature)?;
+        let old =
+            self.score_rows(self.policy.as_ref(), &prompts, &rows, &packings, local_per_update, rl.temperature)?;
         timing.insert("old_log_prob", t.elapsed().as_secs_f64());
         let t = Instant::now();
         let refs = match &self.reference {
-            Some(r) => Some(self.score_rows(r.as_ref(), &prompts, &rows, rl.temperature)?),
+            Some(r) => {
+                Some(self.score_rows(r.as_ref(), &prompts, &rows, &packings, local_per_update, rl.temperature)?)
+            }
             None => None,
         };
         timing.insert("ref", t.elapsed().as_secs_f64());
@@ -115,17 +125,17 @@ impl Trainer {
         let loss_config = self.config.algorithm.loss.clone();
         let updates_per_step = rl.prompts_per_step / rl.prompts_per_update;
         let total_updates = self.config.rl.steps * updates_per_step as u64;
-        let local_per_update = rl.prompts_per_update / self.dp.world() * g;
         let mut sums = LossSums::default();
         let mut updates = 0.0;
-        for (u, batch) in ready.chunks(local_per_update).enumerate() {
+        for (u, (batch, packing)) in ready.chunks(local_per_update).zip(&packings).enumerate() {
             let span = u * rl.prompts_per_update * g..(u + 1) * rl.prompts_per_update * g;
             let lengths: Vec<usize> = all[span].iter().map(|r| r.record.tokens).collect();
             let normaliser = batch_normaliser(loss_config.aggregation, &lengths);
             self.optimizer.zero_grad();
-            for micro in batch.chunks(rl.micro_batch) {
+            for rows in &packing.batches {
+                let micro: Vec<&Ready> = rows.iter().map(|&i| &batch[i]).collect();
                 let terms =
-                    self.micro_batch_update(&prompts, micro, &loss_config, normaliser, rl.temperature, &mut sums)?;
+                    self.micro_batch_update(&prompts, &micro, &loss_config, normaliser, rl.temperature, &mut sums)?;
                 self.after_backward();
                 sums.add(&terms);
             }
@@ -151,6 +161,15 @@ impl Trainer {
         let tokens: usize = all.iter().map(|r| r.record.tokens + r.record.prompt_tokens).sum();
         m.insert("perf/throughput".into(), tokens as f64 / timing["step"]);
         m.insert("perf/time_per_step".into(), timing["step"]);
+        let [padded, real]: [f64; 2] = self
+            .dp
+            .sum(&[
+                packings.iter().map(|p| p.padded_tokens as f64).sum(),
+                packings.iter().map(|p| p.real_tokens as f64).sum(),
+            ])?
+            .try_into()
+            .map_err(|_| TrainError::Config("summing the padding over ranks gave a wrong count".into()))?;
+        m.insert("perf/padding_fraction".into(), if padded > 0.0 { 1.0 - real / padded } else { 0.0 });
         memory_metrics(&mut m, self.optimizer.state_bytes());
         if due && self.dp.is_main() {
             self.write_rollouts(step, &all)?;
@@ -173,7 +192,7 @@ impl Trainer {
     fn micro_batch_update(
         &self,
         prompts: &[Prompt],
-        micro: &[Ready],
+        micro: &[&Ready],
         config: &LossConfig,
         normaliser: f64,
         temperature: f64,

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind};
 
 use crate::loss::k3_sum;
+use crate::micro_batches::Packing;
 use crate::prompts::{Prompt, PromptBatch};
 use crate::{TrainError, Trainer};
 
@@ -178,30 +179,41 @@ impl Trainer {
 
     /// Per-token log-probs of `rows` (prompt index, response tokens) under `model`,
     /// micro-batched (old_log_prob / ref).
+    /// Log-probs of `rows` (prompt index, response) under `model`, without a graph, in
+    /// the micro-batches of `packings` (one per optimizer batch of `per_update` rows: the
+    /// update's own, so its first ratio is exactly 1).
     pub(crate) fn score_rows(
         &self,
         model: &dyn Policy,
         prompts: &[Prompt],
         rows: &[(usize, &[i64])],
+        packings: &[Packing],
+        per_update: usize,
         temperature: f64,
     ) -> Result<Vec<Vec<f32>>, TrainError> {
         let _guard = tch::no_grad_guard();
-        let mut out = Vec::with_capacity(rows.len());
-        for chunk in rows.chunks(self.config.rl.micro_batch.max(1)) {
-            let batch = PromptBatch::new(
-                &chunk.iter().map(|(p, _)| &prompts[*p]).collect::<Vec<_>>(),
-                self.tokens.pad,
-                self.device,
-            )?;
-            let responses: Vec<Vec<i64>> = chunk.iter().map(|(_, r)| r.to_vec()).collect();
-            let (logp, _) =
-                model.score(&batch.inputs(), &responses, temperature, self.config.memory.logits_chunk_tokens)?;
-            let logp = logp.to_kind(Kind::Float).to_device(Device::Cpu);
-            for (i, r) in responses.iter().enumerate() {
-                out.push(Vec::<f32>::try_from(logp.get(i as i64).narrow(0, 0, r.len() as i64))?);
+        let mut out: Vec<Option<Vec<f32>>> = vec![None; rows.len()];
+        for (u, packing) in packings.iter().enumerate() {
+            for micro in &packing.batches {
+                let picked: Vec<usize> = micro.iter().map(|&i| u * per_update + i).collect();
+                let batch = PromptBatch::new(
+                    &picked.iter().map(|&i| &prompts[rows[i].0]).collect::<Vec<_>>(),
+                    self.tokens.pad,
+                    self.device,
+                )?;
+                let responses: Vec<Vec<i64>> = picked.iter().map(|&i| rows[i].1.to_vec()).collect();
+                let chunk = self.config.memory.logits_chunk_tokens;
+                let (logp, _) = model.score(&batch.inputs(), &responses, temperature, chunk)?;
+                let logp = logp.to_kind(Kind::Float).to_device(Device::Cpu);
+                for (j, (&i, r)) in picked.iter().zip(&responses).enumerate() {
+                    out[i] = Some(Vec::<f32>::try_from(logp.get(j as i64).narrow(0, 0, r.len() as i64))?);
+                }
             }
         }
-        Ok(out)
+        out.into_iter()
+            .enumerate()
+            .map(|(i, o)| o.ok_or_else(|| TrainError::Config(format!("response {i} fell in no micro-batch"))))
+            .collect()
     }
 
     /// `rollouts/step_N.jsonl`: one line per response of the global batch (rank 0).

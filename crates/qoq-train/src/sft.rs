@@ -8,6 +8,7 @@ use tch::Kind;
 
 use crate::loss::sft_loss;
 use crate::metrics::{memory_metrics, Metrics};
+use crate::micro_batches::Packing;
 use crate::prompts::{response_mask, PromptBatch};
 use crate::{TrainError, Trainer};
 
@@ -32,7 +33,9 @@ impl Trainer {
         self.optimizer.zero_grad();
         let mut loss_sum = 0.0;
         let mut correct = 0.0;
-        for chunk in (0..prompts.len()).collect::<Vec<_>>().chunks(self.config.sft.micro_batch) {
+        let lengths: Vec<(usize, usize)> = prompts.iter().zip(&targets).map(|(p, t)| (p.ids.len(), t.len())).collect();
+        let packing = Packing::new(&lengths, self.config.sft.micro_batch, self.config.sft.micro_batch_tokens);
+        for chunk in &packing.batches {
             let batch = PromptBatch::new(
                 &chunk.iter().map(|&i| &prompts[i]).collect::<Vec<_>>(),
                 self.tokens.pad,
@@ -62,13 +65,16 @@ impl Trainer {
         let lr = self.optimizer.config().lr_at(self.optimizer.steps(), self.config.sft.steps);
         let grad_norm = self.optimizer_step(lr)?;
         self.state.sft_steps_done += 1;
-        let [loss_sum, correct]: [f64; 2] = self.dp.sum(&[loss_sum, correct])?.try_into().expect("two sums");
+        let sums = self.dp.sum(&[loss_sum, correct, packing.padded_tokens as f64, packing.real_tokens as f64])?;
+        let [loss_sum, correct, padded, real]: [f64; 4] =
+            sums.try_into().map_err(|_| TrainError::Config("summing over ranks gave a wrong count".into()))?;
         let mut m = Metrics::new();
         m.insert("sft/loss".into(), loss_sum);
         m.insert("sft/token_accuracy".into(), correct / normaliser);
         m.insert("actor/grad_norm".into(), grad_norm);
         m.insert("actor/lr".into(), lr);
         m.insert("timing_s/step".into(), t0.elapsed().as_secs_f64());
+        m.insert("perf/padding_fraction".into(), if padded > 0.0 { 1.0 - real / padded } else { 0.0 });
         m.insert("perf/throughput".into(), normaliser / t0.elapsed().as_secs_f64());
         memory_metrics(&mut m, self.optimizer.state_bytes());
         Ok(m)
