@@ -75,7 +75,8 @@ impl Trainer {
         m.insert("actor/lr".into(), lr);
         m.insert("timing_s/step".into(), t0.elapsed().as_secs_f64());
         m.insert("perf/padding_fraction".into(), if padded > 0.0 { 1.0 - real / padded } else { 0.0 });
-        m.insert("perf/throughput".into(), normaliser / t0.elapsed().as_secs_f64());
+        // Tokens (prompt + response) through the model per second, over the ranks, as verl.
+        m.insert("perf/throughput".into(), real / t0.elapsed().as_secs_f64());
         memory_metrics(&mut m, self.optimizer.state_bytes());
         Ok(m)
     }
