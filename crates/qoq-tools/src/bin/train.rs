@@ -47,12 +47,15 @@ struct Args {
 }
 
 /// Keep freed memory in the process instead of returning it to the kernel after every
-/// step: the trainer allocates and frees the same large logits buffers each micro-batch,
-/// and glibc's defaults spend more time in page faults than in the forward pass on small
-/// models. glibc reads these tunables from the environment only at start-up (mallopt caps the mmap threshold at
-/// 32 MB, too low to matter), so the process re-executes itself once with them set.
-/// The price is memory: the demo's first 12 steps take 12.4 s at 2.99 GB peak RSS this
-/// way, 31.8 s at 2.63 GB with glibc's defaults. `QOQ_KEEP_FREED_MEMORY=0` keeps the defaults.
+/// step: glibc's defaults trim and unmap medium buffers as soon as they are freed, and the
+/// page faults of re-touching them cost more than the forward pass on small models. Buffers
+/// of 32 MB and more (the log-prob chunks) are still mapped and unmapped each time, so a
+/// freed one never pins memory; smaller ones stay in the heap (trimmed above 256 MB free,
+/// grown 64 MB at a time). A 2 GB threshold (all buffers in the heap) fragmented the heap
+/// of a bf16 run until the kernel killed it (14.5 GB RSS at step 53 of the demo).
+/// glibc reads these tunables from the environment only at start-up, so the process
+/// re-executes itself once with them set. `QOQ_KEEP_FREED_MEMORY=0` keeps glibc's defaults;
+/// a `MALLOC_MMAP_THRESHOLD_` already set is left alone.
 #[cfg(unix)]
 fn keep_freed_memory() {
     use std::os::unix::process::CommandExt;
@@ -64,9 +67,9 @@ fn keep_freed_memory() {
     let Ok(exe) = std::env::current_exe() else { return };
     let err = std::process::Command::new(exe)
         .args(std::env::args_os().skip(1))
-        .env("MALLOC_MMAP_THRESHOLD_", "2000000000")
-        .env("MALLOC_TRIM_THRESHOLD_", "4000000000")
-        .env("MALLOC_TOP_PAD_", "1000000000")
+        .env("MALLOC_MMAP_THRESHOLD_", (32u64 << 20).to_string())
+        .env("MALLOC_TRIM_THRESHOLD_", (256u64 << 20).to_string())
+        .env("MALLOC_TOP_PAD_", (64u64 << 20).to_string())
         .exec();
     // Only reached when the exec failed: carry on with the default allocator settings.
     eprintln!("note: could not re-execute with allocator settings ({err}); continuing");
