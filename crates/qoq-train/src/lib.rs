@@ -24,6 +24,7 @@ mod metrics;
 mod micro_batches;
 pub mod optim;
 pub mod parallel;
+pub mod plan;
 mod precision;
 mod prompts;
 mod rl_step;

@@ -4,8 +4,9 @@
 //! the trainer without a download.
 //!
 //!     cargo run --release --bin make-tiny-checkpoint -- --out DIR [--family qwen2_5_vl] [--seed S]
+//!     make-tiny-checkpoint --out DIR --config config.json   # random weights of another size
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -24,6 +25,10 @@ struct Args {
     tokenizer: Option<PathBuf>,
     #[arg(long, default_value_t = 0)]
     seed: i64,
+    /// A config.json to build instead of the tiny one (its `model_type` names the family,
+    /// overriding --family): random weights of any size, e.g. for memory measurements.
+    #[arg(long, value_name = "CONFIG_JSON")]
+    config: Option<PathBuf>,
 }
 
 /// Qwen2.5-VL-7B-Instruct's image processor settings.
@@ -51,7 +56,21 @@ const PREPROCESSOR_CONFIG: &str = r#"{
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let family = Family::from_model_type(&args.family).map_err(anyhow::Error::msg)?;
+    let config = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            Some(
+                serde_json::from_str::<serde_json::Value>(&text)
+                    .with_context(|| format!("parsing {}", path.display()))?,
+            )
+        }
+        None => None,
+    };
+    let model_type = match &config {
+        Some(c) => c.get("model_type").and_then(|v| v.as_str()).unwrap_or_default().to_string(),
+        None => args.family.clone(),
+    };
+    let family = Family::from_model_type(&model_type).map_err(anyhow::Error::msg)?;
     let default_dir = match family {
         Family::Qwen3Vl => ".qwen-tokenizer",
         Family::Qwen25Vl => ".qwen2.5-tokenizer",
@@ -65,9 +84,16 @@ fn main() -> Result<()> {
         tokenizer.display()
     );
     tch::manual_seed(args.seed);
-    let model: Box<dyn Policy> = match family {
-        Family::Qwen3Vl => Box::new(Qwen3VL::new(&Qwen3VLConfig::tiny(), tch::Device::Cpu)?),
-        Family::Qwen25Vl => Box::new(Qwen25VL::new(&Qwen25VLConfig::tiny(), tch::Device::Cpu)?),
+    let bad = |e: String| anyhow::anyhow!("{}: {e}", args.config.as_deref().unwrap_or(Path::new("")).display());
+    let model: Box<dyn Policy> = match (family, &config) {
+        (Family::Qwen3Vl, None) => Box::new(Qwen3VL::new(&Qwen3VLConfig::tiny(), tch::Device::Cpu)?),
+        (Family::Qwen25Vl, None) => Box::new(Qwen25VL::new(&Qwen25VLConfig::tiny(), tch::Device::Cpu)?),
+        (Family::Qwen3Vl, Some(c)) => {
+            Box::new(Qwen3VL::new(&Qwen3VLConfig::from_json(c).map_err(bad)?, tch::Device::Cpu)?)
+        }
+        (Family::Qwen25Vl, Some(c)) => {
+            Box::new(Qwen25VL::new(&Qwen25VLConfig::from_json(c).map_err(bad)?, tch::Device::Cpu)?)
+        }
     };
     // transformers' initialisation (initializer_range 0.02): matrices and embeddings
     // N(0, 0.02), biases 0, norms 1. tch's defaults (unit-variance embeddings) start a

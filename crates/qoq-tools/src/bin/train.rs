@@ -4,6 +4,7 @@
 //!     train CONFIG --resume-from OUTPUT_DIR/checkpoints/step_N   # continue from that checkpoint
 //!     train CONFIG --nproc 4                                   # 4 local ranks
 //!     torchrun --no-python --nproc-per-node 8 target/release/train CONFIG
+//!     train CONFIG --plan [--world-size 8] [--device-memory-gb 80]  # memory per rank, nothing loaded
 //!
 //! Ranks find each other from RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT
 //! (what torchrun sets; `--nproc` sets them for its children).
@@ -44,6 +45,17 @@ struct Args {
     /// GPUs) instead of one process; not needed under torchrun.
     #[arg(long, default_value_t = 1)]
     nproc: usize,
+    /// Print the memory plan per rank (every term, each phase, the peak) from CONFIG and
+    /// model.path/config.json alone, and exit: no weights, tokenizer, data or device.
+    #[arg(long)]
+    plan: bool,
+    /// With --plan: ranks to plan for (default: --nproc, else WORLD_SIZE, else 1).
+    #[arg(long, value_name = "N", requires = "plan")]
+    world_size: Option<usize>,
+    /// With --plan: exit non-zero when the peak per rank exceeds G GiB (vendors' "80 GB"
+    /// and "141 GB" GPUs hold 79.6 and 140.4 GiB).
+    #[arg(long, value_name = "G", requires = "plan")]
+    device_memory_gb: Option<f64>,
 }
 
 /// Keep freed memory in the process instead of returning it to the kernel after every
@@ -79,8 +91,11 @@ fn keep_freed_memory() {
 fn keep_freed_memory() {}
 
 fn main() -> Result<()> {
-    keep_freed_memory();
     let args = Args::parse();
+    if args.plan {
+        return plan(&args);
+    }
+    keep_freed_memory();
     let config = TrainConfig::from_file(&args.config)?;
     if args.nproc > 1 && std::env::var_os("WORLD_SIZE").is_none() {
         return launch(&args, &config);
@@ -99,6 +114,18 @@ fn main() -> Result<()> {
         return result.with_context(|| format!("rank {} of {}", group.rank(), group.world_size()));
     }
     result
+}
+
+/// `--plan`: prints the memory plan; fails when it exceeds `--device-memory-gb`.
+fn plan(args: &Args) -> Result<()> {
+    let env_world = std::env::var("WORLD_SIZE").ok().and_then(|v| v.parse().ok());
+    let world = args.world_size.or((args.nproc > 1).then_some(args.nproc)).or(env_world);
+    let plan = qoq_train::plan::plan_file(&args.config, world)?;
+    println!("{plan}");
+    if let Some(limit) = args.device_memory_gb {
+        plan.check_fits(limit).map_err(anyhow::Error::msg)?;
+    }
+    Ok(())
 }
 
 /// `--nproc N`: runs N copies of this program as ranks 0..N-1 on 127.0.0.1 and waits;

@@ -1,0 +1,407 @@
+//! A memory plan: every term a run allocates on one rank, phase by phase, from the run
+//! configuration and the model's `config.json` alone (no weights, tokenizer, data or
+//! device), so a run can be sized for a GPU from a laptop: `train CONFIG --plan
+//! [--world-size N] [--device-memory-gb G]`.
+//!
+//! Each term is modelled on the code that allocates it (the file is named beside it). The
+//! peak is the largest sum over the phases of what is alive together in that phase: a
+//! rollout's KV cache and an update's activations never coexist. docs/memory.md explains
+//! the terms and compares the plan with measured peaks.
+
+mod shape;
+mod terms;
+
+use std::fmt;
+use std::path::Path;
+
+use qoq_policy::Family;
+
+pub use shape::{Counts, ModelShape, TextShape, VisionShape};
+pub use terms::Sizes;
+
+use crate::config::{Dtype, TrainConfig};
+use crate::TrainError;
+
+pub const GIB: f64 = (1u64 << 30) as f64;
+
+/// A stretch of a step during which the same tensors are alive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    /// Generation's prompt pass (KV cache filled for the prompts).
+    Prefill,
+    /// Generation's token loop (the cache of G samples per prompt, growing).
+    Decode,
+    /// old_log_prob / ref: log-probs of the rollouts without a graph.
+    Scoring,
+    /// An RL micro-batch's backward: the head's chunks, the decoder layers, the input stage.
+    UpdateHead,
+    UpdateLayers,
+    UpdateInput,
+    /// The same for an SFT micro-batch.
+    SftHead,
+    SftLayers,
+    SftInput,
+    /// AdamW (gradient norm, moments, the update).
+    Optimizer,
+    /// Writing a checkpoint.
+    Checkpoint,
+    /// Validation's generation (prompt pass or token loop, whichever is larger).
+    Validation,
+}
+
+impl Phase {
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Prefill => "prefill",
+            Phase::Decode => "decode",
+            Phase::Scoring => "scoring",
+            Phase::UpdateHead => "update:head",
+            Phase::UpdateLayers => "update:layers",
+            Phase::UpdateInput => "update:input",
+            Phase::SftHead => "sft:head",
+            Phase::SftLayers => "sft:layers",
+            Phase::SftInput => "sft:input",
+            Phase::Optimizer => "optimizer",
+            Phase::Checkpoint => "checkpoint",
+            Phase::Validation => "validation",
+        }
+    }
+}
+
+/// One allocation of the plan: `bytes` alive in each of `phases` (empty: in all of them).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Term {
+    pub name: String,
+    pub phases: Vec<Phase>,
+    pub bytes: f64,
+    /// Where the figure comes from (the formula, the code).
+    pub note: String,
+}
+
+impl Term {
+    fn new(name: impl Into<String>, phases: &[Phase], bytes: f64, note: impl Into<String>) -> Self {
+        Self { name: name.into(), phases: phases.to_vec(), bytes, note: note.into() }
+    }
+
+    pub fn persistent(&self) -> bool {
+        self.phases.is_empty()
+    }
+
+    fn alive_in(&self, phase: Phase) -> bool {
+        self.persistent() || self.phases.contains(&phase)
+    }
+}
+
+/// The plan of one rank (or of several ranks that allocate alike).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RankPlan {
+    /// "rank 0", "ranks 1-7", "ranks 0-7".
+    pub ranks: String,
+    pub terms: Vec<Term>,
+    /// The phases this run goes through.
+    pub phases: Vec<Phase>,
+}
+
+impl RankPlan {
+    /// Bytes alive together in `phase`.
+    pub fn phase_bytes(&self, phase: Phase) -> f64 {
+        self.terms.iter().filter(|t| t.alive_in(phase)).map(|t| t.bytes).sum()
+    }
+
+    /// The phase with the most bytes alive, and those bytes.
+    pub fn peak(&self) -> (Phase, f64) {
+        self.phases.iter().map(|&p| (p, self.phase_bytes(p))).fold((Phase::Optimizer, 0.0), |best, x| {
+            if x.1 > best.1 {
+                x
+            } else {
+                best
+            }
+        })
+    }
+}
+
+/// The plan of a run: what it is, and each kind of rank.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemoryPlan {
+    pub header: Vec<String>,
+    pub ranks: Vec<RankPlan>,
+}
+
+impl MemoryPlan {
+    /// The largest peak of any rank, in bytes.
+    pub fn peak_bytes(&self) -> f64 {
+        self.ranks.iter().map(|r| r.peak().1).fold(0.0, f64::max)
+    }
+
+    /// The last line of the printed plan.
+    pub fn peak_line(&self) -> String {
+        format!("peak per rank: {:.2} GiB", self.peak_bytes() / GIB)
+    }
+
+    /// The error when the peak exceeds `limit_gib`: names both.
+    pub fn check_fits(&self, limit_gib: f64) -> Result<(), String> {
+        let peak = self.peak_bytes() / GIB;
+        if peak > limit_gib {
+            let worst = self.ranks.iter().max_by(|a, b| a.peak().1.total_cmp(&b.peak().1));
+            let (ranks, phase) = worst.map(|r| (r.ranks.as_str(), r.peak().0.name())).unwrap_or(("", ""));
+            return Err(format!(
+                "the plan does not fit: peak per rank {peak:.2} GiB ({ranks}, phase {phase}) exceeds --device-memory-gb {limit_gib} GiB"
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for MemoryPlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for line in &self.header {
+            writeln!(f, "{line}")?;
+        }
+        for rank in &self.ranks {
+            writeln!(f)?;
+            writeln!(f, "{}:", rank.ranks)?;
+            writeln!(f, "  {:<44} {:>9}  {:<28} note", "term", "GiB", "alive in")?;
+            for t in &rank.terms {
+                let phases = if t.persistent() { "every phase".to_string() } else { phase_list(&t.phases) };
+                writeln!(f, "  {:<44} {:>9.3}  {:<28} {}", t.name, t.bytes / GIB, phases, t.note)?;
+            }
+            let (worst, _) = rank.peak();
+            let sums: Vec<String> = rank
+                .phases
+                .iter()
+                .map(|&p| {
+                    let mark = if p == worst { "*" } else { "" };
+                    format!("{}{mark} {:.2}", p.name(), rank.phase_bytes(p) / GIB)
+                })
+                .collect();
+            writeln!(f, "  phases (GiB alive together; * the peak): {}", sums.join(", "))?;
+            writeln!(f, "  peak of {}: {:.2} GiB in {}", rank.ranks, rank.peak().1 / GIB, worst.name())?;
+        }
+        writeln!(f)?;
+        write!(f, "{}", self.peak_line())
+    }
+}
+
+/// Reads the run configuration at `path` (with its `base` files) and the `config.json` of
+/// its `model.path`, nothing else, and plans the run on `world` ranks (default 1).
+pub fn plan_file(path: &Path, world: Option<usize>) -> Result<MemoryPlan, TrainError> {
+    let config = TrainConfig::parse_file(path)?;
+    let named = |e: String| TrainError::Config(format!("{}: {e}", path.display()));
+    config.check(false).map_err(named)?;
+    let world = world.unwrap_or(1);
+    if world == 0 {
+        return Err(named("the world size must be at least 1".into()));
+    }
+    config.check_world(world).map_err(named)?;
+    let model = ModelShape::from_dir(&config.model.path)?;
+    let mut plan = plan(&config, &model, world);
+    plan.header.insert(0, format!("memory plan for {} (model {})", path.display(), config.model.path.display()));
+    Ok(plan)
+}
+
+/// The plan of `config` for `model` on `world` ranks.
+pub fn plan(config: &TrainConfig, model: &ModelShape, world: usize) -> MemoryPlan {
+    let sizes = Sizes::new(config, model, world);
+    let counts = model.counts();
+    let freeze = &config.model.freeze;
+    let trainable = counts.trainable(freeze);
+    let dtype = match config.model.dtype {
+        Dtype::Float32 => "float32",
+        Dtype::Bfloat16 => "bfloat16",
+    };
+    let device = config.run.device;
+    let frozen: Vec<&str> = freeze.iter().map(|g| g.name()).collect();
+    let header = vec![
+        format!(
+            "{} ({}): {} parameters, {} trainable{}; {dtype}; device {device}; {world} rank(s){}",
+            family_name(model.family),
+            model.family.model_type(),
+            thousands(counts.total()),
+            thousands(trainable),
+            if frozen.is_empty() { String::new() } else { format!(" (frozen: {})", frozen.join(", ")) },
+            if config.distributed.sharded_optimizer && world > 1 { ", sharded optimizer" } else { "" },
+        ),
+        format!(
+            "  vision tower {}, merger(s) {}, language model {}",
+            thousands(counts.vision_tower),
+            thousands(counts.merger),
+            thousands(counts.llm)
+        ),
+        sizes.describe(),
+    ];
+    let main = terms::rank_terms(config, model, &sizes, true);
+    let mut ranks = Vec::new();
+    let last = world.saturating_sub(1);
+    if world > 1 {
+        let other = terms::rank_terms(config, model, &sizes, false);
+        if other == main {
+            ranks.push(RankPlan { ranks: format!("ranks 0-{last}"), terms: main, phases: sizes.phases.clone() });
+        } else {
+            let name = if last == 1 { "rank 1".to_string() } else { format!("ranks 1-{last}") };
+            ranks.push(RankPlan { ranks: "rank 0".into(), terms: main, phases: sizes.phases.clone() });
+            ranks.push(RankPlan { ranks: name, terms: other, phases: sizes.phases.clone() });
+        }
+    } else {
+        ranks.push(RankPlan { ranks: "rank 0".into(), terms: main, phases: sizes.phases.clone() });
+    }
+    MemoryPlan { header, ranks }
+}
+
+/// `update:head, update:layers` as `update:head+layers`.
+fn phase_list(phases: &[Phase]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut last_prefix = "";
+    for p in phases {
+        let name = p.name();
+        match name.split_once(':') {
+            Some((prefix, rest)) if prefix == last_prefix => {
+                if let Some(l) = out.last_mut() {
+                    l.push('+');
+                    l.push_str(rest);
+                }
+            }
+            Some((prefix, _)) => {
+                last_prefix = prefix;
+                out.push(name.to_string());
+            }
+            None => {
+                last_prefix = "";
+                out.push(name.to_string());
+            }
+        }
+    }
+    out.join(",")
+}
+
+fn family_name(family: Family) -> &'static str {
+    match family {
+        Family::Qwen3Vl => "Qwen3-VL",
+        Family::Qwen25Vl => "Qwen2.5-VL",
+    }
+}
+
+/// `8767123696` as `8,767,123,696`.
+fn thousands(n: i64) -> String {
+    let digits = n.abs().to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if n < 0 {
+        format!("-{out}")
+    } else {
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use qoq_policy::{ModuleGroup, Qwen3VLConfig};
+
+    use super::*;
+
+    /// A run on the tiny model: 8 prompts x G 4, responses of 64 tokens after 128.
+    fn config(model: &str, extra: &str) -> TrainConfig {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "[run]\noutput_dir = \"out\"\ndevice = \"cuda\"\n[model]\npath = \"m\"\n{model}\n[data]\nshards = \"s\"\n\
+             [prompt]\nmax_prompt_tokens = 128\n[rl]\nsteps = 1\nprompts_per_step = 8\nprompts_per_update = 8\n\
+             samples_per_prompt = 4\nmicro_batch = 4\ngeneration_batch = 8\nmax_new_tokens = 64\n{extra}"
+        );
+        let path = dir.path().join("run.toml");
+        std::fs::write(&path, text).unwrap();
+        TrainConfig::parse_file(&path).unwrap()
+    }
+
+    fn tiny() -> ModelShape {
+        ModelShape::qwen3_vl(&Qwen3VLConfig::tiny())
+    }
+
+    fn term<'a>(plan: &'a MemoryPlan, rank: usize, name: &str) -> &'a Term {
+        plan.ranks[rank].terms.iter().find(|t| t.name == name).unwrap_or_else(|| panic!("no term {name}"))
+    }
+
+    #[test]
+    fn the_peak_is_the_largest_phase_not_the_sum_of_all_terms() {
+        let plan = plan(&config("", ""), &tiny(), 1);
+        let rank = &plan.ranks[0];
+        let cache = term(&plan, 0, "KV cache: G samples, growing");
+        let layer = term(&plan, 0, "RL update: one layer recomputed + backward");
+        assert!(cache.bytes > 0.0 && layer.bytes > 0.0);
+        // The cache is alive while decoding only, a layer's activations in the update only.
+        assert_eq!(
+            (cache.phases.as_slice(), layer.phases.as_slice()),
+            ([Phase::Decode].as_slice(), [Phase::UpdateLayers].as_slice())
+        );
+        let params = term(&plan, 0, "parameters").bytes;
+        assert!(rank.phase_bytes(Phase::Decode) >= params + cache.bytes);
+        assert!(rank.phase_bytes(Phase::UpdateLayers) >= params + layer.bytes);
+        let everything: f64 = rank.terms.iter().map(|t| t.bytes).sum();
+        let (_, peak) = rank.peak();
+        assert!(peak < everything);
+        assert_eq!(peak, rank.phases.iter().map(|&p| rank.phase_bytes(p)).fold(0.0, f64::max));
+        assert!(!rank.phases.contains(&Phase::SftHead) && !rank.phases.contains(&Phase::Validation));
+    }
+
+    #[test]
+    fn parameters_moments_and_gradients_follow_dtype_freezing_and_sharding() {
+        let counts = tiny().counts();
+        let (total, trainable) = (counts.total() as f64, counts.trainable(&[ModuleGroup::VisionTower]) as f64);
+        let fp32 = plan(&config("freeze = [\"vision_tower\"]", ""), &tiny(), 1);
+        assert_eq!(term(&fp32, 0, "parameters").bytes, total * 4.0);
+        assert_eq!(term(&fp32, 0, "AdamW moments").bytes, 2.0 * trainable * 4.0);
+        assert_eq!(term(&fp32, 0, "gradients").bytes, trainable * 4.0);
+        assert_eq!(term(&fp32, 0, "fp32 master weights").bytes, 0.0);
+        let bf16 = plan(&config("dtype = \"bfloat16\"", ""), &tiny(), 1);
+        assert_eq!(term(&bf16, 0, "parameters").bytes, total * 2.0);
+        assert_eq!(term(&bf16, 0, "fp32 master weights").bytes, total * 4.0);
+        assert_eq!(term(&bf16, 0, "gradients").bytes, total * 6.0);
+        let sharded = plan(&config("dtype = \"bfloat16\"", "[distributed]\nsharded_optimizer = true\n"), &tiny(), 4);
+        assert_eq!(term(&sharded, 0, "AdamW moments").bytes, 2.0 * total * 4.0 / 4.0);
+        assert_eq!(term(&sharded, 0, "fp32 master weights").bytes, total * 4.0 / 4.0);
+        // Rank 0 alone assembles the full moments for the checkpoint.
+        assert_eq!(sharded.ranks.len(), 2);
+        assert_eq!(term(&sharded, 0, "full moments on rank 0").bytes, 2.0 * total * 4.0);
+        assert!(sharded.ranks[1].terms.iter().all(|t| t.name != "full moments on rank 0"));
+    }
+
+    #[test]
+    fn the_reference_model_is_planned_when_the_trainer_loads_one() {
+        let total = tiny().counts().total() as f64;
+        let none = plan(&config("", "[algorithm]\nkl_coef = 0.0\n"), &tiny(), 1);
+        assert_eq!(term(&none, 0, "reference model").bytes, 0.0);
+        let kl = plan(&config("", "[algorithm]\nkl_coef = 1e-4\n"), &tiny(), 1);
+        assert_eq!(term(&kl, 0, "reference model").bytes, total * 4.0);
+        let damping = plan(&config("", "[algorithm]\nkl_coef = 0.0\nkl_damping = true\n"), &tiny(), 1);
+        assert_eq!(term(&damping, 0, "reference model").bytes, total * 4.0);
+        for name in ["gathered layers", "gathered model for rollouts"] {
+            assert_eq!(term(&kl, 0, name).bytes, 0.0);
+            assert_eq!(term(&kl, 0, name).note, "no parameter sharding");
+        }
+    }
+
+    #[test]
+    fn recomputation_keeps_layer_inputs_instead_of_every_layer() {
+        let on = plan(&config("", ""), &tiny(), 1);
+        let off = plan(&config("", "[memory]\nrecompute = false\n"), &tiny(), 1);
+        let layers = |p: &MemoryPlan| p.ranks[0].phase_bytes(Phase::UpdateLayers);
+        assert!(layers(&off) > layers(&on));
+        assert!(off.ranks[0].terms.iter().any(|t| t.name == "RL update: every layer's activations"));
+    }
+
+    #[test]
+    fn the_last_line_and_the_limit() {
+        let plan = plan(&config("", ""), &tiny(), 1);
+        let text = plan.to_string();
+        let last = text.lines().last().unwrap();
+        assert_eq!(last, plan.peak_line());
+        assert!(last.starts_with("peak per rank: ") && last.ends_with(" GiB"), "{last}");
+        let peak = plan.peak_bytes() / GIB;
+        assert!(plan.check_fits(peak + 0.01).is_ok());
+        let err = plan.check_fits(peak / 2.0).unwrap_err();
+        assert!(err.contains(&format!("{peak:.2} GiB")) && err.contains("--device-memory-gb"), "{err}");
+    }
+}
