@@ -8,6 +8,7 @@
 //! rollout's KV cache and an update's activations never coexist. docs/memory.md explains
 //! the terms and compares the plan with measured peaks.
 
+pub mod formulas;
 mod shape;
 mod terms;
 
@@ -68,6 +69,11 @@ impl Phase {
     }
 }
 
+/// `train` runs with glibc's `MALLOC_MMAP_THRESHOLD_` at 32 MiB (train.rs
+/// keep_freed_memory): larger blocks are mapped and unmapped, smaller ones come from the
+/// heap, which keeps its high-water mark (it trims only its top, beyond 256 MiB free).
+pub const CPU_MMAP_THRESHOLD: f64 = (32u64 << 20) as f64;
+
 /// One allocation of the plan: `bytes` alive in each of `phases` (empty: in all of them).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Term {
@@ -76,11 +82,21 @@ pub struct Term {
     pub bytes: f64,
     /// Where the figure comes from (the formula, the code).
     pub note: String,
+    /// Bytes of the term's largest single tensor (decides heap or mapping on CPU).
+    pub block: f64,
+    /// On CPU: held in glibc's heap, so counted in its high-water term instead.
+    pub in_heap: bool,
 }
 
 impl Term {
     fn new(name: impl Into<String>, phases: &[Phase], bytes: f64, note: impl Into<String>) -> Self {
-        Self { name: name.into(), phases: phases.to_vec(), bytes, note: note.into() }
+        Self { name: name.into(), phases: phases.to_vec(), bytes, note: note.into(), block: 0.0, in_heap: false }
+    }
+
+    /// The same term, whose largest tensor takes `bytes`.
+    fn block(mut self, bytes: f64) -> Self {
+        self.block = bytes;
+        self
     }
 
     pub fn persistent(&self) -> bool {
@@ -105,7 +121,29 @@ pub struct RankPlan {
 impl RankPlan {
     /// Bytes alive together in `phase`.
     pub fn phase_bytes(&self, phase: Phase) -> f64 {
-        self.terms.iter().filter(|t| t.alive_in(phase)).map(|t| t.bytes).sum()
+        self.terms.iter().filter(|t| t.alive_in(phase) && !t.in_heap).map(|t| t.bytes).sum()
+    }
+
+    /// On CPU: glibc's heap serves every block under [`CPU_MMAP_THRESHOLD`] and keeps its
+    /// high-water mark, so what one phase leaves there is still resident in the next
+    /// (measured: docs/memory.md). The transient terms made of such blocks move into one
+    /// term alive in every phase: the largest sum of them in any phase.
+    fn keep_heap_high_water(&mut self) {
+        let small = |t: &Term| !t.persistent() && t.block < CPU_MMAP_THRESHOLD;
+        let in_phase = |p: Phase| self.terms.iter().filter(|t| small(t) && t.alive_in(p)).map(|t| t.bytes).sum();
+        let (phase, high) = self.phases.iter().map(|&p| (p, in_phase(p))).fold((Phase::Optimizer, 0.0), |best, x| {
+            if x.1 > best.1 {
+                x
+            } else {
+                best
+            }
+        });
+        for t in self.terms.iter_mut().filter(|t| small(t)) {
+            t.in_heap = true;
+        }
+        let note =
+            format!("glibc keeps the heap's peak: blocks under 32 MiB of {} (the terms marked heap)", phase.name());
+        self.terms.push(Term::new("CPU heap high-water", &[], high, note));
     }
 
     /// The phase with the most bytes alive, and those bytes.
@@ -142,7 +180,11 @@ impl MemoryPlan {
     pub fn check_fits(&self, limit_gib: f64) -> Result<(), String> {
         let peak = self.peak_bytes() / GIB;
         if peak > limit_gib {
-            let worst = self.ranks.iter().max_by(|a, b| a.peak().1.total_cmp(&b.peak().1));
+            // The first rank kind with the peak (rank 0 on a tie).
+            let worst = self.ranks.iter().fold(None, |best: Option<&RankPlan>, r| match best {
+                Some(b) if b.peak().1 >= r.peak().1 => Some(b),
+                _ => Some(r),
+            });
             let (ranks, phase) = worst.map(|r| (r.ranks.as_str(), r.peak().0.name())).unwrap_or(("", ""));
             return Err(format!(
                 "the plan does not fit: peak per rank {peak:.2} GiB ({ranks}, phase {phase}) exceeds --device-memory-gb {limit_gib} GiB"
@@ -162,7 +204,10 @@ impl fmt::Display for MemoryPlan {
             writeln!(f, "{}:", rank.ranks)?;
             writeln!(f, "  {:<44} {:>9}  {:<28} note", "term", "GiB", "alive in")?;
             for t in &rank.terms {
-                let phases = if t.persistent() { "every phase".to_string() } else { phase_list(&t.phases) };
+                let mut phases = if t.persistent() { "every phase".to_string() } else { phase_list(&t.phases) };
+                if t.in_heap {
+                    phases.push_str(" (heap)");
+                }
                 writeln!(f, "  {:<44} {:>9.3}  {:<28} {}", t.name, t.bytes / GIB, phases, t.note)?;
             }
             let (worst, _) = rank.peak();
@@ -230,10 +275,19 @@ pub fn plan(config: &TrainConfig, model: &ModelShape, world: usize) -> MemoryPla
         sizes.describe(),
     ];
     let main = terms::rank_terms(config, model, &sizes, true);
+    let mut ranks = rank_plans(&sizes, main, || terms::rank_terms(config, model, &sizes, false), world);
+    if config.run.device == crate::config::DeviceConfig::Cpu {
+        ranks.iter_mut().for_each(RankPlan::keep_heap_high_water);
+    }
+    MemoryPlan { header, ranks }
+}
+
+/// One plan per kind of rank: rank 0 alone when the others differ from it.
+fn rank_plans(sizes: &Sizes, main: Vec<Term>, other: impl Fn() -> Vec<Term>, world: usize) -> Vec<RankPlan> {
     let mut ranks = Vec::new();
     let last = world.saturating_sub(1);
     if world > 1 {
-        let other = terms::rank_terms(config, model, &sizes, false);
+        let other = other();
         if other == main {
             ranks.push(RankPlan { ranks: format!("ranks 0-{last}"), terms: main, phases: sizes.phases.clone() });
         } else {
@@ -244,7 +298,7 @@ pub fn plan(config: &TrainConfig, model: &ModelShape, world: usize) -> MemoryPla
     } else {
         ranks.push(RankPlan { ranks: "rank 0".into(), terms: main, phases: sizes.phases.clone() });
     }
-    MemoryPlan { header, ranks }
+    ranks
 }
 
 /// `update:head, update:layers` as `update:head+layers`.
@@ -361,7 +415,8 @@ mod tests {
         assert_eq!(term(&bf16, 0, "gradients").bytes, total * 6.0);
         let sharded = plan(&config("dtype = \"bfloat16\"", "[distributed]\nsharded_optimizer = true\n"), &tiny(), 4);
         assert_eq!(term(&sharded, 0, "AdamW moments").bytes, 2.0 * total * 4.0 / 4.0);
-        assert_eq!(term(&sharded, 0, "fp32 master weights").bytes, total * 4.0 / 4.0);
+        // precision.rs keeps every master on every rank.
+        assert_eq!(term(&sharded, 0, "fp32 master weights").bytes, total * 4.0);
         // Rank 0 alone assembles the full moments for the checkpoint.
         assert_eq!(sharded.ranks.len(), 2);
         assert_eq!(term(&sharded, 0, "full moments on rank 0").bytes, 2.0 * total * 4.0);
@@ -390,6 +445,36 @@ mod tests {
         let layers = |p: &MemoryPlan| p.ranks[0].phase_bytes(Phase::UpdateLayers);
         assert!(layers(&off) > layers(&on));
         assert!(off.ranks[0].terms.iter().any(|t| t.name == "RL update: every layer's activations"));
+    }
+
+    #[test]
+    fn a_token_budget_bounds_the_micro_batch() {
+        let rows = |p: &MemoryPlan| term(p, 0, "RL update: mask and rope tables").note.clone();
+        let count = plan(&config("", ""), &tiny(), 1);
+        assert!(rows(&count).starts_with("[4, 1, 192, 192]"), "{}", rows(&count));
+        // Sequences of 128 + 64 tokens: a budget of 400 holds two, one of 100 still one.
+        for (budget, expect) in [(400, "[2, 1, 192, 192]"), (100, "[1, 1, 192, 192]")] {
+            let packed = plan(&config("", &format!("micro_batch_tokens = {budget}\n")), &tiny(), 1);
+            assert!(rows(&packed).starts_with(expect), "{budget}: {}", rows(&packed));
+            assert!(packed.ranks[0].phase_bytes(Phase::UpdateLayers) < count.ranks[0].phase_bytes(Phase::UpdateLayers));
+        }
+    }
+
+    #[test]
+    fn on_cpu_the_heap_keeps_its_high_water_across_phases() {
+        let gpu = plan(&config("", ""), &tiny(), 1);
+        let mut cpu_config = config("", "");
+        cpu_config.run.device = crate::config::DeviceConfig::Cpu;
+        let cpu = plan(&cpu_config, &tiny(), 1);
+        assert!(gpu.ranks[0].terms.iter().all(|t| !t.in_heap && t.name != "CPU heap high-water"));
+        let high = term(&cpu, 0, "CPU heap high-water").bytes;
+        // The decode's [rows, vocab] sampling blocks (under 32 MiB) stay resident in the update.
+        let decode = term(&cpu, 0, "decode working set");
+        assert!(decode.in_heap && decode.block < CPU_MMAP_THRESHOLD && high >= decode.bytes);
+        let chunk = term(&cpu, 0, "RL update: logits chunk (backward)");
+        assert!(!chunk.in_heap);
+        let rank = &cpu.ranks[0];
+        assert!(rank.phase_bytes(Phase::UpdateHead) >= high + chunk.bytes);
     }
 
     #[test]
