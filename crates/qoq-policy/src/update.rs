@@ -87,9 +87,7 @@ pub fn forward_for_update<P: Policy + ?Sized>(
     temperature: f64,
     options: &UpdateOptions,
 ) -> Result<UpdateForward, PolicyError> {
-    if options.chunk_tokens < 1 {
-        return Err(PolicyError::Input(format!("chunk_tokens must be at least 1, got {}", options.chunk_tokens)));
-    }
+    check_chunk(options.chunk_tokens)?;
     let layout = ResponseLayout::new(policy, inputs, responses)?;
     let full = inputs.with_ids(&layout.full_ids, &layout.full_mask);
     let tape = if options.recompute {
@@ -364,11 +362,16 @@ pub fn score<P: Policy + ?Sized>(
     temperature: f64,
     chunk_tokens: i64,
 ) -> Result<(Tensor, Tensor), PolicyError> {
-    if chunk_tokens < 1 {
-        return Err(PolicyError::Input(format!("chunk_tokens must be at least 1, got {chunk_tokens}")));
-    }
+    check_chunk(chunk_tokens)?;
     let layout = ResponseLayout::new(policy, inputs, responses)?;
     let hidden = forward_to_norm(policy, &inputs.with_ids(&layout.full_ids, &layout.full_mask))?;
     let (logp, entropy) = head_chunks(policy, &layout.select(&hidden), &layout.targets, temperature, chunk_tokens);
     Ok((layout.unflatten(&logp), layout.unflatten(&entropy)))
+}
+
+fn check_chunk(chunk_tokens: i64) -> Result<(), PolicyError> {
+    if chunk_tokens < 1 {
+        return Err(PolicyError::Input(format!("chunk_tokens must be at least 1, got {chunk_tokens}")));
+    }
+    Ok(())
 }

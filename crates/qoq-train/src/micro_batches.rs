@@ -51,10 +51,17 @@ impl Packing {
     /// The share of computed positions that are padding.
     #[cfg(test)]
     fn padding_fraction(&self) -> f64 {
-        if self.padded_tokens == 0 {
-            return 0.0;
-        }
-        1.0 - self.real_tokens as f64 / self.padded_tokens as f64
+        padding_fraction(self.padded_tokens as f64, self.real_tokens as f64)
+    }
+}
+
+/// The share of `padded` computed positions that are not `real` tokens (0 when none ran);
+/// the trainer applies it to token counts summed over the ranks.
+pub(crate) fn padding_fraction(padded: f64, real: f64) -> f64 {
+    if padded > 0.0 {
+        1.0 - real / padded
+    } else {
+        0.0
     }
 }
 

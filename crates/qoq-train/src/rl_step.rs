@@ -10,7 +10,7 @@ use tch::{Kind, Tensor};
 use crate::advantage::Group;
 use crate::loss::{batch_normaliser, policy_loss, LossConfig, LossTerms};
 use crate::metrics::{advantage_metrics, memory_metrics, rollout_metrics, LossSums, Metrics};
-use crate::micro_batches::Packing;
+use crate::micro_batches::{padding_fraction, Packing};
 use crate::prompts::{response_mask, Prompt, PromptBatch};
 use crate::rollout::{Advantaged, LogProbs, Ready, RolloutRecord};
 use crate::summary::rollout_image;
@@ -169,7 +169,7 @@ impl Trainer {
             ])?
             .try_into()
             .map_err(|_| TrainError::Config("summing the padding over ranks gave a wrong count".into()))?;
-        m.insert("perf/padding_fraction".into(), if padded > 0.0 { 1.0 - real / padded } else { 0.0 });
+        m.insert("perf/padding_fraction".into(), padding_fraction(padded, real));
         memory_metrics(&mut m, self.optimizer.state_bytes());
         if due && self.dp.is_main() {
             self.write_rollouts(step, &all)?;

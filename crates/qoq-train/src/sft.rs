@@ -8,7 +8,7 @@ use tch::Kind;
 
 use crate::loss::sft_loss;
 use crate::metrics::{memory_metrics, Metrics};
-use crate::micro_batches::Packing;
+use crate::micro_batches::{padding_fraction, Packing};
 use crate::prompts::{response_mask, PromptBatch};
 use crate::{TrainError, Trainer};
 
@@ -74,7 +74,7 @@ impl Trainer {
         m.insert("actor/grad_norm".into(), grad_norm);
         m.insert("actor/lr".into(), lr);
         m.insert("timing_s/step".into(), t0.elapsed().as_secs_f64());
-        m.insert("perf/padding_fraction".into(), if padded > 0.0 { 1.0 - real / padded } else { 0.0 });
+        m.insert("perf/padding_fraction".into(), padding_fraction(padded, real));
         // Tokens (prompt + response) through the model per second, over the ranks, as verl.
         m.insert("perf/throughput".into(), real / t0.elapsed().as_secs_f64());
         memory_metrics(&mut m, self.optimizer.state_bytes());
