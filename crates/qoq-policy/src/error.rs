@@ -14,4 +14,7 @@ pub enum PolicyError {
     /// Model inputs whose shapes or ids disagree; says which.
     #[error("model input: {0}")]
     Input(String),
+    /// A sharding gate's collective failed (the message names the rank).
+    #[error("sharded parameters: {0}")]
+    Gate(String),
 }

@@ -19,6 +19,7 @@
 
 pub mod chat;
 mod error;
+pub mod gate;
 mod generate;
 mod layers;
 mod policy;
@@ -38,5 +39,7 @@ pub use policy::{
 };
 pub use qwen2_5_vl::{Qwen25VL, Qwen25VLConfig};
 pub use qwen3_vl::{Qwen3VL, Qwen3VLConfig};
-pub use update::{forward_for_update, UpdateForward, UpdateOptions, DEFAULT_CHUNK_TOKENS};
+pub use update::{
+    forward_for_update, forward_for_update_gated, idle_update, UpdateForward, UpdateOptions, DEFAULT_CHUNK_TOKENS,
+};
 pub use vision_inputs::{count_placeholders, VisionBatch};

@@ -314,6 +314,15 @@ pub trait Policy: Send {
     /// sharded above `max_shard_bytes`; tensors the checkpoint carried that the family
     /// does not use are written back too.
     fn save_pretrained(&self, dir: &Path, max_shard_bytes: u64) -> Result<(), PolicyError>;
+    /// The parts of [`Self::save_pretrained`] for a writer that assembles the weights
+    /// itself (sharded parameters, each rank writing its own file): `config.json` alone.
+    fn save_config(&self, dir: &Path) -> Result<(), PolicyError>;
+    /// The name a [`Self::var_store`] variable has in the checkpoint layout it came from.
+    fn checkpoint_name(&self, name: &str) -> String {
+        name.to_string()
+    }
+    /// Tensors the checkpoint carried that the family does not use (written back on save).
+    fn extra_tensors(&self) -> Vec<(String, Tensor)>;
 
     fn device(&self) -> Device {
         self.var_store().device()

@@ -32,6 +32,7 @@
 use tch::nn::Module;
 use tch::{Kind, Tensor};
 
+use crate::gate::{ParamGate, Unit, WholeModel};
 use crate::layers::causal_mask;
 use crate::layers::kv_cache::LayerCache;
 use crate::policy::{Embedded, Inputs, Policy};
@@ -87,33 +88,84 @@ pub fn forward_for_update<P: Policy + ?Sized>(
     temperature: f64,
     options: &UpdateOptions,
 ) -> Result<UpdateForward, PolicyError> {
+    forward_for_update_gated(policy, inputs, responses, temperature, options, &WholeModel)
+}
+
+/// [`forward_for_update`] for sharded parameters: `gate` gathers each unit's parameters
+/// just before it runs and releases them after (see [`crate::gate`]).
+pub fn forward_for_update_gated<P: Policy + ?Sized>(
+    policy: &P,
+    inputs: &Inputs<'_>,
+    responses: &[Vec<i64>],
+    temperature: f64,
+    options: &UpdateOptions,
+    gate: &dyn ParamGate,
+) -> Result<UpdateForward, PolicyError> {
     check_chunk(options.chunk_tokens)?;
     let layout = ResponseLayout::new(policy, inputs, responses)?;
     let full = inputs.with_ids(&layout.full_ids, &layout.full_mask);
+    let layers = &policy.text_model().layers;
     let tape = if options.recompute {
         tch::no_grad(|| -> Result<Tape, PolicyError> {
+            gate.gather(Unit::Input, false)?;
             let embedded = policy.embed(&full)?;
+            gate.release(Unit::Input)?;
             let (cos, sin, mask) = rope_and_mask(policy, &embedded);
             let mut layer_inputs = Vec::new();
             let mut x = embedded.embeds.shallow_clone();
-            for (i, layer) in policy.text_model().layers.iter().enumerate() {
+            for (i, layer) in layers.iter().enumerate() {
+                gate.gather(Unit::Layer(i), false)?;
                 let y = layer.forward(&x, &cos, &sin, &mask, &mut LayerCache::discarding());
+                gate.release(Unit::Layer(i))?;
                 layer_inputs.push(x);
                 x = embedded.inject(i, y);
             }
             Ok(Tape::Recompute { embedded, cos, sin, mask, layer_inputs, last: x })
         })?
     } else {
+        // The graph holds every parameter until the backward.
+        for unit in units(layers.len()) {
+            gate.gather(unit, true)?;
+        }
         Tape::Graph { hidden: forward_to_norm(policy, &full)? }
     };
+    gate.gather(Unit::Head, !options.recompute)?;
     let hidden = match &tape {
         Tape::Graph { hidden } => hidden.detach(),
         Tape::Recompute { last, .. } => tch::no_grad(|| policy.text_model().norm.forward(last)),
     };
     let h = tch::no_grad(|| layout.select(&hidden));
     let (logp, entropy) = tch::no_grad(|| head_chunks(policy, &h, &layout.targets, temperature, options.chunk_tokens));
+    if options.recompute {
+        gate.release(Unit::Head)?;
+    }
     let (logp, entropy) = (layout.unflatten(&logp), layout.unflatten(&entropy));
     Ok(UpdateForward { logp, entropy, layout, temperature, options: *options, tape })
+}
+
+/// The gate calls of one micro-batch's [`forward_for_update_gated`] and
+/// [`UpdateForward::backward_gated`], in their order, without computing anything: a rank
+/// with fewer micro-batches than the others makes them, so the collectives of a sharded
+/// gate match; its gradient contribution is zero.
+pub fn idle_update(layers: usize, options: &UpdateOptions, gate: &dyn ParamGate) -> Result<(), PolicyError> {
+    for unit in units(layers) {
+        gate.gather(unit, !options.recompute)?;
+        if options.recompute {
+            gate.release(unit)?;
+        }
+    }
+    for unit in units(layers).rev() {
+        if options.recompute {
+            gate.gather(unit, true)?;
+        }
+        gate.reduce(unit)?;
+    }
+    Ok(())
+}
+
+/// Every unit of a model of `layers` decoder layers, in forward order.
+fn units(layers: usize) -> impl DoubleEndedIterator<Item = Unit> {
+    std::iter::once(Unit::Input).chain((0..layers).map(Unit::Layer)).chain(std::iter::once(Unit::Head))
 }
 
 impl UpdateForward {
@@ -126,6 +178,19 @@ impl UpdateForward {
         inputs: &Inputs<'_>,
         grad_logp: &Tensor,
     ) -> Result<(), PolicyError> {
+        self.backward_gated(policy, inputs, grad_logp, &WholeModel)
+    }
+
+    /// [`Self::backward`] for sharded parameters: each unit is gathered before its
+    /// recomputation and reduced right after its backward (see [`crate::gate`]). Every unit
+    /// is reduced, even when the micro-batch has no response token, so the ranks' calls match.
+    pub fn backward_gated<P: Policy + ?Sized>(
+        self,
+        policy: &P,
+        inputs: &Inputs<'_>,
+        grad_logp: &Tensor,
+        gate: &dyn ParamGate,
+    ) -> Result<(), PolicyError> {
         let UpdateForward { layout, temperature, options, tape, .. } = self;
         let (b, t) = layout.shape;
         if grad_logp.size() != [b, t] {
@@ -137,6 +202,7 @@ impl UpdateForward {
         let g = grad_logp.to_kind(Kind::Float).reshape([-1]).index_select(0, &layout.slots);
         let norm = &policy.text_model().norm;
         let head = |h: &Tensor| head_backward(policy, h, &layout.targets, &g, temperature, options.chunk_tokens);
+        let layers = &policy.text_model().layers;
         match tape {
             Tape::Graph { hidden } => {
                 let h = layout.select(&hidden);
@@ -144,14 +210,29 @@ impl UpdateForward {
                 if let Some(grad_h) = grad_h {
                     (h * grad_h).sum(Kind::Float).backward();
                 }
+                for unit in units(layers.len()).rev() {
+                    gate.reduce(unit)?;
+                }
             }
             Tape::Recompute { embedded, cos, sin, mask, mut layer_inputs, last } => {
+                gate.gather(Unit::Head, true)?;
                 let last = last.detach().set_requires_grad(true);
                 let h = layout.select(&norm.forward(&last));
-                let Some(grad_h) = head(&h) else { return Ok(()) };
-                (h * grad_h).sum(Kind::Float).backward();
+                let grad_h = head(&h);
+                if let Some(grad_h) = &grad_h {
+                    (h * grad_h).sum(Kind::Float).backward();
+                }
+                gate.reduce(Unit::Head)?;
+                let Some(_) = grad_h else {
+                    // Nothing flows further back; the other units still take their turn
+                    // (zeros), so every rank makes the same collectives.
+                    for unit in units(layers.len()).rev().skip(1) {
+                        gate.gather(unit, true)?;
+                        gate.reduce(unit)?;
+                    }
+                    return Ok(());
+                };
                 let mut grad = last.grad();
-                let layers = &policy.text_model().layers;
                 // Gradients of the DeepStack features: the hidden states' gradient at their
                 // placeholders after the layer each is added to.
                 let mut feature_grads: Vec<Vec<Option<Tensor>>> =
@@ -164,11 +245,14 @@ impl UpdateForward {
                     }
                     // Popped: each input is freed once its layer is done.
                     let x = layer_inputs.pop().expect("one input per layer").detach().set_requires_grad(true);
+                    gate.gather(Unit::Layer(i), true)?;
                     let y = layers[i].forward(&x, &cos, &sin, &mask, &mut LayerCache::discarding());
                     (y * &grad).sum(Kind::Float).backward();
+                    gate.reduce(Unit::Layer(i))?;
                     grad = x.grad();
                 }
                 // The input stage, recomputed with autograd as one segment.
+                gate.gather(Unit::Input, true)?;
                 let full = inputs.with_ids(&layout.full_ids, &layout.full_mask);
                 let again = policy.embed(&full)?;
                 let mut terms = Vec::new();
@@ -185,6 +269,7 @@ impl UpdateForward {
                 if !terms.is_empty() {
                     Tensor::stack(&terms, 0).sum(Kind::Float).backward();
                 }
+                gate.reduce(Unit::Input)?;
             }
         }
         Ok(())

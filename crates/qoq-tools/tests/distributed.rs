@@ -1,6 +1,6 @@
-//! Data-parallel training over real c10d (TCPStore + Gloo) processes: 2 and 3 ranks, with
-//! and without the sharded optimizer, against one process on the same global batch; a
-//! rank killed mid-run; resuming with another world size.
+//! Data-parallel training over real c10d (TCPStore + Gloo) processes: 2 and 3 ranks, in
+//! every sharding mode (none, optimizer, gradients, full), against one process on the same
+//! global batch; a rank killed mid-run; resuming with another world size and sharding.
 
 mod common;
 
@@ -120,25 +120,32 @@ fn max_weight_difference(a: &Path, b: &Path) -> f64 {
 fn two_and_three_ranks_train_as_one_process_on_the_global_batch() {
     let tmp = tempfile::tempdir().unwrap();
     let (model, shards) = setup(tmp.path());
-    let run = |name: &str, nproc: usize, sharded: bool| -> PathBuf {
+    let run = |name: &str, nproc: usize, sharding: &str| -> PathBuf {
         let out = tmp.path().join(name);
-        let extra = if sharded { "sharded_optimizer = true" } else { "" };
+        let extra = format!("sharding = \"{sharding}\"");
         let cfg = tmp.path().join(format!("{name}.toml"));
-        std::fs::write(&cfg, config_text(&out, &model, &shards, extra)).unwrap();
+        std::fs::write(&cfg, config_text(&out, &model, &shards, &extra)).unwrap();
         let result = train(&cfg, &["--nproc", &nproc.to_string()]);
         assert!(result.status.success(), "{name}: {}", String::from_utf8_lossy(&result.stderr));
         out
     };
-    let one = run("one", 1, false);
+    let one = run("one", 1, "none");
     let final_step = "checkpoints/step_5";
     let one_state: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(one.join(final_step).join("trainer_state.json")).unwrap())
             .unwrap();
     let one_scalars = scalars(&one);
-    for (name, nproc, sharded) in
-        [("two", 2, false), ("three", 3, false), ("two_sharded", 2, true), ("three_sharded", 3, true)]
-    {
-        let out = run(name, nproc, sharded);
+    for (name, nproc, sharding) in [
+        ("two", 2, "none"),
+        ("three", 3, "none"),
+        ("two_optimizer", 2, "optimizer"),
+        ("three_optimizer", 3, "optimizer"),
+        ("two_gradients", 2, "gradients"),
+        ("three_gradients", 3, "gradients"),
+        ("two_full", 2, "full"),
+        ("three_full", 3, "full"),
+    ] {
+        let out = run(name, nproc, sharding);
         // Rewards and advantages of every response of every RL step: the same.
         for step in 3..=5 {
             let (a, b) = (rollouts(&one, step), rollouts(&out, step));
@@ -178,10 +185,13 @@ fn two_and_three_ranks_train_as_one_process_on_the_global_batch() {
         eprintln!("{name}: largest weight difference from one process {diff:.2e}");
         assert!(diff < 1e-5, "{name}: weights differ by {diff}");
         // Moments: full, by name, the same as one process's.
+        // (One file, or with sharded parameters one per writing rank and an index.)
         let opt = |dir: &Path| -> BTreeMap<String, tch::Tensor> {
-            tch::Tensor::read_safetensors(dir.join(final_step).join("optimizer.safetensors"))
+            std::fs::read_dir(dir.join(final_step))
                 .unwrap()
-                .into_iter()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+                .flat_map(|f| tch::Tensor::read_safetensors(f).unwrap())
                 .collect()
         };
         let (ma, mb) = (opt(&one), opt(&out));
@@ -191,6 +201,26 @@ fn two_and_three_ranks_train_as_one_process_on_the_global_batch() {
             assert!(d < 1e-5, "{name}: {k} differs by {d}");
         }
     }
+
+    // Resume across world sizes and sharding modes: 3 ranks "full" for 2 steps, 2 ranks
+    // "gradients" for 2 more, one process to the end: the weights of the uninterrupted run.
+    let out = tmp.path().join("mixed");
+    let cfg = tmp.path().join("mixed.toml");
+    for (sharding, nproc, more) in [("full", "3", Some("2")), ("gradients", "2", Some("2")), ("optimizer", "1", None)] {
+        std::fs::write(&cfg, config_text(&out, &model, &shards, &format!("sharding = \"{sharding}\""))).unwrap();
+        let mut args = vec!["--nproc", nproc];
+        if out.join("checkpoints").is_dir() {
+            args.push("--resume");
+        }
+        if let Some(n) = more {
+            args.extend(["--max-steps", n]);
+        }
+        let result = train(&cfg, &args);
+        assert!(result.status.success(), "mixed, {sharding}: {}", String::from_utf8_lossy(&result.stderr));
+    }
+    let diff = max_weight_difference(&one.join(final_step).join("model"), &out.join(final_step).join("model"));
+    eprintln!("full x 3 -> gradients x 2 -> one process: largest weight difference {diff:.2e}");
+    assert!(diff < 1e-5, "resumed across modes: weights differ by {diff}");
 }
 
 /// The pids of a process's children.

@@ -46,6 +46,12 @@ pub const MODEL_SIDE_FILES: [&str; 9] = [
 /// `version` of the trainer_state.json this code writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
 
+/// The AdamW moments of one process (or of a ZeRO-1 run, gathered on rank 0).
+const OPTIMIZER: &str = "optimizer.safetensors";
+/// With sharded parameters each rank writes the moments of its units to its own file;
+/// this index names the file of every moment (`weight_map`, as the model's index).
+pub(crate) const OPTIMIZER_INDEX: &str = "optimizer.safetensors.index.json";
+
 /// Largest safetensors shard of a checkpoint's model folder (5 GiB).
 pub const MODEL_SHARD_BYTES: u64 = 5 << 30;
 
@@ -83,35 +89,60 @@ pub(crate) fn save(
     optimizer: &[(String, Tensor)],
     keep: usize,
 ) -> Result<PathBuf, TrainError> {
-    let step = state.step();
+    let partial = prepare(root, state.step())?;
+    write_model(&partial.join("model"))?;
+    let opt_path = partial.join(OPTIMIZER);
+    if !optimizer.is_empty() {
+        Tensor::write_safetensors(optimizer, &opt_path)
+            .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", opt_path.display())))?;
+    }
+    finish(root, &partial, state, source_model_dir, keep)
+}
+
+/// The folder checkpoint `step` is built in (`.step_N.partial`, renamed when whole).
+pub(crate) fn partial_dir(root: &Path, step: u64) -> PathBuf {
+    root.join(format!(".step_{step}.partial"))
+}
+
+/// Starts checkpoint `step`: removes leftovers of killed writes and makes the empty
+/// partial folder with its `model/` (where every rank of a sharded run then writes).
+pub(crate) fn prepare(root: &Path, step: u64) -> Result<PathBuf, TrainError> {
     std::fs::create_dir_all(root).map_err(|e| TrainError::io(root, e))?;
     remove_partials(root)?;
-    let partial = root.join(format!(".step_{step}.partial"));
+    let partial = partial_dir(root, step);
     let model_dir = partial.join("model");
     std::fs::create_dir_all(&model_dir).map_err(|e| TrainError::io(&model_dir, e))?;
-    write_model(&model_dir)?;
+    Ok(partial)
+}
+
+/// Completes a checkpoint whose weights and moments are in `partial`: the model's side
+/// files, the trainer state, the rename into place and the pruning to `keep`.
+pub(crate) fn finish(
+    root: &Path,
+    partial: &Path,
+    state: &TrainerState,
+    source_model_dir: &Path,
+    keep: usize,
+) -> Result<PathBuf, TrainError> {
+    let step = state.step();
+    let model_dir = partial.join("model");
     for name in MODEL_SIDE_FILES {
         let from = source_model_dir.join(name);
         if from.is_file() {
             std::fs::copy(&from, model_dir.join(name)).map_err(|e| TrainError::io(&from, e))?;
         }
     }
-    let opt_path = partial.join("optimizer.safetensors");
-    if !optimizer.is_empty() {
-        Tensor::write_safetensors(optimizer, &opt_path)
-            .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", opt_path.display())))?;
-    }
     let state_path = partial.join("trainer_state.json");
     let json = serde_json::to_vec_pretty(state)
         .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", state_path.display())))?;
     std::fs::write(&state_path, json).map_err(|e| TrainError::io(&state_path, e))?;
-    sync_dir(&partial);
+    sync_dir(partial);
     let dest = step_dir(root, step);
     if dest.exists() {
         // A checkpoint of the same step from an earlier attempt: replace it.
         std::fs::remove_dir_all(&dest).map_err(|e| TrainError::io(&dest, e))?;
     }
-    std::fs::rename(&partial, &dest).map_err(|e| TrainError::io(&dest, e))?;
+    std::fs::rename(partial, &dest).map_err(|e| TrainError::io(&dest, e))?;
     sync_dir(root);
     if keep > 0 {
         // Only this checkpoint and older ones count.
@@ -167,15 +198,14 @@ pub fn latest(root: &Path) -> Result<Option<PathBuf>, TrainError> {
 /// Reads a checkpoint's state and optimizer moments.
 pub(crate) fn load(dir: &Path) -> Result<(TrainerState, BTreeMap<String, Tensor>), TrainError> {
     let state = read_state(dir).map_err(TrainError::Checkpoint)?;
-    let opt_path = dir.join("optimizer.safetensors");
-    let moments = if opt_path.is_file() {
-        Tensor::read_safetensors(&opt_path)
-            .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", opt_path.display())))?
-            .into_iter()
-            .collect()
-    } else {
-        BTreeMap::new()
-    };
+    let mut moments = BTreeMap::new();
+    for opt_path in optimizer_files(dir).map_err(TrainError::Checkpoint)? {
+        if opt_path.is_file() {
+            let tensors = Tensor::read_safetensors(&opt_path)
+                .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", opt_path.display())))?;
+            moments.extend(tensors);
+        }
+    }
     Ok((state, moments))
 }
 
@@ -203,29 +233,53 @@ pub fn verify(dir: &Path) -> Result<TrainerState, String> {
     serde_json::from_str::<serde_json::Value>(&text)
         .map_err(|e| format!("{}: not valid JSON: {e}", config.display()))?;
     let index = model.join("model.safetensors.index.json");
-    let weights: Vec<PathBuf> = if index.is_file() {
-        let text = std::fs::read_to_string(&index).map_err(|e| format!("{}: {e}", index.display()))?;
-        let json: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| format!("{}: not valid JSON: {e}", index.display()))?;
-        let map = json
-            .get("weight_map")
-            .and_then(|m| m.as_object())
-            .ok_or_else(|| format!("{}: no weight_map", index.display()))?;
-        let mut files: Vec<PathBuf> = map.values().filter_map(|v| v.as_str()).map(|f| model.join(f)).collect();
-        files.sort();
-        files.dedup();
-        files
-    } else {
-        vec![model.join("model.safetensors")]
-    };
+    let weights: Vec<PathBuf> =
+        if index.is_file() { indexed_files(&index)? } else { vec![model.join("model.safetensors")] };
     for file in &weights {
         check_safetensors(file)?;
     }
-    let optimizer = dir.join("optimizer.safetensors");
-    if optimizer.exists() || state.optimizer_step > 0 {
-        check_safetensors(&optimizer)?;
+    for optimizer in optimizer_files(dir)? {
+        if optimizer.exists() || state.optimizer_step > 0 {
+            check_safetensors(&optimizer)?;
+        }
     }
     Ok(state)
+}
+
+/// The files `index` (a safetensors index: `weight_map` of name -> file) names, beside it.
+fn indexed_files(index: &Path) -> Result<Vec<PathBuf>, String> {
+    let text = std::fs::read_to_string(index).map_err(|e| format!("{}: {e}", index.display()))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{}: not valid JSON: {e}", index.display()))?;
+    let map = json
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| format!("{}: no weight_map", index.display()))?;
+    let dir = index.parent().unwrap_or(Path::new("."));
+    let mut files: Vec<PathBuf> = map.values().filter_map(|v| v.as_str()).map(|f| dir.join(f)).collect();
+    files.sort();
+    files.dedup();
+    Ok(files)
+}
+
+/// The moment files of checkpoint `dir`: those its optimizer index names, else the one file.
+fn optimizer_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
+    let index = dir.join(OPTIMIZER_INDEX);
+    if index.is_file() {
+        indexed_files(&index)
+    } else {
+        Ok(vec![dir.join(OPTIMIZER)])
+    }
+}
+
+/// Writes a safetensors index (`metadata.total_size`, `weight_map`) atomically.
+pub(crate) fn write_index(path: &Path, map: &BTreeMap<String, String>, total_size: u64) -> Result<(), TrainError> {
+    let json = serde_json::json!({ "metadata": { "total_size": total_size }, "weight_map": map });
+    let tmp = path.with_extension("tmp");
+    let text =
+        serde_json::to_vec_pretty(&json).map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))?;
+    std::fs::write(&tmp, text).map_err(|e| TrainError::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| TrainError::io(path, e))
 }
 
 /// Bytes per element of a safetensors dtype.

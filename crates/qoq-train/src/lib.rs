@@ -1,7 +1,7 @@
 //! The DRPO / GRPO trainer for the Qwen3-VL policy: advantages (GRPO, Dr.GRPO, DRPO with
 //! elbow k-means), the PPO-clip loss, AdamW with checkpointable state, atomic checkpoints,
 //! TensorBoard event files, and the loop that ties them to the data, reward and policy
-//! crates, on one process or data-parallel over c10d ranks (`parallel`, `sharded`). The
+//! crates, on one process or data-parallel over c10d ranks (`parallel`, `sharded`, `fsdp`). The
 //! binaries `train` and `export` drive it.
 //!
 //! ```no_run
@@ -14,9 +14,11 @@
 
 pub mod advantage;
 pub mod checkpoint;
+mod checkpoint_shards;
 pub mod config;
 mod data;
 mod error;
+mod fsdp;
 mod kmeans;
 pub mod loss;
 mod memory;

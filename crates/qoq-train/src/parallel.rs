@@ -16,6 +16,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tch::{Kind, Tensor};
 
+use crate::config::Sharding;
+use crate::fsdp::FlatShards;
 use crate::optim::{AdamW, OptimConfig};
 use crate::sharded::{gather_segments, scatter_segments, segment_buckets, segment_view, ShardedAdamW};
 use crate::TrainError;
@@ -34,7 +36,8 @@ pub struct DataParallel {
     pub group: Rc<ProcessGroup>,
     /// Elements per gradient bucket (all-reduce / reduce-scatter unit).
     pub bucket_elems: i64,
-    pub sharded_optimizer: bool,
+    /// What each rank keeps 1/N of (`distributed.sharding`; ignored on one rank).
+    pub sharding: Sharding,
 }
 
 impl DataParallel {
@@ -42,7 +45,7 @@ impl DataParallel {
         Self {
             group: Rc::new(ProcessGroup::single()),
             bucket_elems: bucket_elems(DEFAULT_BUCKET_MIB),
-            sharded_optimizer: false,
+            sharding: Sharding::None,
         }
     }
 
@@ -183,16 +186,20 @@ pub(crate) fn materialize_grads(params: &[(String, Tensor)]) {
     total.backward();
 }
 
-/// AdamW with the whole state on every rank, or sharded across ranks (ZeRO-1).
+/// AdamW with the whole state on every rank, its moments sharded across ranks (ZeRO-1),
+/// or with gradients and parameters sharded too (`fsdp.rs`: ZeRO-2 / 3).
 pub(crate) enum Optimizer {
     Replicated(AdamW),
     Sharded(ShardedAdamW),
+    Flat(FlatShards),
 }
 
 impl Optimizer {
+    /// The replicated or ZeRO-1 optimizer of `params` (a [`FlatShards`] is built by the
+    /// trainer, which owns the model's casting).
     pub fn new(config: OptimConfig, params: Vec<(String, Tensor)>, dp: &DataParallel) -> Self {
         materialize_grads(&params);
-        if dp.sharded_optimizer {
+        if dp.sharding == Sharding::Optimizer && dp.world() > 1 {
             Optimizer::Sharded(ShardedAdamW::new(config, params, dp.rank(), dp.world(), dp.bucket_elems))
         } else {
             Optimizer::Replicated(AdamW::new(config, params))
@@ -203,6 +210,7 @@ impl Optimizer {
         match self {
             Optimizer::Replicated(o) => &o.config,
             Optimizer::Sharded(o) => &o.config,
+            Optimizer::Flat(o) => &o.config,
         }
     }
 
@@ -211,6 +219,15 @@ impl Optimizer {
         match self {
             Optimizer::Replicated(o) => o.step,
             Optimizer::Sharded(o) => o.step,
+            Optimizer::Flat(o) => o.step,
+        }
+    }
+
+    /// The sharded parameters, when they are (the update's gate).
+    pub fn flat(&self) -> Option<&FlatShards> {
+        match self {
+            Optimizer::Flat(o) => Some(o),
+            _ => None,
         }
     }
 
@@ -218,6 +235,10 @@ impl Optimizer {
         let params: Vec<&Tensor> = match self {
             Optimizer::Replicated(o) => o.params().collect(),
             Optimizer::Sharded(o) => o.params().collect(),
+            Optimizer::Flat(o) => {
+                o.zero_grad();
+                return;
+            }
         };
         for p in params {
             let mut g = p.grad();
@@ -236,6 +257,7 @@ impl Optimizer {
                 Ok(o.step(lr))
             }
             Optimizer::Sharded(o) => o.step(lr, &dp.group),
+            Optimizer::Flat(o) => o.optimizer_step(lr),
         }
     }
 
@@ -244,6 +266,8 @@ impl Optimizer {
         match self {
             Optimizer::Replicated(o) => Ok(o.state_tensors()),
             Optimizer::Sharded(o) => o.state_tensors(&dp.group),
+            // Written by each rank (`Trainer::save`).
+            Optimizer::Flat(_) => Ok(Vec::new()),
         }
     }
 
@@ -256,6 +280,7 @@ impl Optimizer {
         match self {
             Optimizer::Replicated(o) => o.load_state(tensors, step),
             Optimizer::Sharded(o) => o.load_state(tensors, step, dp.world()),
+            Optimizer::Flat(o) => o.load_state(tensors, step),
         }
     }
 
@@ -264,6 +289,7 @@ impl Optimizer {
         match self {
             Optimizer::Replicated(o) => o.exp_avg.values().chain(o.exp_avg_sq.values()).map(|t| t.numel() * 4).sum(),
             Optimizer::Sharded(o) => o.state_elements() as usize * 4,
+            Optimizer::Flat(o) => o.moment_bytes(),
         }
     }
 
@@ -271,6 +297,8 @@ impl Optimizer {
         match self {
             Optimizer::Replicated(o) => o.params().collect(),
             Optimizer::Sharded(o) => o.params().collect(),
+            // Sharded: no rank holds the whole weights to compare.
+            Optimizer::Flat(_) => Vec::new(),
         }
     }
 }

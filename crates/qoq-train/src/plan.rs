@@ -264,7 +264,11 @@ pub fn plan(config: &TrainConfig, model: &ModelShape, world: usize) -> MemoryPla
             thousands(counts.total()),
             thousands(trainable),
             if frozen.is_empty() { String::new() } else { format!(" (frozen: {})", frozen.join(", ")) },
-            if config.distributed.sharded_optimizer && world > 1 { ", sharded optimizer" } else { "" },
+            if config.distributed.sharding() != crate::config::Sharding::None && world > 1 {
+                ", sharded optimizer"
+            } else {
+                ""
+            },
         ),
         format!(
             "  vision tower {}, merger(s) {}, language model {}",

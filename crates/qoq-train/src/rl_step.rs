@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use qoq_policy::forward_for_update;
+use qoq_policy::forward_for_update_gated;
 use tch::{Kind, Tensor};
 
 use crate::advantage::Group;
@@ -53,8 +53,10 @@ impl Trainer {
             lengths.chunks(local_per_update).map(|l| Packing::new(l, rl.micro_batch, rl.micro_batch_tokens)).collect();
         let rows: Vec<(usize, &[i64])> =
             scored.iter().map(|r| (r.response.prompt, r.response.tokens.as_slice())).collect();
-        let old =
-            self.score_rows(self.policy.as_ref(), &prompts, &rows, &packings, local_per_update, rl.temperature)?;
+        let old = {
+            let _whole = self.whole_policy()?;
+            self.score_rows(self.policy.as_ref(), &prompts, &rows, &packings, local_per_update, rl.temperature)?
+        };
         timing.insert("old_log_prob", t.elapsed().as_secs_f64());
         let t = Instant::now();
         let refs = match &self.reference {
@@ -132,6 +134,7 @@ impl Trainer {
             let lengths: Vec<usize> = all[span].iter().map(|r| r.record.tokens).collect();
             let normaliser = batch_normaliser(loss_config.aggregation, &lengths);
             self.optimizer.zero_grad();
+            self.idle_micro_batches(packing.batches.len())?;
             for rows in &packing.batches {
                 let micro: Vec<&Ready> = rows.iter().map(|&i| &batch[i]).collect();
                 let terms =
@@ -205,12 +208,13 @@ impl Trainer {
         )?;
         let inputs = batch.inputs();
         let tokens: Vec<Vec<i64>> = micro.iter().map(|r| r.response.tokens.clone()).collect();
-        let forward = forward_for_update(
+        let forward = forward_for_update_gated(
             self.policy.as_ref(),
             &inputs,
             &tokens,
             temperature,
             &self.config.memory.update_options(),
+            self.gate(),
         )?;
         let lengths: Vec<usize> = tokens.iter().map(Vec::len).collect();
         let mask = response_mask(&lengths, self.device);
@@ -236,7 +240,7 @@ impl Trainer {
         let logp = forward.logp.detach().set_requires_grad(true);
         let terms = policy_loss(&logp, &old, reference.as_ref(), &adv, &mask, config, normaliser);
         terms.loss.backward();
-        forward.backward(self.policy.as_ref(), &inputs, &logp.grad())?;
+        forward.backward_gated(self.policy.as_ref(), &inputs, &logp.grad(), self.gate())?;
         Ok(terms)
     }
 }

@@ -140,6 +140,7 @@ impl Trainer {
         batch: usize,
         step: u64,
     ) -> Result<Vec<Sampled>, TrainError> {
+        let _whole = self.whole_policy()?;
         let mut out = Vec::new();
         let batch = batch.max(1);
         for start in (0..prompts.len()).step_by(batch) {

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use qoq_policy::forward_for_update;
+use qoq_policy::forward_for_update_gated;
 use tch::Kind;
 
 use crate::loss::sft_loss;
@@ -35,6 +35,7 @@ impl Trainer {
         let mut correct = 0.0;
         let lengths: Vec<(usize, usize)> = prompts.iter().zip(&targets).map(|(p, t)| (p.ids.len(), t.len())).collect();
         let packing = Packing::new(&lengths, self.config.sft.micro_batch, self.config.sft.micro_batch_tokens);
+        self.idle_micro_batches(packing.batches.len())?;
         for chunk in &packing.batches {
             let batch = PromptBatch::new(
                 &chunk.iter().map(|&i| &prompts[i]).collect::<Vec<_>>(),
@@ -43,19 +44,20 @@ impl Trainer {
             )?;
             let responses: Vec<Vec<i64>> = chunk.iter().map(|&i| targets[i].clone()).collect();
             let inputs = batch.inputs();
-            let forward = forward_for_update(
+            let forward = forward_for_update_gated(
                 self.policy.as_ref(),
                 &inputs,
                 &responses,
                 1.0,
                 &self.config.memory.update_options(),
+                self.gate(),
             )?;
             let mask = response_mask(&responses.iter().map(Vec::len).collect::<Vec<_>>(), self.device);
             // Differentiated at the log-probs, then through the model (see rl_step.rs).
             let logp = forward.logp.detach().set_requires_grad(true);
             let loss = sft_loss(&logp, &mask, normaliser);
             loss.backward();
-            forward.backward(self.policy.as_ref(), &inputs, &logp.grad())?;
+            forward.backward_gated(self.policy.as_ref(), &inputs, &logp.grad(), self.gate())?;
             self.after_backward();
             loss_sum += loss.double_value(&[]);
             // exp(logp) > 0.5 means the reference token is the arg-max.

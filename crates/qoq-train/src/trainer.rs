@@ -31,11 +31,13 @@ use tch::{Device, Kind, Tensor};
 
 use crate::advantage::DrpoHistory;
 use crate::checkpoint::{self, Resume, TrainerState};
-use crate::config::{Dtype, TrainConfig};
+use crate::config::{Dtype, GradDtype, Sharding, TrainConfig};
+use crate::fsdp::{FlatShards, Level};
 use crate::parallel::{DataParallel, Optimizer};
 use crate::precision::MasterWeights;
 use crate::tensorboard::EventWriter;
 use crate::TrainError;
+use qoq_policy::gate::{ParamGate, WholeModel};
 
 pub use crate::metrics::Metrics;
 
@@ -132,10 +134,43 @@ impl Trainer {
         let mut variables: Vec<(String, Tensor)> = policy.var_store().variables().into_iter().collect();
         variables.sort_by(|a, b| a.0.cmp(&b.0));
         dp.broadcast(&variables.into_iter().map(|(_, t)| t).collect::<Vec<_>>())?;
-        let masters = bf16.then(|| MasterWeights::new(policy.as_mut(), config.model.grad_dtype));
         let in_sft = state.sft_steps_done < config.sft.steps;
         let optim_config = if in_sft { config.sft.optim.clone() } else { config.rl.optim.clone() };
-        let mut optimizer = Optimizer::new(optim_config, optimized(policy.as_ref(), masters.as_ref()), &dp);
+        let level = match dp.sharding {
+            Sharding::Gradients => Some(Level::Gradients),
+            Sharding::Full => Some(Level::Full),
+            Sharding::None | Sharding::Optimizer => None,
+        };
+        let (masters, mut optimizer) = match level {
+            // The flat shards hold the fp32 masters themselves.
+            Some(level) => {
+                let tied = !policy.var_store().variables().contains_key("lm_head.weight");
+                let compute = if bf16 { Kind::BFloat16 } else { Kind::Float };
+                let reduce = match config.model.grad_dtype {
+                    GradDtype::Bfloat16 => Kind::BFloat16,
+                    GradDtype::Float32 => Kind::Float,
+                };
+                let flat = FlatShards::new(
+                    level,
+                    optim_config,
+                    policy.trainable_parameters(),
+                    tied,
+                    dp.group.clone(),
+                    compute,
+                    reduce,
+                );
+                if bf16 {
+                    policy.set_kind(Kind::BFloat16);
+                }
+                flat.settle();
+                (None, Optimizer::Flat(flat))
+            }
+            None => {
+                let masters = bf16.then(|| MasterWeights::new(policy.as_mut(), config.model.grad_dtype));
+                let optimizer = Optimizer::new(optim_config, optimized(policy.as_ref(), masters.as_ref()), &dp);
+                (masters, optimizer)
+            }
+        };
         // A checkpoint holds the active phase's optimizer (at the SFT -> RL boundary, the
         // fresh RL one: `run_until` swaps it in before saving).
         if let (Some(dir), Some(moments)) = (&resume_from, &moments) {
@@ -222,11 +257,16 @@ impl Trainer {
             on_step(step, &metrics);
             // Entering RL: a fresh optimizer with the RL settings.
             if in_sft && self.state.sft_steps_done == self.config.sft.steps {
-                self.optimizer = Optimizer::new(
-                    self.config.rl.optim.clone(),
-                    optimized(self.policy.as_ref(), self.masters.as_ref()),
-                    &self.dp,
-                );
+                match &mut self.optimizer {
+                    Optimizer::Flat(flat) => flat.reset_optimizer(self.config.rl.optim.clone()),
+                    _ => {
+                        self.optimizer = Optimizer::new(
+                            self.config.rl.optim.clone(),
+                            optimized(self.policy.as_ref(), self.masters.as_ref()),
+                            &self.dp,
+                        )
+                    }
+                }
             }
             let last = step == end;
             // Also at the end of SFT, so the RL phase's effect shows against its start.
@@ -259,6 +299,9 @@ impl Trainer {
     pub fn save(&mut self) -> Result<Option<PathBuf>, TrainError> {
         self.state.cursor = self.loader.cursor();
         self.state.optimizer_step = self.optimizer.steps();
+        if let Some(flat) = self.optimizer.flat() {
+            return self.save_sharded(flat);
+        }
         let moments = self.optimizer.state_tensors(&self.dp)?;
         self.dp.check_replicas(self.optimizer.params().into_iter())?;
         let written = if self.dp.is_main() {
@@ -286,6 +329,36 @@ impl Trainer {
 }
 
 impl Trainer {
+    /// What the update calls around each unit: the flat shards' collectives, or nothing.
+    pub(crate) fn gate(&self) -> &dyn ParamGate {
+        match self.optimizer.flat() {
+            Some(flat) => flat,
+            None => &WholeModel,
+        }
+    }
+
+    /// The whole policy on every rank until the guard drops (rollouts, scoring); a no-op
+    /// unless the parameters are sharded. Every rank must call it.
+    pub(crate) fn whole_policy(&self) -> Result<WholePolicy<'_>, TrainError> {
+        let flat = self.optimizer.flat();
+        if let Some(f) = flat {
+            f.gather_all()?;
+        }
+        Ok(WholePolicy(flat))
+    }
+
+    /// With sharded gradients, every rank must run as many micro-batches as the rank with
+    /// the most (each reduces unit by unit): this rank's missing ones, as idle passes.
+    pub(crate) fn idle_micro_batches(&self, mine: usize) -> Result<(), TrainError> {
+        let Some(flat) = self.optimizer.flat() else { return Ok(()) };
+        let most = self.dp.gather(&mine)?.into_iter().max().unwrap_or(mine);
+        let layers = self.policy.text_model().layers.len();
+        for _ in mine..most {
+            qoq_policy::idle_update(layers, &self.config.memory.update_options(), flat)?;
+        }
+        Ok(())
+    }
+
     /// After each micro-batch's backward (moves bf16 gradients to the fp32 masters).
     pub(crate) fn after_backward(&self) {
         if let Some(m) = &self.masters {
@@ -312,5 +385,16 @@ fn optimized(policy: &dyn Policy, masters: Option<&MasterWeights>) -> Vec<(Strin
     match masters {
         Some(m) => m.named_masters(),
         None => policy.trainable_parameters(),
+    }
+}
+
+/// Keeps the sharded policy gathered while alive ([`Trainer::whole_policy`]).
+pub(crate) struct WholePolicy<'a>(Option<&'a FlatShards>);
+
+impl Drop for WholePolicy<'_> {
+    fn drop(&mut self) {
+        if let Some(f) = self.0 {
+            f.release_all();
+        }
     }
 }

@@ -224,8 +224,20 @@ impl Policy for Qwen25VL {
             self.vs.variables().into_iter().map(|(n, t)| (checkpoint_name(&n, self.layout), t)).collect();
         tensors.extend(self.extra.tensors());
         weights::save(&tensors, dir, max_shard_bytes)?;
+        self.save_config(dir)
+    }
+
+    fn save_config(&self, dir: &Path) -> Result<(), PolicyError> {
         let config = self.source_config.clone().unwrap_or_else(|| self.config.to_json());
         weights::write_json(&dir.join("config.json"), &config)
+    }
+
+    fn checkpoint_name(&self, name: &str) -> String {
+        checkpoint_name(name, self.layout)
+    }
+
+    fn extra_tensors(&self) -> Vec<(String, Tensor)> {
+        self.extra.tensors().collect()
     }
 }
 

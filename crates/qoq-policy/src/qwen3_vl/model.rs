@@ -178,4 +178,12 @@ impl Policy for Qwen3VL {
     fn save_pretrained(&self, dir: &Path, max_shard_bytes: u64) -> Result<(), PolicyError> {
         Qwen3VL::save_pretrained(self, dir, max_shard_bytes)
     }
+
+    fn save_config(&self, dir: &Path) -> Result<(), PolicyError> {
+        weights::write_json(&dir.join("config.json"), &self.config.to_json())
+    }
+
+    fn extra_tensors(&self) -> Vec<(String, Tensor)> {
+        self.extra.tensors().collect()
+    }
 }

@@ -180,7 +180,7 @@ fn train(args: &Args, config: TrainConfig, group: Rc<ProcessGroup>) -> Result<()
     let dp = DataParallel {
         group,
         bucket_elems: qoq_train::parallel::bucket_elems(config.distributed.bucket_mb),
-        sharded_optimizer: config.distributed.sharded_optimizer,
+        sharding: config.distributed.sharding(),
     };
     let main_rank = dp.is_main();
     let (rank, world) = (dp.rank(), dp.world());
@@ -199,7 +199,10 @@ fn train(args: &Args, config: TrainConfig, group: Rc<ProcessGroup>) -> Result<()
             trainer.config.sft.steps,
             trainer.config.rl.steps,
             trainer.device(),
-            if trainer.config.distributed.sharded_optimizer && world > 1 { ", sharded optimizer" } else { "" }
+            match trainer.config.distributed.sharding() {
+                qoq_train::config::Sharding::None => String::new(),
+                s => format!(", sharding {s:?}").to_lowercase(),
+            }
         );
     }
     let bar = if main_rank { qoq_tools::progress_bar(total, "steps") } else { indicatif::ProgressBar::hidden() };

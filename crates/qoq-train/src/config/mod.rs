@@ -121,6 +121,13 @@ impl TrainConfig {
         if model.dtype == Dtype::Float32 && model.grad_dtype == GradDtype::Bfloat16 {
             return Err("model.grad_dtype = \"bfloat16\" needs model.dtype = \"bfloat16\"".into());
         }
+        let d = &self.distributed;
+        if d.sharded_optimizer && !matches!(d.sharding, Sharding::None | Sharding::Optimizer) {
+            return Err(format!(
+                "distributed.sharded_optimizer = true and distributed.sharding = \"{}\" disagree; keep only `sharding`",
+                serde_json::to_value(d.sharding).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+            ));
+        }
         if self.memory.logits_chunk_tokens < 1 {
             return Err(format!(
                 "memory.logits_chunk_tokens must be at least 1, got {}",

@@ -39,12 +39,31 @@ impl MemorySection {
     }
 }
 
+/// `distributed.sharding`: what each of N ranks keeps 1/N of.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Sharding {
+    /// Everything whole on every rank; gradients all-reduced at the optimizer step.
+    #[default]
+    None,
+    /// The AdamW moments (ZeRO stage 1; `sharded.rs`).
+    Optimizer,
+    /// Also the fp32 gradients (and masters), reduce-scattered unit by unit during the
+    /// backward (ZeRO stage 2; `fsdp.rs`).
+    Gradients,
+    /// Also the parameters: each unit's are all-gathered just before it runs and freed
+    /// after (ZeRO stage 3 / FSDP; `fsdp.rs`).
+    Full,
+}
+
 /// Settings for runs on several ranks (`torchrun` or `train --nproc N`); a single
 /// process ignores them.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DistributedSection {
-    /// Shard the AdamW moments across ranks (ZeRO stage 1).
+    /// What each rank keeps 1/N of.
+    pub sharding: Sharding,
+    /// The older spelling of `sharding = "optimizer"` (still read).
     pub sharded_optimizer: bool,
     /// Gradient bucket size in MiB of fp32 (one collective per bucket).
     pub bucket_mb: usize,
@@ -55,7 +74,22 @@ pub struct DistributedSection {
 
 impl Default for DistributedSection {
     fn default() -> Self {
-        Self { sharded_optimizer: false, bucket_mb: crate::parallel::DEFAULT_BUCKET_MIB, timeout_s: 1800 }
+        Self {
+            sharding: Sharding::None,
+            sharded_optimizer: false,
+            bucket_mb: crate::parallel::DEFAULT_BUCKET_MIB,
+            timeout_s: 1800,
+        }
+    }
+}
+
+impl DistributedSection {
+    /// The sharding asked for, `sharded_optimizer = true` read as "optimizer".
+    pub fn sharding(&self) -> Sharding {
+        match (self.sharding, self.sharded_optimizer) {
+            (Sharding::None, true) => Sharding::Optimizer,
+            (s, _) => s,
+        }
     }
 }
 

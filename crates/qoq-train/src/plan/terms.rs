@@ -146,7 +146,7 @@ pub fn rank_terms(c: &TrainConfig, model: &ModelShape, s: &Sizes, main: bool) ->
     let (total, trainable) = (counts.total() as f64, counts.trainable(freeze) as f64);
     let b = s.b;
     let w = s.world as f64;
-    let shard = if c.distributed.sharded_optimizer && s.world > 1 { w } else { 1.0 };
+    let shard = if c.distributed.sharding() != crate::config::Sharding::None && s.world > 1 { w } else { 1.0 };
     let dtype = if s.bf16 { "bfloat16" } else { "float32" };
     let cpu = c.run.device == DeviceConfig::Cpu;
     let (h, v) = (t.hidden as f64, t.vocab as f64);
