@@ -129,7 +129,9 @@ pub fn forward_for_update_gated<P: Policy + ?Sized>(
         }
         Tape::Graph { hidden: forward_to_norm(policy, &full)? }
     };
-    gate.gather(Unit::Head, !options.recompute)?;
+    if options.recompute {
+        gate.gather(Unit::Head, false)?;
+    }
     let hidden = match &tape {
         Tape::Graph { hidden } => hidden.detach(),
         Tape::Recompute { last, .. } => tch::no_grad(|| policy.text_model().norm.forward(last)),
