@@ -52,7 +52,7 @@ fn qwen3_vl_8b_is_planned_from_its_config_alone_with_8_77_b_parameters() {
     // Qwen3-VL-8B: 8.77 B parameters; the sum of the published shapes is 8,767,123,696.
     assert!((count as f64 - 8.77e9).abs() / 8.77e9 < 1e-3, "{count}");
     assert_eq!(count, 8_767_123_696);
-    assert!(stdout.contains("device cuda; 8 rank(s), sharded optimizer"), "{stdout}");
+    assert!(stdout.contains("bfloat16; device cuda; 8 rank(s), sharding: full"), "{stdout}");
     for term in ["parameters", "AdamW moments", "gradients", "reference model", "gathered layers", "KV cache"] {
         assert!(stdout.lines().any(|l| l.trim_start().starts_with(term)), "no {term} in:\n{stdout}");
     }
@@ -82,6 +82,27 @@ fn a_plan_over_the_device_memory_fails_naming_the_peak_and_the_limit() {
     // A roomy limit passes.
     let out = plan(&config, &["--world-size", "8", "--device-memory-gb", "100000"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The paper's workload (512 x 5 rollouts of 4,096 + 4,096 tokens, the k3 reference) as
+/// configs/stage2.toml sets it: bf16, full sharding, token-budget micro-batches.
+#[test]
+fn stage2_fits_qwen3_vl_8b_on_8_gpus_of_80_gb() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = stage2_on_8b(tmp.path());
+    let out = plan(&config, &["--world-size", "8", "--device-memory-gb", "80"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}
+{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("generate 2 prompts x G 5 = 10 rows"), "{stdout}");
+    assert!(stdout.contains("4096 prompt + 4096 new tokens"), "{stdout}");
+    // One GPU cannot hold the model state of a full fine-tune (16 B per parameter).
+    let out = plan(&config, &["--world-size", "1", "--device-memory-gb", "141"]);
+    assert!(!out.status.success());
 }
 
 #[test]

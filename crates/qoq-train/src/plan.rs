@@ -264,10 +264,12 @@ pub fn plan(config: &TrainConfig, model: &ModelShape, world: usize) -> MemoryPla
             thousands(counts.total()),
             thousands(trainable),
             if frozen.is_empty() { String::new() } else { format!(" (frozen: {})", frozen.join(", ")) },
-            if config.distributed.sharding() != crate::config::Sharding::None && world > 1 {
-                ", sharded optimizer"
-            } else {
-                ""
+            match config.distributed.sharding() {
+                crate::config::Sharding::None => "",
+                crate::config::Sharding::Optimizer if world <= 1 => "",
+                crate::config::Sharding::Optimizer => ", sharding: optimizer",
+                crate::config::Sharding::Gradients => ", sharding: gradients",
+                crate::config::Sharding::Full => ", sharding: full",
             },
         ),
         format!(
@@ -438,8 +440,31 @@ mod tests {
         assert_eq!(term(&damping, 0, "reference model").bytes, total * 4.0);
         for name in ["gathered layers", "gathered model for rollouts"] {
             assert_eq!(term(&kl, 0, name).bytes, 0.0);
-            assert_eq!(term(&kl, 0, name).note, "no parameter sharding");
         }
+    }
+
+    #[test]
+    fn sharded_gradients_and_parameters_divide_the_model_state() {
+        let shape = tiny();
+        let total = shape.counts().total() as f64;
+        let unit = shape.largest_unit(&[]) as f64;
+        assert!(unit > shape.layer_params() as f64 && unit < total);
+        let grads = plan(&config("dtype = \"bfloat16\"", "[distributed]\nsharding = \"gradients\"\n"), &tiny(), 4);
+        assert_eq!(term(&grads, 0, "parameters").bytes, total * 2.0);
+        assert_eq!(term(&grads, 0, "fp32 master weights").bytes, total * 4.0 / 4.0);
+        assert_eq!(term(&grads, 0, "gradients").bytes, total * 4.0 / 4.0);
+        assert_eq!(term(&grads, 0, "AdamW moments").bytes, 2.0 * total * 4.0 / 4.0);
+        assert_eq!(term(&grads, 0, "gathered layers").bytes, unit * (2.0 + 4.0));
+        assert_eq!(term(&grads, 0, "gathered model for rollouts").bytes, 0.0);
+        let full = plan(&config("dtype = \"bfloat16\"", "[distributed]\nsharding = \"full\"\n"), &tiny(), 4);
+        assert_eq!(term(&full, 0, "parameters").bytes, 0.0);
+        assert_eq!(term(&full, 0, "gathered layers").bytes, unit * (2.0 * 2.0 + 4.0));
+        assert_eq!(term(&full, 0, "gathered model for rollouts").bytes, total * 2.0);
+        // Every rank writes its own units: nothing whole on rank 0.
+        assert!(full.ranks.iter().all(|r| r.terms.iter().all(|t| t.name != "full moments on rank 0")));
+        let (_, full_peak) = full.ranks[0].peak();
+        let (_, grads_peak) = grads.ranks[0].peak();
+        assert!(full_peak < grads_peak, "{full_peak} vs {grads_peak}");
     }
 
     #[test]

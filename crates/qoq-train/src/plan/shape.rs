@@ -237,6 +237,24 @@ impl ModelShape {
         }
         largest
     }
+
+    /// Trainable elements of the largest set of units gathered at once under
+    /// `distributed.sharding = "gradients" | "full"` (`qoq_policy::gate`): a decoder layer,
+    /// the input stage (embeddings and vision tower), or the head (final norm and
+    /// `lm_head`; with tied embeddings the head needs the input stage too).
+    pub fn largest_unit(&self, freeze: &[ModuleGroup]) -> i64 {
+        let t = &self.text;
+        let c = self.counts();
+        let llm = !freeze.contains(&ModuleGroup::Llm);
+        let keep = |g: ModuleGroup, n: i64| if freeze.contains(&g) { 0 } else { n };
+        let embed = t.vocab * t.hidden;
+        let input = if llm { embed } else { 0 }
+            + keep(ModuleGroup::VisionTower, c.vision_tower)
+            + keep(ModuleGroup::Merger, c.merger);
+        let head = if llm { t.hidden + if t.tied { 0 } else { embed } } else { 0 };
+        let layer = if llm { self.layer_params() } else { 0 };
+        layer.max(input).max(if t.tied { head + input } else { head })
+    }
 }
 
 #[cfg(test)]

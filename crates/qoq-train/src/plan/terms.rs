@@ -9,7 +9,7 @@ use super::formulas::{
 };
 use super::shape::ModelShape;
 use super::{Phase, Term};
-use crate::config::{DeviceConfig, Dtype, TrainConfig};
+use crate::config::{DeviceConfig, Dtype, GradDtype, Sharding, TrainConfig};
 
 /// Peak RSS of `train` on this machine's CPU libtorch before any step (libtorch, the
 /// tokenizer, the data loader and the process), measured with `train --max-steps 0` on
@@ -146,19 +146,46 @@ pub fn rank_terms(c: &TrainConfig, model: &ModelShape, s: &Sizes, main: bool) ->
     let (total, trainable) = (counts.total() as f64, counts.trainable(freeze) as f64);
     let b = s.b;
     let w = s.world as f64;
-    let shard = if c.distributed.sharding() != crate::config::Sharding::None && s.world > 1 { w } else { 1.0 };
+    // As the trainer builds it: ZeRO-1 only over several ranks, the flat shards always.
+    let mode = match c.distributed.sharding() {
+        Sharding::Optimizer if s.world <= 1 => Sharding::None,
+        m => m,
+    };
+    let flat = matches!(mode, Sharding::Gradients | Sharding::Full);
+    let shard = if mode == Sharding::None { 1.0 } else { w };
+    let unit = model.largest_unit(freeze) as f64;
+    let rb = if c.model.grad_dtype == GradDtype::Bfloat16 { 2.0 } else { 4.0 };
     let dtype = if s.bf16 { "bfloat16" } else { "float32" };
     let cpu = c.run.device == DeviceConfig::Cpu;
     let (h, v) = (t.hidden as f64, t.vocab as f64);
     let d = t.head_dim as f64;
     let mut out = vec![
-        Term::new(
-            "parameters",
-            &[],
-            total * b,
-            format!("{} x {b} B ({dtype}); every variable of the family's model.rs", counts.total()),
-        ),
-        if s.bf16 {
+        if mode == Sharding::Full {
+            Term::new(
+                "parameters",
+                &[],
+                (total - trainable) * b,
+                format!(
+                    "the {} frozen x {b} B ({dtype}) only: trainable ones live as shards (fsdp.rs)",
+                    counts.total() - counts.trainable(freeze)
+                ),
+            )
+        } else {
+            Term::new(
+                "parameters",
+                &[],
+                total * b,
+                format!("{} x {b} B ({dtype}); every variable of the family's model.rs", counts.total()),
+            )
+        },
+        if flat {
+            Term::new(
+                "fp32 master weights",
+                &[],
+                trainable * 4.0 / w,
+                "trainable x 4 B / N: this rank's flat shards (fsdp.rs)",
+            )
+        } else if s.bf16 {
             Term::new(
                 "fp32 master weights",
                 &[],
@@ -172,25 +199,39 @@ pub fn rank_terms(c: &TrainConfig, model: &ModelShape, s: &Sizes, main: bool) ->
             "AdamW moments",
             &[],
             2.0 * trainable * 4.0 / shard,
-            "2 x trainable x 4 B (optim.rs AdamW::new; /N: sharded.rs)",
+            "2 x trainable x 4 B (optim.rs AdamW::new; /N: sharded.rs, fsdp.rs)",
         ),
-        Term::new(
-            "gradients",
-            &[],
-            trainable * b + if s.bf16 { trainable * 4.0 } else { 0.0 },
-            format!(
-                "trainable x {b} B{}: every .grad exists from the optimizer's start (parallel.rs materialize_grads)",
-                if s.bf16 { " on the weights + 4 B on the masters" } else { "" }
-            ),
-        ),
+        if flat {
+            Term::new("gradients", &[], trainable * 4.0 / w, "trainable x 4 B / N: the fp32 gradient shard (fsdp.rs)")
+        } else {
+            Term::new(
+                "gradients",
+                &[],
+                trainable * b + if s.bf16 { trainable * 4.0 } else { 0.0 },
+                format!(
+                    "trainable x {b} B{}: every .grad exists from the optimizer's start (parallel.rs materialize_grads)",
+                    if s.bf16 { " on the weights + 4 B on the masters" } else { "" }
+                ),
+            )
+        },
         Term::new(
             "reference model",
             &[],
             if c.algorithm.needs_reference() && c.rl.steps > 0 { total * b } else { 0.0 },
             "a second copy when kl_coef != 0 or DRPO kl_damping (trainer.rs Trainer::new)",
         ),
-        Term::new("gathered layers", &[], 0.0, "no parameter sharding"),
-        Term::new("gathered model for rollouts", &[], 0.0, "no parameter sharding"),
+        gathered_unit_term(mode, unit, b, rb),
+        if mode == Sharding::Full {
+            Term::new(
+                "gathered model for rollouts",
+                &[Phase::Prefill, Phase::Decode, Phase::Scoring, Phase::Validation],
+                trainable * b,
+                format!("trainable x {b} B: gather_all for generation and scoring (fsdp.rs)"),
+            )
+            .block(unit * b)
+        } else {
+            Term::new("gathered model for rollouts", &[], 0.0, "parameters whole on every rank")
+        },
         if cpu {
             Term::new(
                 "runtime baseline",
@@ -295,7 +336,15 @@ pub fn rank_terms(c: &TrainConfig, model: &ModelShape, s: &Sizes, main: bool) ->
         out.extend(update_terms(c, model, s, s.sft_rows, s.new_tokens, "SFT", &phases));
     }
     let largest = model.largest_trainable(freeze) as f64;
-    let (opt, note) = if shard > 1.0 {
+    let (opt, note) = if flat {
+        (
+            16.0 * unit / w + if mode == Sharding::Gradients { unit * b } else { 0.0 },
+            format!(
+                "the norm's f64 square of the largest unit's shard{} (fsdp.rs optimizer_step)",
+                if mode == Sharding::Gradients { ", then its gathered weights" } else { "" }
+            ),
+        )
+    } else if shard > 1.0 {
         (
             4.0 * (c.distributed.bucket_mb << 20) as f64,
             "flat gradient, weight and gathered buckets (sharded.rs step)".to_string(),
@@ -310,9 +359,29 @@ pub fn rank_terms(c: &TrainConfig, model: &ModelShape, s: &Sizes, main: bool) ->
             ),
         )
     };
-    let opt_block = if shard > 1.0 { (c.distributed.bucket_mb << 20) as f64 } else { 8.0 * largest };
+    let opt_block = if flat {
+        8.0 * unit / w
+    } else if shard > 1.0 {
+        (c.distributed.bucket_mb << 20) as f64
+    } else {
+        8.0 * largest
+    };
     out.push(Term::new("optimizer step temporaries", &[Phase::Optimizer], opt, note).block(opt_block));
-    if main && shard > 1.0 {
+    if flat {
+        // checkpoint_shards.rs: a unit's fp32 masters or moments gathered on its writer
+        // at a time; the writer's share of the file on the host.
+        let host = if cpu { 12.0 * trainable / w } else { 0.0 };
+        out.push(
+            Term::new(
+                "checkpoint share",
+                &[Phase::Checkpoint],
+                unit * 4.0 + host,
+                "one unit gathered on its writer (fsdp.rs checkpoint_share), this rank's files on the host",
+            )
+            .block(unit * 4.0),
+        );
+    }
+    if main && mode == Sharding::Optimizer {
         out.push(
             Term::new(
                 "full moments on rank 0",
@@ -351,6 +420,33 @@ pub fn rank_terms(c: &TrainConfig, model: &ModelShape, s: &Sizes, main: bool) ->
         );
     }
     out
+}
+
+/// What one gathered unit costs during an update's forward and backward under flat
+/// sharding: its parameters ("full"), its whole gradients and the reduce-scatter's flat
+/// copy (fsdp.rs gather_group / reduce_group).
+fn gathered_unit_term(mode: Sharding, unit: f64, b: f64, rb: f64) -> Term {
+    let phases =
+        [Phase::SftHead, Phase::SftLayers, Phase::SftInput, Phase::UpdateHead, Phase::UpdateLayers, Phase::UpdateInput];
+    match mode {
+        Sharding::Full => Term::new(
+            "gathered layers",
+            &phases,
+            unit * (2.0 * b + rb),
+            format!(
+                "the largest unit ({unit} elements): parameters and gradients x {b} B, reduce-scatter input x {rb} B"
+            ),
+        )
+        .block(unit * b),
+        Sharding::Gradients => Term::new(
+            "gathered layers",
+            &phases,
+            unit * (b + rb),
+            format!("the largest unit's whole gradients x {b} B and reduce-scatter input x {rb} B ({unit} elements)"),
+        )
+        .block(unit * b),
+        _ => Term::new("gathered layers", &[], 0.0, "no parameter sharding"),
+    }
 }
 
 /// The forward of `rows` prompts of `l` tokens without a graph: mask, rope tables, hidden
