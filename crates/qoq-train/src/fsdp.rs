@@ -104,7 +104,30 @@ impl FlatShards {
         compute: Kind,
         reduce: Kind,
     ) -> Self {
+        Self::build(level, config, params, tied, group, compute, reduce, true)
+    }
+
+    /// The shards of a model that does not train (the reference model with "full"): each
+    /// rank keeps 1/N of it in `compute`, no gradient or moment; [`Self::gather_all`] makes
+    /// it whole for its scoring. Call [`Self::settle`] after.
+    pub fn frozen(params: Vec<(String, Tensor)>, tied: bool, group: Rc<ProcessGroup>, compute: Kind) -> Self {
+        Self::build(Level::Full, OptimConfig::default(), params, tied, group, compute, compute, false)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn build(
+        level: Level,
+        config: OptimConfig,
+        params: Vec<(String, Tensor)>,
+        tied: bool,
+        group: Rc<ProcessGroup>,
+        compute: Kind,
+        reduce: Kind,
+        trains: bool,
+    ) -> Self {
         let _guard = tch::no_grad_guard();
+        // The masters of a model that trains are fp32; a frozen one keeps its dtype.
+        let store = if trains { Kind::Float } else { compute };
         let (rank, world) = (group.rank() as i64, group.world_size() as i64);
         let mut by_name: BTreeMap<Unit, Vec<(String, Tensor)>> = BTreeMap::new();
         for (name, t) in params {
@@ -126,8 +149,7 @@ impl FlatShards {
                 .collect();
             let part = (offset + world - 1) / world;
             let owned = |flat: Tensor| flat.narrow(0, rank * part, part).copy();
-            let values: Vec<Tensor> =
-                params.iter().map(|p| p.tensor.detach().to_kind(Kind::Float).reshape([-1])).collect();
+            let values: Vec<Tensor> = params.iter().map(|p| p.tensor.detach().to_kind(store).reshape([-1])).collect();
             let masks: Vec<Tensor> = params
                 .iter()
                 .map(|p| {
@@ -135,14 +157,16 @@ impl FlatShards {
                 })
                 .collect();
             let pad = |mut parts: Vec<Tensor>| {
-                parts.push(Tensor::zeros([part * world - offset], (Kind::Float, device)));
+                let kind = parts[0].kind();
+                parts.push(Tensor::zeros([part * world - offset], (kind, device)));
                 Tensor::cat(&parts, 0)
             };
-            let zeros = || Tensor::zeros([part], (Kind::Float, device));
+            // No gradient or moments for a frozen model.
+            let zeros = || Tensor::zeros([if trains { part } else { 0 }], (Kind::Float, device));
             by_unit.insert(unit, groups.len());
             groups.push(FlatGroup {
                 master: owned(pad(values)),
-                decay: owned(pad(masks)),
+                decay: if trains { owned(pad(masks)) } else { zeros() },
                 grad: zeros(),
                 exp_avg: zeros(),
                 exp_avg_sq: zeros(),

@@ -61,6 +61,7 @@ impl Trainer {
         let t = Instant::now();
         let refs = match &self.reference {
             Some(r) => {
+                let _whole = self.whole_reference()?;
                 Some(self.score_rows(r.as_ref(), &prompts, &rows, &packings, local_per_update, rl.temperature)?)
             }
             None => None,

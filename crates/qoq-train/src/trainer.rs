@@ -48,6 +48,8 @@ pub struct Trainer {
     pub(crate) device: Device,
     pub(crate) policy: Box<dyn Policy>,
     pub(crate) reference: Option<Box<dyn Policy>>,
+    /// The reference model's shards, with `distributed.sharding = "full"`.
+    pub(crate) reference_shards: Option<FlatShards>,
     pub(crate) tokenizer: Tokenizer,
     pub(crate) processor: ImageProcessor,
     pub(crate) scorer: Scorer,
@@ -100,6 +102,19 @@ impl Trainer {
             Some(r)
         } else {
             None
+        };
+        // With "full", the reference model is sharded too and gathered for its scoring.
+        let reference_shards = match (&reference, dp.sharding) {
+            (Some(r), Sharding::Full) => {
+                let mut vars: Vec<(String, Tensor)> = r.var_store().variables().into_iter().collect();
+                vars.sort_by(|a, b| a.0.cmp(&b.0));
+                let tied = !vars.iter().any(|(n, _)| n == "lm_head.weight");
+                let kind = if bf16 { Kind::BFloat16 } else { Kind::Float };
+                let shards = FlatShards::frozen(vars, tied, dp.group.clone(), kind);
+                shards.settle();
+                Some(shards)
+            }
+            _ => None,
         };
         let tokenizer = Tokenizer::from_file(config.model.path.join("tokenizer.json"))?;
         // The processor of the model's family (and its preprocessor_config.json), then [processor].
@@ -194,6 +209,7 @@ impl Trainer {
             device,
             policy,
             reference,
+            reference_shards,
             tokenizer,
             processor,
             scorer,
@@ -340,11 +356,12 @@ impl Trainer {
     /// The whole policy on every rank until the guard drops (rollouts, scoring); a no-op
     /// unless the parameters are sharded. Every rank must call it.
     pub(crate) fn whole_policy(&self) -> Result<WholePolicy<'_>, TrainError> {
-        let flat = self.optimizer.flat();
-        if let Some(f) = flat {
-            f.gather_all()?;
-        }
-        Ok(WholePolicy(flat))
+        whole(self.optimizer.flat())
+    }
+
+    /// The same for the reference model (its scoring).
+    pub(crate) fn whole_reference(&self) -> Result<WholePolicy<'_>, TrainError> {
+        whole(self.reference_shards.as_ref())
     }
 
     /// With sharded gradients, every rank must run as many micro-batches as the rank with
@@ -386,6 +403,13 @@ fn optimized(policy: &dyn Policy, masters: Option<&MasterWeights>) -> Vec<(Strin
         Some(m) => m.named_masters(),
         None => policy.trainable_parameters(),
     }
+}
+
+fn whole(flat: Option<&FlatShards>) -> Result<WholePolicy<'_>, TrainError> {
+    if let Some(f) = flat {
+        f.gather_all()?;
+    }
+    Ok(WholePolicy(flat))
 }
 
 /// Keeps the sharded policy gathered while alive ([`Trainer::whole_policy`]).

@@ -217,8 +217,12 @@ pub fn rank_terms(c: &TrainConfig, model: &ModelShape, s: &Sizes, main: bool) ->
         Term::new(
             "reference model",
             &[],
-            if c.algorithm.needs_reference() && c.rl.steps > 0 { total * b } else { 0.0 },
-            "a second copy when kl_coef != 0 or DRPO kl_damping (trainer.rs Trainer::new)",
+            if c.algorithm.needs_reference() && c.rl.steps > 0 { total * b / if mode == Sharding::Full { w } else { 1.0 } } else { 0.0 },
+            if mode == Sharding::Full {
+                "1/N of a second copy (kl_coef != 0 or DRPO kl_damping), gathered for its scoring in the rollouts' place (fsdp.rs FlatShards::frozen)"
+            } else {
+                "a second copy when kl_coef != 0 or DRPO kl_damping (trainer.rs Trainer::new)"
+            },
         ),
         gathered_unit_term(mode, unit, b, rb),
         if mode == Sharding::Full {
