@@ -232,11 +232,21 @@ fn dtype_and_algorithm_are_read_into_their_types_with_todays_defaults() {
         ("algorithm", "advantage", "\"ppo\"", "ppo"),
         ("model", "grad_dtype", "\"bfloat16\"", "needs model.dtype = \"bfloat16\""),
         ("model", "dtype", "\"float64\"", "dtype"),
+        ("distributed", "sharding", "\"zero3\"", "zero3"),
     ];
     for (i, (table, key, value, needle)) in cases.into_iter().enumerate() {
         let err = load(tmp.path(), &format!("bad{i}"), &with_key(&base, table, key, value)).unwrap_err();
         assert!(err.contains(needle) && err.contains(&format!("bad{i}.toml")), "{table}.{key} = {value}: {err}");
     }
+
+    // distributed.sharding, and the older sharded_optimizer = true, which it must not contradict.
+    use qoq_train::config::Sharding;
+    assert_eq!(c_sharding(tmp.path(), &base, &[]), Ok(Sharding::None));
+    assert_eq!(c_sharding(tmp.path(), &base, &[("sharding", "\"full\"")]), Ok(Sharding::Full));
+    assert_eq!(c_sharding(tmp.path(), &base, &[("sharded_optimizer", "true")]), Ok(Sharding::Optimizer));
+    let err =
+        c_sharding(tmp.path(), &base, &[("sharding", "\"gradients\""), ("sharded_optimizer", "true")]).unwrap_err();
+    assert!(err.contains("sharded_optimizer = true and distributed.sharding = \"gradients\" disagree"), "{err}");
 
     // [sft.optim] keeps the SFT learning rate when the table is written without lr.
     let sft = with_key(&base.replace("lr = 1e-3\n\n[rl]", "weight_decay = 0.5\n\n[rl]"), "sft", "steps", "2");
@@ -305,4 +315,12 @@ fn stage1_is_stage2_with_its_overrides() {
     stage2.rl.steps = stage1.rl.steps;
     stage2.rl.optim.lr = stage1.rl.optim.lr;
     assert_eq!(format!("{stage1:?}"), format!("{stage2:?}"));
+}
+
+/// The sharding a config with `keys` set in `[distributed]` asks for (checked as `train` checks).
+fn c_sharding(dir: &Path, base: &str, keys: &[(&str, &str)]) -> Result<qoq_train::config::Sharding, String> {
+    let text = keys.iter().fold(base.to_string(), |t, (k, v)| with_key(&t, "distributed", k, v));
+    let c = load(dir, "sharding", &text)?;
+    c.check(false)?;
+    Ok(c.distributed.sharding())
 }

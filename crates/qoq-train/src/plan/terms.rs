@@ -217,7 +217,11 @@ pub fn rank_terms(c: &TrainConfig, model: &ModelShape, s: &Sizes, main: bool) ->
         Term::new(
             "reference model",
             &[],
-            if c.algorithm.needs_reference() && c.rl.steps > 0 { total * b / if mode == Sharding::Full { w } else { 1.0 } } else { 0.0 },
+            if c.algorithm.needs_reference() && c.rl.steps > 0 {
+                total * b / if mode == Sharding::Full { w } else { 1.0 }
+            } else {
+                0.0
+            },
             if mode == Sharding::Full {
                 "1/N of a second copy (kl_coef != 0 or DRPO kl_damping), gathered for its scoring in the rollouts' place (fsdp.rs FlatShards::frozen)"
             } else {
