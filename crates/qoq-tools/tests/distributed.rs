@@ -184,6 +184,17 @@ fn two_and_three_ranks_train_as_one_process_on_the_global_batch() {
         let diff = max_weight_difference(&one.join(final_step).join("model"), &out.join(final_step).join("model"));
         eprintln!("{name}: largest weight difference from one process {diff:.2e}");
         assert!(diff < 1e-5, "{name}: weights differ by {diff}");
+        if sharding == "full" {
+            // Written by every rank, exported to one Hugging Face folder as any checkpoint.
+            let exported = out.join("exported");
+            let result = Command::new(env!("CARGO_BIN_EXE_export"))
+                .args(["--checkpoint", out.join(final_step).to_str().unwrap(), "--out", exported.to_str().unwrap()])
+                .output()
+                .unwrap();
+            assert!(result.status.success(), "{name}: {}", String::from_utf8_lossy(&result.stderr));
+            let diff = max_weight_difference(&one.join(final_step).join("model"), &exported);
+            assert!(diff < 1e-5, "{name}: exported weights differ by {diff}");
+        }
         // Moments: full, by name, the same as one process's.
         // (One file, or with sharded parameters one per writing rank and an index.)
         let opt = |dir: &Path| -> BTreeMap<String, tch::Tensor> {
