@@ -44,7 +44,7 @@ impl TakingGate {
             .map(|(n, t)| {
                 let saved = t.detach().copy();
                 let unit = unit_of(&n);
-                let _ = t.shallow_clone().set_data(&Tensor::empty([0], (t.kind(), Device::Cpu)));
+                t.shallow_clone().set_data(&Tensor::empty([0], (t.kind(), Device::Cpu)));
                 (n, unit, t, saved)
             })
             .collect();
@@ -61,10 +61,10 @@ impl ParamGate for TakingGate {
     fn gather(&self, unit: Unit, backward: bool) -> Result<(), PolicyError> {
         self.calls.borrow_mut().push(Call::Gather(unit, backward));
         for (_, _, t, saved) in self.members(unit) {
-            let _ = t.shallow_clone().set_data(saved);
+            t.shallow_clone().set_data(saved);
             let g = t.grad();
             if backward && g.defined() && g.numel() == 0 {
-                let _ = g.shallow_clone().set_data(&saved.zeros_like());
+                g.shallow_clone().set_data(&saved.zeros_like());
             }
         }
         Ok(())
@@ -87,7 +87,7 @@ impl ParamGate for TakingGate {
                     None => g.copy(),
                 };
                 grads.insert(name.clone(), sum);
-                let _ = g.shallow_clone().set_data(&Tensor::empty([0], (g.kind(), Device::Cpu)));
+                g.shallow_clone().set_data(&Tensor::empty([0], (g.kind(), Device::Cpu)));
             }
         }
         self.take(unit);
@@ -98,7 +98,7 @@ impl ParamGate for TakingGate {
 impl TakingGate {
     fn take(&self, unit: Unit) {
         for (_, _, t, _) in self.members(unit) {
-            let _ = t.shallow_clone().set_data(&Tensor::empty([0], (t.kind(), Device::Cpu)));
+            t.shallow_clone().set_data(&Tensor::empty([0], (t.kind(), Device::Cpu)));
         }
     }
 }
