@@ -27,6 +27,7 @@ pub mod qwen2_5_vl;
 pub mod qwen3_vl;
 mod update;
 mod vision_inputs;
+mod vision_recompute;
 pub mod weights;
 
 pub use error::PolicyError;
@@ -35,7 +36,8 @@ pub use layers::decoder::{DecoderLayer, TextModel};
 pub use layers::kv_cache::{DecodeState, LayerCache};
 pub use layers::rope::{Grid, RopeIndex};
 pub use policy::{
-    load_policy, Embedded, Family, Inputs, ModuleGroup, Policy, PromptFormat, SpecialTokens, VisionPass, VisionTower,
+    load_policy, Embedded, Family, Inputs, ModuleGroup, Policy, PromptFormat, SpecialTokens, VisionFn, VisionPass,
+    VisionTower,
 };
 pub use qwen2_5_vl::{Qwen25VL, Qwen25VLConfig};
 pub use qwen3_vl::{Qwen3VL, Qwen3VLConfig};

@@ -291,6 +291,10 @@ pub struct VisionPass {
     pub window_index: Option<Tensor>,
 }
 
+/// A vision pass as [`Policy::embed_with`] takes it: (pixel values, grids) -> (merged
+/// tokens, tapped features).
+pub type VisionFn<'a> = dyn FnMut(&Tensor, &[Grid]) -> Result<(Tensor, Vec<Tensor>), PolicyError> + 'a;
+
 /// What the trainer and the tools use of a model, whatever its family.
 pub trait Policy: Send {
     fn family(&self) -> Family;
@@ -305,7 +309,13 @@ pub trait Policy: Send {
     fn text_model(&self) -> &TextModel;
     fn vision_tower(&self) -> &dyn VisionTower;
     /// Input stage: token embeddings with media scattered in, rope positions, injections.
-    fn embed(&self, inputs: &Inputs<'_>) -> Result<Embedded, PolicyError>;
+    fn embed(&self, inputs: &Inputs<'_>) -> Result<Embedded, PolicyError> {
+        self.embed_with(inputs, &mut |pixels, grids| Ok(self.vision_tower().forward(pixels, grids)))
+    }
+    /// [`Self::embed`] with each media's vision pass made by `tower` (pixel values on the
+    /// device, their grids) -> (merged tokens, tapped features): the update runs the tower
+    /// block by block through it, keeping each block's input for recomputation.
+    fn embed_with(&self, inputs: &Inputs<'_>, tower: &mut VisionFn<'_>) -> Result<Embedded, PolicyError>;
     /// Rope tables for position ids `[3, B, L]`: cos and sin `[B, L, head_dim]` (f32).
     fn rope(&self, positions: &Tensor) -> (Tensor, Tensor);
     /// Vocabulary logits of final hidden states (`lm_head`, or the tied embedding).

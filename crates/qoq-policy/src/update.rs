@@ -13,9 +13,10 @@
 //! **Recomputation** (`recompute`). The forward runs without autograd and keeps only each
 //! decoder layer's input. The backward then goes last layer to first: recompute the layer
 //! with autograd from its (detached) input, backpropagate `(y * g).sum()`, and take the
-//! input's gradient as the next `g`. The input stage (embeddings, vision tower, mergers) is
-//! recomputed the same way as one segment after the decoder, so its activations are alive
-//! only while the decoder's are already freed. DeepStack features get the gradient of the
+//! input's gradient as the next `g`. The vision tower keeps each block's input too and is
+//! recomputed block by block after the decoder (`vision_recompute.rs`): the merger, the
+//! blocks last to first, the patch embedding; the embeddings take their gradient with the
+//! media's merged tokens as leaves. DeepStack features get the gradient of the
 //! hidden states at their placeholders after the layer they are added to.
 //!
 //! ```no_run
@@ -36,6 +37,7 @@ use crate::gate::{ParamGate, Unit, WholeModel};
 use crate::layers::causal_mask;
 use crate::layers::kv_cache::LayerCache;
 use crate::policy::{Embedded, Inputs, Policy};
+use crate::vision_recompute::{self, VisionTape};
 use crate::PolicyError;
 
 /// How an update's forward spends memory.
@@ -77,7 +79,16 @@ enum Tape {
     /// The whole forward's graph, up to the final hidden states `[B, L + T, hidden]`.
     Graph { hidden: Tensor },
     /// No graph: each decoder layer's input, then the last layer's output.
-    Recompute { embedded: Embedded, cos: Tensor, sin: Tensor, mask: Tensor, layer_inputs: Vec<Tensor>, last: Tensor },
+    Recompute {
+        embedded: Embedded,
+        /// Each media's vision pass, block inputs kept (`vision_recompute.rs`).
+        vision: Vec<VisionTape>,
+        cos: Tensor,
+        sin: Tensor,
+        mask: Tensor,
+        layer_inputs: Vec<Tensor>,
+        last: Tensor,
+    },
 }
 
 /// Runs the forward of `responses` after the prompt rows of `inputs` (one response per row).
@@ -108,7 +119,13 @@ pub fn forward_for_update_gated<P: Policy + ?Sized>(
     let tape = if options.recompute {
         tch::no_grad(|| -> Result<Tape, PolicyError> {
             gate.gather(Unit::Input, false)?;
-            let embedded = policy.embed(&full)?;
+            let mut vision = Vec::new();
+            let embedded = policy.embed_with(&full, &mut |pixels, grids| {
+                let tape = vision_recompute::forward(policy.vision_tower(), pixels, grids);
+                let out = (tape.merged.shallow_clone(), tape.taps.iter().map(Tensor::shallow_clone).collect());
+                vision.push(tape);
+                Ok(out)
+            })?;
             gate.release(Unit::Input)?;
             let (cos, sin, mask) = rope_and_mask(policy, &embedded);
             let mut layer_inputs = Vec::new();
@@ -120,7 +137,7 @@ pub fn forward_for_update_gated<P: Policy + ?Sized>(
                 layer_inputs.push(x);
                 x = embedded.inject(i, y);
             }
-            Ok(Tape::Recompute { embedded, cos, sin, mask, layer_inputs, last: x })
+            Ok(Tape::Recompute { embedded, vision, cos, sin, mask, layer_inputs, last: x })
         })?
     } else {
         // The graph holds every parameter until the backward.
@@ -216,7 +233,7 @@ impl UpdateForward {
                     gate.reduce(unit)?;
                 }
             }
-            Tape::Recompute { embedded, cos, sin, mask, mut layer_inputs, last } => {
+            Tape::Recompute { embedded, vision, cos, sin, mask, mut layer_inputs, last } => {
                 gate.gather(Unit::Head, true)?;
                 let last = last.detach().set_requires_grad(true);
                 let h = layout.select(&norm.forward(&last));
@@ -253,23 +270,32 @@ impl UpdateForward {
                     gate.reduce(Unit::Layer(i))?;
                     grad = x.grad();
                 }
-                // The input stage, recomputed with autograd as one segment.
+                // The input stage: the embeddings with the media's merged tokens as leaves
+                // (their gradient is what the vision tower's backward starts from), then
+                // each tower block by block.
                 gate.gather(Unit::Input, true)?;
                 let full = inputs.with_ids(&layout.full_ids, &layout.full_mask);
-                let again = policy.embed(&full)?;
-                let mut terms = Vec::new();
+                let mut leaves = Vec::new();
+                let again = policy.embed_with(&full, &mut |_, _| {
+                    let tape = &vision[leaves.len()];
+                    let leaf = tape.merged.detach().set_requires_grad(true);
+                    leaves.push(leaf.shallow_clone());
+                    Ok((leaf, tape.taps.iter().map(Tensor::detach).collect()))
+                })?;
                 if again.embeds.requires_grad() {
-                    terms.push((&again.embeds * &grad).sum(Kind::Float));
+                    (&again.embeds * &grad).sum(Kind::Float).backward();
                 }
-                for ((_, features), grads) in again.injections.iter().zip(&feature_grads) {
-                    for (f, g) in features.iter().zip(grads) {
-                        if let (true, Some(g)) = (f.requires_grad(), g) {
-                            terms.push((f * g).sum(Kind::Float));
-                        }
-                    }
-                }
-                if !terms.is_empty() {
-                    Tensor::stack(&terms, 0).sum(Kind::Float).backward();
+                drop(again);
+                // Qwen3-VL's injections are per media, in the tapes' order.
+                for (k, (tape, leaf)) in vision.into_iter().zip(&leaves).enumerate() {
+                    let merged_grad = leaf.grad();
+                    let taps = feature_grads.get(k).map(Vec::as_slice).unwrap_or(&[]);
+                    vision_recompute::backward(
+                        policy.vision_tower(),
+                        tape,
+                        merged_grad.defined().then_some(&merged_grad),
+                        taps,
+                    );
                 }
                 gate.reduce(Unit::Input)?;
             }

@@ -122,10 +122,13 @@ fn check(family: &str, checkpoint: &str, case_name: &str) {
     }
 }
 
-/// In fp64 the two computations agree to fp64 rounding (an error in the chain rule would
-/// show at any precision); in fp32 each parameter's gradient to 1e-6 of its norm (the
-/// head's chunks sum in another order).
-fn check_in(family: &str, checkpoint: &str, case_name: &str, kind: Kind) {
+/// The policy and a case's tensors in `kind`.
+fn policy_and_case(
+    family: &str,
+    checkpoint: &str,
+    case_name: &str,
+    kind: Kind,
+) -> (Box<dyn Policy>, HashMap<String, Tensor>) {
     let mut policy = load_policy(&fixtures(family).join(checkpoint), Device::Cpu).unwrap();
     policy.set_kind(kind);
     let mut tensors = case(family, case_name);
@@ -134,6 +137,29 @@ fn check_in(family: &str, checkpoint: &str, case_name: &str, kind: Kind) {
             *t = t.to_kind(kind);
         }
     }
+    (policy, tensors)
+}
+
+/// Each parameter's distance from `truth` relative to its norm, and the whole vector's.
+fn errors(grads: &BTreeMap<String, Tensor>, truth: &BTreeMap<String, Tensor>) -> (f64, BTreeMap<String, f64>) {
+    let (mut diff2, mut norm2, mut each) = (0.0, 0.0, BTreeMap::new());
+    for (name, t) in truth {
+        let t = t.to_kind(Kind::Double);
+        let (d, n) = ((grads[name].to_kind(Kind::Double) - &t).norm().double_value(&[]), t.norm().double_value(&[]));
+        (diff2, norm2) = (diff2 + d * d, norm2 + n * n);
+        each.insert(name.clone(), d / n.max(1e-30));
+    }
+    ((diff2 / norm2).sqrt(), each)
+}
+
+/// In fp64 the two computations agree to fp64 rounding (an error in the chain rule would
+/// show at any precision). In fp32 both are compared with the fp64 gradient: the saving
+/// update must be within 1e-6 of the plain one relative to each parameter's norm, or, where
+/// this CPU's kernels leave the plain fp32 gradient itself further from the fp64 one (the
+/// head's chunks and the reductions sum in other orders: up to 2.4e-6 on one CPU, 5e-7 on
+/// another), no further from fp64 than twice the plain one's distance plus 1e-6.
+fn check_in(family: &str, checkpoint: &str, case_name: &str, kind: Kind) {
+    let (policy, tensors) = policy_and_case(family, checkpoint, case_name, kind);
     let inputs = inputs(&tensors);
     let rows = inputs.input_ids.unwrap().size()[0] as usize;
     let vocab = policy.text_model().embed_tokens.ws.size()[0];
@@ -141,10 +167,21 @@ fn check_in(family: &str, checkpoint: &str, case_name: &str, kind: Kind) {
     let mask = mask_of(&responses);
     let anchor = tch::no_grad(|| plain_logp(policy.as_ref(), &inputs, &responses));
     let mut failures = Vec::new();
+    // The fp64 gradients of the same losses (the same anchor), for the fp32 check.
+    let (policy64, tensors64) = policy_and_case(family, checkpoint, case_name, Kind::Double);
+    let inputs64 = self::inputs(&tensors64);
+    let anchor64 = anchor.to_kind(Kind::Double);
     for loss in [Loss::Rl, Loss::Sft] {
         let plain = gradients(policy.as_ref(), || {
             loss_of(loss, &plain_logp(policy.as_ref(), &inputs, &responses), &mask, &anchor).backward();
         });
+        let truth = (kind == Kind::Float).then(|| {
+            gradients(policy64.as_ref(), || {
+                let logp = plain_logp(policy64.as_ref(), &inputs64, &responses);
+                loss_of(loss, &logp, &mask.to_kind(Kind::Double), &anchor64).backward();
+            })
+        });
+        let plain_error = truth.as_ref().map(|t| errors(&plain, t));
         assert!(plain.len() > 10, "{family}/{case_name}: only {} parameters got a gradient", plain.len());
         for options in [
             UpdateOptions { chunk_tokens: 3, recompute: false },
@@ -184,7 +221,23 @@ fn check_in(family: &str, checkpoint: &str, case_name: &str, kind: Kind) {
                 "{what}: gradient differs by {whole:.2e} of its norm; worst parameter {} by {:.2e}",
                 worst.1, worst.0
             );
-            if whole.is_nan() || worst.0.is_nan() || whole > bound_whole || worst.0 > bound_each {
+            let close = !(whole.is_nan() || worst.0.is_nan() || whole > bound_whole || worst.0 > bound_each);
+            // fp32 on a CPU whose plain gradient is itself that far from fp64: as accurate.
+            let as_accurate = match (&truth, &plain_error) {
+                (Some(truth), Some((plain_whole, plain_each))) => {
+                    let (saving_whole, saving_each) = errors(&saving, truth);
+                    let bad: Vec<String> = saving_each
+                        .iter()
+                        // NaN counts as bad.
+                        .filter(|(n, e)| e.is_nan() || **e > 2.0 * plain_each[*n] + 1e-6)
+                        .map(|(n, e)| format!("{n}: {e:.2e} vs plain {:.2e}", plain_each[n]))
+                        .collect();
+                    eprintln!("{what}: from fp64, whole {saving_whole:.2e} (plain {plain_whole:.2e})");
+                    saving_whole <= 2.0 * plain_whole + 1e-6 && bad.is_empty()
+                }
+                _ => false,
+            };
+            if !close && !as_accurate {
                 failures.push(format!("{what}: whole {whole:.2e}, {} {:.2e}", worst.1, worst.0));
             }
         }

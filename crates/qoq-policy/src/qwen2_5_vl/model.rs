@@ -14,7 +14,9 @@ use crate::chat::Template;
 use crate::layers::decoder::TextModel;
 use crate::layers::rope::{inverse_frequencies, MropeLayout};
 use crate::layers::{id_rows, position_ids, scatter};
-use crate::policy::{Embedded, Family, Inputs, ModuleGroup, Policy, PromptFormat, SpecialTokens, VisionTower};
+use crate::policy::{
+    Embedded, Family, Inputs, ModuleGroup, Policy, PromptFormat, SpecialTokens, VisionFn, VisionTower,
+};
 use crate::weights::{self, ExtraTensors};
 use crate::PolicyError;
 
@@ -179,7 +181,7 @@ impl Policy for Qwen25VL {
         &self.visual
     }
 
-    fn embed(&self, inputs: &Inputs<'_>) -> Result<Embedded, PolicyError> {
+    fn embed_with(&self, inputs: &Inputs<'_>, tower: &mut VisionFn<'_>) -> Result<Embedded, PolicyError> {
         let device = self.device();
         let (ids, mask) = inputs.ids_and_mask(device)?;
         let c = &self.config;
@@ -190,7 +192,7 @@ impl Policy for Qwen25VL {
         ];
         for (pixels, grids, token, what) in media {
             let Some(pixels) = pixels else { continue };
-            let (merged, _) = self.visual.forward(&pixels.to_device(device), grids);
+            let (merged, _) = tower(&pixels.to_device(device), grids)?;
             embeds = scatter(&embeds, &ids.eq(token), &merged, what)?;
         }
         for (token, values) in &inputs.extra_embeddings {

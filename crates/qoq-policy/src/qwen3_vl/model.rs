@@ -13,7 +13,9 @@ use crate::chat::Template;
 use crate::layers::decoder::TextModel;
 use crate::layers::rope::{inverse_frequencies, MropeLayout};
 use crate::layers::{id_rows, position_ids, scatter};
-use crate::policy::{Embedded, Family, Inputs, ModuleGroup, Policy, PromptFormat, SpecialTokens, VisionTower};
+use crate::policy::{
+    Embedded, Family, Inputs, ModuleGroup, Policy, PromptFormat, SpecialTokens, VisionFn, VisionTower,
+};
 use crate::weights::{self, ExtraTensors};
 use crate::PolicyError;
 
@@ -131,7 +133,7 @@ impl Policy for Qwen3VL {
         &self.visual
     }
 
-    fn embed(&self, inputs: &Inputs<'_>) -> Result<Embedded, PolicyError> {
+    fn embed_with(&self, inputs: &Inputs<'_>, tower: &mut VisionFn<'_>) -> Result<Embedded, PolicyError> {
         let device = self.device();
         let (ids, mask) = inputs.ids_and_mask(device)?;
         let c = &self.config;
@@ -143,7 +145,7 @@ impl Policy for Qwen3VL {
         ];
         for (pixels, grids, token, what) in media {
             let Some(pixels) = pixels else { continue };
-            let (merged, deepstack) = self.visual.forward(&pixels.to_device(device), grids);
+            let (merged, deepstack) = tower(&pixels.to_device(device), grids)?;
             let positions = ids.eq(token);
             embeds = scatter(&embeds, &positions, &merged, what)?;
             injections.push((positions, deepstack));

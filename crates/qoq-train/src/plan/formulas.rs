@@ -44,6 +44,7 @@ pub fn vision_activation_bytes(
     patches: i64,
     tower: bool,
     mergers: bool,
+    by_block: bool,
 ) -> f64 {
     let (c, i, n) = (v.hidden as f64, v.intermediate as f64, patches as f64);
     let mut per_patch = 0.0;
@@ -54,16 +55,20 @@ pub fn vision_activation_bytes(
             Family::Qwen25Vl => 14.0 * c + 4.0 * i,
         };
         let pixels = (v.in_channels * v.temporal_patch * v.patch * v.patch) as f64;
-        per_patch += b * (v.depth as f64 * block + 2.0 * c) + 4.0 * pixels;
         let prob = 4.0 + if b == 4.0 { 0.0 } else { b };
         let heads = v.heads as f64;
-        let full = (v.full_blocks as f64) * heads * n * n * prob;
-        let windowed = if v.window_patches > 0 {
-            ((v.depth - v.full_blocks) as f64) * heads * n * (v.window_patches as f64).min(n) * prob
+        let (full_one, window_one) = (
+            heads * n * n * prob,
+            if v.window_patches > 0 { heads * n * (v.window_patches as f64).min(n) * prob } else { 0.0 },
+        );
+        if by_block {
+            // vision_recompute.rs: every block's input kept, one block's graph at a time.
+            per_patch += b * (v.depth as f64 * c + block + 2.0 * c) + 4.0 * pixels;
+            per_image += if v.full_blocks > 0 { full_one } else { window_one };
         } else {
-            0.0
-        };
-        per_image += full + windowed;
+            per_patch += b * (v.depth as f64 * block + 2.0 * c) + 4.0 * pixels;
+            per_image += (v.full_blocks as f64) * full_one + ((v.depth - v.full_blocks) as f64) * window_one;
+        }
     }
     if mergers || tower {
         per_patch += b * 3.0 * c * (1 + v.deepstack) as f64;

@@ -498,7 +498,8 @@ fn update_terms(
     let mergers = !freeze.contains(&ModuleGroup::Merger);
     let chunk = c.memory.logits_chunk_tokens.min(rows * new_tokens);
     let layer_acts = tokens * layer_activation_bytes(t, b);
-    let vision = vision_activation_bytes(&model.vision, model.family, b, s.patches, tower, mergers) * rows as f64;
+    let vision = vision_activation_bytes(&model.vision, model.family, b, s.patches, tower, mergers, c.memory.recompute)
+        * rows as f64;
     let head_weight = if llm_trains { v * h * b } else { 0.0 };
     let widest = tokens * (t.intermediate.max(t.heads * t.head_dim).max(t.hidden)) as f64 * b;
     let v_ = &model.vision;
@@ -556,10 +557,10 @@ fn update_terms(
         );
         out.push(
             Term::new(
-                format!("{what}: input stage with graph"),
+                format!("{what}: input stage, block by block"),
                 &[input],
                 vision + 3.0 * tokens * h * b + head_weight,
-                "vision tower and mergers for each row's image, embeddings, the embedding's dense gradient",
+                "each vision block's input, one block recomputed with its graph, mergers, embeddings, the embedding's dense gradient",
             )
             .block(vision_block.max(head_weight)),
         );
