@@ -79,3 +79,11 @@ bench-collectives:
 # Data-parallel step times (demo on 1 and 2 ranks) and memory per rank (1, 2, 4 ranks).
 bench-data-parallel:
     bash experiments/data-parallel/run.sh
+
+# Peak memory per rank by distributed.sharding (0.37 B Qwen3-VL, 2 ranks), beside the plan.
+bench-sharding:
+    bash experiments/sharding/run.sh
+
+# The update's time and memory: plain, chunked log-probs, chunked + recomputation.
+bench-update-memory:
+    bash experiments/update-memory/run.sh
