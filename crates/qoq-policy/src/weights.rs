@@ -2,7 +2,7 @@
 //! named by `model.safetensors.index.json`. Each tensor is read from the file straight
 //! into its variable, so loading holds about one model in memory.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use tch::{Kind, Tensor};
@@ -283,21 +283,24 @@ pub(crate) fn save(tensors: &[(String, Tensor)], dir: &Path, max_shard_bytes: u6
         Tensor::write_safetensors(&list, &tmp)?;
         written.push((tmp, dir.join(name)));
     }
-    if shards.len() > 1 {
-        let mut map = serde_json::Map::new();
-        for (shard, name) in shards.iter().zip(&names) {
-            for (n, _) in shard {
-                map.insert(n.clone(), serde_json::Value::from(name.as_str()));
-            }
-        }
-        let total: u64 = tensors.iter().map(|(_, t)| bytes(t)).sum();
-        let index = serde_json::json!({ "metadata": { "total_size": total }, "weight_map": map });
-        let tmp = dir.join(format!(".{INDEX}.tmp"));
-        std::fs::write(&tmp, serde_json::to_string_pretty(&index).expect("JSON values serialise")).map_err(io)?;
-        written.push((tmp, dir.join(INDEX)));
-    }
     for (tmp, path) in written {
         std::fs::rename(&tmp, &path).map_err(io)?;
     }
+    // The index last, once every file it names is in place.
+    if shards.len() > 1 {
+        let map: BTreeMap<String, String> = shards
+            .iter()
+            .zip(&names)
+            .flat_map(|(shard, name)| shard.iter().map(move |(n, _)| (n.clone(), name.clone())))
+            .collect();
+        let total: u64 = tensors.iter().map(|(_, t)| bytes(t)).sum();
+        write_index(&dir.join(INDEX), &map, total)?;
+    }
     Ok(())
+}
+
+/// Writes a safetensors index (`metadata.total_size`, `weight_map` of name -> file, as
+/// transformers reads it) atomically: `model.safetensors.index.json`, or any such index.
+pub fn write_index(path: &Path, weight_map: &BTreeMap<String, String>, total_size: u64) -> Result<(), PolicyError> {
+    write_json(path, &serde_json::json!({ "metadata": { "total_size": total_size }, "weight_map": weight_map }))
 }

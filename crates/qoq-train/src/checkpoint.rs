@@ -272,16 +272,6 @@ fn optimizer_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
     }
 }
 
-/// Writes a safetensors index (`metadata.total_size`, `weight_map`) atomically.
-pub(crate) fn write_index(path: &Path, map: &BTreeMap<String, String>, total_size: u64) -> Result<(), TrainError> {
-    let json = serde_json::json!({ "metadata": { "total_size": total_size }, "weight_map": map });
-    let tmp = path.with_extension("tmp");
-    let text =
-        serde_json::to_vec_pretty(&json).map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))?;
-    std::fs::write(&tmp, text).map_err(|e| TrainError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| TrainError::io(path, e))
-}
-
 /// Bytes per element of a safetensors dtype.
 fn dtype_bytes(dtype: &str) -> Option<u64> {
     Some(match dtype {

@@ -18,6 +18,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+use qoq_policy::weights::write_index;
 use tch::{Device, Tensor};
 
 use crate::checkpoint::{self, OPTIMIZER_INDEX};
@@ -56,9 +57,9 @@ impl Trainer {
             let model = partial.join("model");
             self.policy.save_config(&model)?;
             let (weight_map, total) = names.weight_map(self.policy.as_ref(), &mine);
-            checkpoint::write_index(&model.join("model.safetensors.index.json"), &weight_map, total)?;
+            write_index(&model.join("model.safetensors.index.json"), &weight_map, total)?;
             let (moment_map, moment_total) = names.moment_map();
-            checkpoint::write_index(&partial.join(OPTIMIZER_INDEX), &moment_map, moment_total)?;
+            write_index(&partial.join(OPTIMIZER_INDEX), &moment_map, moment_total)?;
             Some(checkpoint::finish(
                 &root,
                 &partial,

@@ -32,6 +32,7 @@ use qoq_policy::PolicyError;
 use tch::{Device, Kind, Tensor};
 
 use crate::optim::{adamw_update, decays, Decay, OptimConfig};
+use crate::sharded::global_norm;
 use crate::TrainError;
 
 /// Whether the parameters, besides the gradients and optimizer state, are sharded.
@@ -64,12 +65,6 @@ struct FlatGroup {
     decay: Tensor,
 }
 
-impl FlatGroup {
-    fn padded(&self, world: i64) -> i64 {
-        self.part * world
-    }
-}
-
 /// The sharded trainable parameters, their optimizer, and the gate the update drives.
 pub(crate) struct FlatShards {
     level: Level,
@@ -93,7 +88,7 @@ pub(crate) struct FlatShards {
 impl FlatShards {
     /// `params`: the trainable parameters by name (same order on every rank), still in
     /// fp32 (their values become the masters). `tied`: the model has no `lm_head`.
-    /// Afterwards the caller casts the model to `compute` and calls [`Self::settle`].
+    /// Afterwards the caller casts the model to `compute` and calls [`Self::release_all`].
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         level: Level,
@@ -109,7 +104,7 @@ impl FlatShards {
 
     /// The shards of a model that does not train (the reference model with "full"): each
     /// rank keeps 1/N of it in `compute`, no gradient or moment; [`Self::gather_all`] makes
-    /// it whole for its scoring. Call [`Self::settle`] after.
+    /// it whole for its scoring. Call [`Self::release_all`] after.
     pub fn frozen(params: Vec<(String, Tensor)>, tied: bool, group: Rc<ProcessGroup>, compute: Kind) -> Self {
         Self::build(Level::Full, OptimConfig::default(), params, tied, group, compute, compute, false)
     }
@@ -156,17 +151,12 @@ impl FlatShards {
                     Tensor::full([p.numel], if decays(&p.name, &p.shape) { 1.0 } else { 0.0 }, (Kind::Float, device))
                 })
                 .collect();
-            let pad = |mut parts: Vec<Tensor>| {
-                let kind = parts[0].kind();
-                parts.push(Tensor::zeros([part * world - offset], (kind, device)));
-                Tensor::cat(&parts, 0)
-            };
             // No gradient or moments for a frozen model.
             let zeros = || Tensor::zeros([if trains { part } else { 0 }], (Kind::Float, device));
             by_unit.insert(unit, groups.len());
             groups.push(FlatGroup {
-                master: owned(pad(values)),
-                decay: if trains { owned(pad(masks)) } else { zeros() },
+                master: owned(padded_flat(values, part * world)),
+                decay: if trains { owned(padded_flat(masks, part * world)) } else { zeros() },
                 grad: zeros(),
                 exp_avg: zeros(),
                 exp_avg_sq: zeros(),
@@ -191,12 +181,6 @@ impl FlatShards {
         }
     }
 
-    /// After the model is cast to the compute dtype: with "full", every unit's parameters
-    /// leave (only the shards remain).
-    pub fn settle(&self) {
-        self.release_all();
-    }
-
     /// Bytes of AdamW moments this rank holds.
     pub fn moment_bytes(&self) -> usize {
         self.groups.iter().map(|g| 2 * g.part as usize * 4).sum()
@@ -211,6 +195,9 @@ impl FlatShards {
         Ok(())
     }
 
+    /// With "full", every unit's parameters leave (only the shards remain); with
+    /// "gradients" nothing happens. Also right after construction, once the model is cast
+    /// to the compute dtype.
     pub fn release_all(&self) {
         for g in 0..self.groups.len() {
             self.release_group(g);
@@ -275,10 +262,7 @@ impl FlatShards {
                 Tensor::zeros([p.numel], (self.reduce, device))
             });
         }
-        let used: i64 = group.params.iter().map(|p| p.numel).sum();
-        parts.push(Tensor::zeros([group.padded(self.world) - used], (self.reduce, device)));
-        let flat = Tensor::cat(&parts, 0);
-        drop(parts);
+        let flat = padded_flat(parts, group.part * self.world);
         let mine = self.group.reduce_scatter(&flat, ReduceOp::Sum)?;
         drop(flat);
         let _ = group.grad.shallow_clone().g_add_(&mine.to_kind(Kind::Float));
@@ -305,13 +289,11 @@ impl FlatShards {
         let sq: f64 =
             self.groups.iter().map(|g| g.grad.to_kind(Kind::Double).square().sum(Kind::Double).double_value(&[])).sum();
         let device = self.groups.first().map_or(Device::Cpu, |g| g.master.device());
-        let total = Tensor::from_slice(&[sq]).to_device(device);
-        self.group.all_reduce(&total, ReduceOp::Sum)?;
-        let norm = total.double_value(&[0]).sqrt();
+        let norm = global_norm(sq, device, &self.group)?;
         if !norm.is_finite() {
             return Ok(norm);
         }
-        let clip = if self.config.grad_clip > 0.0 { (self.config.grad_clip / (norm + 1e-6)).min(1.0) } else { 1.0 };
+        let clip = self.config.clip_factor(norm);
         self.step += 1;
         for g in self.groups.iter_mut() {
             adamw_update(
@@ -396,9 +378,7 @@ impl FlatShards {
                     }
                     parts.push(t.to_device(target.device()).to_kind(Kind::Float).reshape([-1]));
                 }
-                let used: i64 = g.params.iter().map(|p| p.numel).sum();
-                parts.push(Tensor::zeros([g.part * self.world - used], (Kind::Float, target.device())));
-                target.copy_(&Tensor::cat(&parts, 0).narrow(0, self.rank * g.part, g.part));
+                target.copy_(&padded_flat(parts, g.part * self.world).narrow(0, self.rank * g.part, g.part));
             }
         }
         self.step = step;
@@ -407,6 +387,15 @@ impl FlatShards {
 }
 
 pub(crate) type NamedTensors = Vec<(String, Tensor)>;
+
+/// A unit's parameters (or their gradients, moments) as one flat vector, zero-padded to
+/// `padded` elements (the world size's multiple), in the dtype of the first.
+fn padded_flat(mut parts: Vec<Tensor>, padded: i64) -> Tensor {
+    let used: i64 = parts.iter().map(|t| t.numel() as i64).sum();
+    let (kind, device) = (parts[0].kind(), parts[0].device());
+    parts.push(Tensor::zeros([padded - used], (kind, device)));
+    Tensor::cat(&parts, 0)
+}
 
 impl ParamGate for FlatShards {
     fn gather(&self, unit: Unit, backward: bool) -> Result<(), PolicyError> {

@@ -50,6 +50,16 @@ pub enum Schedule {
 }
 
 impl OptimConfig {
+    /// The factor gradients of global norm `norm` are scaled by: PyTorch's
+    /// `clip_grad_norm_` (max_norm / (norm + 1e-6), at most 1); 1 with `grad_clip = 0`.
+    pub fn clip_factor(&self, norm: f64) -> f64 {
+        if self.grad_clip > 0.0 {
+            (self.grad_clip / (norm + 1e-6)).min(1.0)
+        } else {
+            1.0
+        }
+    }
+
     pub fn validate(&self, table: &str) -> Result<(), String> {
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             return Err(format!("{table}.lr must be positive, got {}", self.lr));
@@ -164,7 +174,7 @@ impl AdamW {
             return norm;
         }
         let _guard = tch::no_grad_guard();
-        let clip = if self.config.grad_clip > 0.0 { (self.config.grad_clip / (norm + 1e-6)).min(1.0) } else { 1.0 };
+        let clip = self.config.clip_factor(norm);
         self.step += 1;
         for (name, p, decay) in &mut self.params {
             let g = p.grad();

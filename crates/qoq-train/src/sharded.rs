@@ -191,14 +191,12 @@ impl ShardedAdamW {
             scatter_segments(&grad_refs, &b.segments, self.rank * b.part, &part);
         }
         // 2. the global norm.
-        let total =
-            Tensor::from_slice(&[sq]).to_device(self.buckets.first().map_or(tch::Device::Cpu, |b| b.decay.device()));
-        group.all_reduce(&total, ReduceOp::Sum)?;
-        let norm = total.double_value(&[0]).sqrt();
+        let device = self.buckets.first().map_or(tch::Device::Cpu, |b| b.decay.device());
+        let norm = global_norm(sq, device, group)?;
         if !norm.is_finite() {
             return Ok(norm);
         }
-        let clip = if self.config.grad_clip > 0.0 { (self.config.grad_clip / (norm + 1e-6)).min(1.0) } else { 1.0 };
+        let clip = self.config.clip_factor(norm);
         self.step += 1;
         // 3-4. update the owned parts, then gather every part into every rank's weights.
         let weights: Vec<Tensor> = self.params.iter().map(|(_, p)| p.detach()).collect();
@@ -281,6 +279,14 @@ impl ShardedAdamW {
         self.step = step;
         Ok(())
     }
+}
+
+/// The gradient norm over every rank from this rank's sum of squares `sq` (of the parts it
+/// owns): one all_reduce on `device`.
+pub(crate) fn global_norm(sq: f64, device: tch::Device, group: &ProcessGroup) -> Result<f64, TrainError> {
+    let total = Tensor::from_slice(&[sq]).to_device(device);
+    group.all_reduce(&total, ReduceOp::Sum)?;
+    Ok(total.double_value(&[0]).sqrt())
 }
 
 fn grad_or_zeros(p: &Tensor) -> Tensor {

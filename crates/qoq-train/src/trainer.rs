@@ -103,15 +103,17 @@ impl Trainer {
         } else {
             None
         };
+        // For flat shards: the dtype the model computes in, and whether its head is the
+        // tied embedding (the reference model has the policy's architecture).
+        let compute = if bf16 { Kind::BFloat16 } else { Kind::Float };
+        let tied = !policy.var_store().variables().contains_key("lm_head.weight");
         // With "full", the reference model is sharded too and gathered for its scoring.
         let reference_shards = match (&reference, dp.sharding) {
             (Some(r), Sharding::Full) => {
                 let mut vars: Vec<(String, Tensor)> = r.var_store().variables().into_iter().collect();
                 vars.sort_by(|a, b| a.0.cmp(&b.0));
-                let tied = !vars.iter().any(|(n, _)| n == "lm_head.weight");
-                let kind = if bf16 { Kind::BFloat16 } else { Kind::Float };
-                let shards = FlatShards::frozen(vars, tied, dp.group.clone(), kind);
-                shards.settle();
+                let shards = FlatShards::frozen(vars, tied, dp.group.clone(), compute);
+                shards.release_all();
                 Some(shards)
             }
             _ => None,
@@ -159,8 +161,6 @@ impl Trainer {
         let (masters, mut optimizer) = match level {
             // The flat shards hold the fp32 masters themselves.
             Some(level) => {
-                let tied = !policy.var_store().variables().contains_key("lm_head.weight");
-                let compute = if bf16 { Kind::BFloat16 } else { Kind::Float };
                 let reduce = match config.model.grad_dtype {
                     GradDtype::Bfloat16 => Kind::BFloat16,
                     GradDtype::Float32 => Kind::Float,
@@ -177,7 +177,7 @@ impl Trainer {
                 if bf16 {
                     policy.set_kind(Kind::BFloat16);
                 }
-                flat.settle();
+                flat.release_all();
                 (None, Optimizer::Flat(flat))
             }
             None => {

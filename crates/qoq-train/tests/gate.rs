@@ -4,20 +4,18 @@
 //! head, DeepStack, vision tower included); and a micro-batch makes exactly the calls of
 //! an idle pass, so ranks with fewer micro-batches make the same collectives.
 
+mod common;
+
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+
+use common::{case, fixtures, inputs};
 
 use qoq_policy::gate::{unit_of, ParamGate, Unit};
 use qoq_policy::{
-    forward_for_update, forward_for_update_gated, idle_update, load_policy, Grid, Inputs, Policy, PolicyError,
-    UpdateOptions,
+    forward_for_update, forward_for_update_gated, idle_update, load_policy, Policy, PolicyError, UpdateOptions,
 };
 use tch::{Device, Kind, Tensor};
-
-fn fixtures(family: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(family)
-}
 
 #[derive(Debug, Clone, PartialEq)]
 enum Call {
@@ -124,23 +122,8 @@ impl ParamGate for RecordingGate {
 
 fn check(family: &str, checkpoint: &str, case_name: &str) {
     let dir = fixtures(family);
-    let tensors: BTreeMap<String, Tensor> =
-        Tensor::read_safetensors(dir.join(format!("cases/{case_name}.safetensors"))).unwrap().into_iter().collect();
-    let grids = |k: &str| -> Vec<Grid> {
-        tensors
-            .get(k)
-            .map(|t| Vec::<Vec<i64>>::try_from(t).unwrap().into_iter().map(|g| [g[0], g[1], g[2]]).collect())
-            .unwrap_or_default()
-    };
-    let inputs = Inputs {
-        input_ids: tensors.get("input_ids"),
-        attention_mask: tensors.get("attention_mask"),
-        pixel_values: tensors.get("pixel_values"),
-        image_grids: grids("image_grid_thw"),
-        pixel_values_videos: tensors.get("pixel_values_videos"),
-        video_grids: grids("video_grid_thw"),
-        ..Default::default()
-    };
+    let tensors = case(family, case_name);
+    let inputs = inputs(&tensors);
     let rows = inputs.input_ids.unwrap().size()[0];
     let responses: Vec<Vec<i64>> =
         (0..rows).map(|i| (0..(4 + 3 * i)).map(|j| (7 * j + 11 * i + 3) % 97).collect()).collect();

@@ -4,41 +4,15 @@
 //! DeepStack features, Qwen2.5-VL's window attention) and a left-padded batch; the PPO
 //! loss (clipping active, KL on) and the SFT loss.
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+mod common;
 
-use qoq_policy::{forward_for_update, load_policy, Grid, Inputs, Policy, UpdateOptions};
+use std::collections::{BTreeMap, HashMap};
+
+use common::{case, fixtures, inputs};
+
+use qoq_policy::{forward_for_update, load_policy, Inputs, Policy, UpdateOptions};
 use qoq_train::loss::{policy_loss, sft_loss, LossConfig};
 use tch::{Device, Kind, Tensor};
-
-fn fixtures(family: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(family)
-}
-
-fn case(family: &str, name: &str) -> HashMap<String, Tensor> {
-    Tensor::read_safetensors(fixtures(family).join(format!("cases/{name}.safetensors"))).unwrap().into_iter().collect()
-}
-
-fn grids(t: Option<&Tensor>) -> Vec<Grid> {
-    t.map(|t| Vec::<Vec<i64>>::try_from(t).unwrap().into_iter().map(|g| [g[0], g[1], g[2]]).collect())
-        .unwrap_or_default()
-}
-
-fn inputs(t: &HashMap<String, Tensor>) -> Inputs<'_> {
-    Inputs {
-        input_ids: t.get("input_ids"),
-        attention_mask: t.get("attention_mask"),
-        pixel_values: t.get("pixel_values"),
-        image_grids: grids(t.get("image_grid_thw")),
-        pixel_values_videos: t.get("pixel_values_videos"),
-        video_grids: grids(t.get("video_grid_thw")),
-        video_seconds_per_grid: t
-            .get("second_per_grid_ts")
-            .map(|s| Vec::<f64>::try_from(&s.to_kind(Kind::Double)).unwrap())
-            .unwrap_or_default(),
-        ..Default::default()
-    }
-}
 
 /// Responses of unequal lengths (the last row the longest), tokens drawn from the vocabulary.
 fn responses(rows: usize, vocab: i64) -> Vec<Vec<i64>> {
@@ -169,7 +143,7 @@ fn check_in(family: &str, checkpoint: &str, case_name: &str, kind: Kind) {
     let mut failures = Vec::new();
     // The fp64 gradients of the same losses (the same anchor), for the fp32 check.
     let (policy64, tensors64) = policy_and_case(family, checkpoint, case_name, Kind::Double);
-    let inputs64 = self::inputs(&tensors64);
+    let inputs64 = common::inputs(&tensors64);
     let anchor64 = anchor.to_kind(Kind::Double);
     for loss in [Loss::Rl, Loss::Sft] {
         let plain = gradients(policy.as_ref(), || {
