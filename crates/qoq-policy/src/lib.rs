@@ -5,7 +5,8 @@
 //!
 //! [`load_policy`] reads `config.json`'s `model_type` and loads the right family; the
 //! trainer and the tools hold a `Box<dyn Policy>`. Shared layers live in [`layers`];
-//! prompts (chat templates, tokenizer, placeholder expansion) in [`chat`].
+//! prompts (chat templates, tokenizer, placeholder expansion) in [`chat`]. Rollouts come
+//! from [`RolloutEngine`] (continuous batching over fixed KV slots), tokens from [`draw`].
 //!
 //! ```no_run
 //! use qoq_data::preprocess::ImageProcessor;
@@ -18,6 +19,7 @@
 //! ```
 
 pub mod chat;
+mod engine;
 mod error;
 pub mod gate;
 mod generate;
@@ -25,13 +27,15 @@ mod layers;
 mod policy;
 pub mod qwen2_5_vl;
 pub mod qwen3_vl;
+mod sampler;
 mod update;
 mod vision_inputs;
 mod vision_recompute;
 pub mod weights;
 
+pub use engine::{slot_bytes, EngineConfig, EngineStats, PromptSource, RolloutEngine};
 pub use error::PolicyError;
-pub use generate::{warp_logits, Rollouts, SamplingConfig};
+pub use generate::{response_stream, Rollouts, SamplingConfig};
 pub use layers::decoder::{DecoderLayer, TextModel};
 pub use layers::kv_cache::{DecodeState, LayerCache};
 pub use layers::rope::{Grid, RopeIndex};
@@ -41,6 +45,7 @@ pub use policy::{
 };
 pub use qwen2_5_vl::{Qwen25VL, Qwen25VLConfig};
 pub use qwen3_vl::{Qwen3VL, Qwen3VLConfig};
+pub use sampler::{draw, warp_logits, FIRST_CANDIDATES};
 pub use update::{
     forward_for_update, forward_for_update_gated, idle_update, UpdateForward, UpdateOptions, DEFAULT_CHUNK_TOKENS,
 };

@@ -6,6 +6,7 @@ use tch::nn::{self, Module};
 use tch::Tensor;
 
 use super::attention::Attention;
+use super::kv_arena::SlotView;
 use super::kv_cache::LayerCache;
 use super::rms_norm::RmsNorm;
 use super::DecoderConfig;
@@ -38,7 +39,22 @@ impl DecoderLayer {
 
     /// `x` [B, L, hidden] with rope tables [B, L, head_dim] and the additive mask.
     pub fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: &Tensor, cache: &mut LayerCache) -> Tensor {
-        let h = x + self.self_attn.forward(&self.input_layernorm.forward(x), cos, sin, mask, cache);
+        self.forward_with(x, |attn, n| attn.forward(n, cos, sin, mask, cache))
+    }
+
+    /// One decode token per engine slot (see [`Attention::forward_slots`]).
+    pub fn forward_slots(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: &Tensor, slots: SlotView<'_>) -> Tensor {
+        self.forward_with(x, |attn, n| attn.forward_slots(n, cos, sin, mask, slots))
+    }
+
+    /// (KV heads, head dim) of its attention.
+    pub fn kv_layout(&self) -> (i64, i64) {
+        self.self_attn.kv_layout()
+    }
+
+    /// The layer around `attend` (its attention over whichever cache holds the keys).
+    fn forward_with(&self, x: &Tensor, attend: impl FnOnce(&Attention, &Tensor) -> Tensor) -> Tensor {
+        let h = x + attend(&self.self_attn, &self.input_layernorm.forward(x));
         let n = self.post_attention_layernorm.forward(&h);
         &h + self.down_proj.forward(&(self.gate_proj.forward(&n).silu() * self.up_proj.forward(&n)))
     }

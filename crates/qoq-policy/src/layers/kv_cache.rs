@@ -64,6 +64,12 @@ impl LayerCache {
         (keys.narrow(2, 0, needed), values.narrow(2, 0, needed))
     }
 
+    /// The filled keys and values `[B, kv, len, D]`, if any.
+    pub(crate) fn filled(&self) -> Option<(Tensor, Tensor)> {
+        let (k, v) = (self.keys.as_ref()?, self.values.as_ref()?);
+        Some((k.narrow(2, 0, self.len), v.narrow(2, 0, self.len)))
+    }
+
     /// Rows `index` of the cache (for G samples per prompt).
     pub fn select_rows(&self, index: &Tensor) -> LayerCache {
         let pick = |t: &Option<Tensor>| t.as_ref().map(|t| t.index_select(0, index));

@@ -1,9 +1,10 @@
 //! The parts the model families share: RMSNorm, the text decoder (attention with its
 //! options, SwiGLU MLP), rope primitives, segment attention of the vision towers, the KV
-//! cache, masks and placeholder scattering.
+//! caches (growing, and the engine's fixed slots), masks and placeholder scattering.
 
 pub mod attention;
 pub mod decoder;
+pub mod kv_arena;
 pub mod kv_cache;
 pub mod rms_norm;
 pub mod rope;
