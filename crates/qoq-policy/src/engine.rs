@@ -15,21 +15,16 @@
 //!   batch or on the rank.
 //!
 //! ```no_run
-//! use qoq_policy::{load_policy, EngineConfig, Inputs, PolicyError, PromptSource, RolloutEngine, SamplingConfig};
-//! struct One(tch::Tensor);
-//! impl PromptSource for One {
-//!     fn len(&self) -> usize { 1 }
-//!     fn prompt_tokens(&self, _: usize) -> usize { self.0.size()[1] as usize }
-//!     fn key(&self, _: usize) -> u64 { 0 }
-//!     fn with_batch(&self, _: &[usize], f: &mut dyn FnMut(&Inputs<'_>) -> Result<(), PolicyError>) -> Result<(), PolicyError> {
-//!         f(&Inputs { input_ids: Some(&self.0), ..Default::default() })
-//!     }
-//! }
+//! use qoq_policy::{load_policy, EngineConfig, Inputs, OnePrompt, RolloutEngine, SamplingConfig};
 //! let policy = load_policy(std::path::Path::new("data/tiny-qwen3-vl"), tch::Device::Cpu)?;
-//! let sampling = SamplingConfig::qwen_default(policy.special_tokens());
+//! let ids = tch::Tensor::from_slice(&[151644i64, 872, 198, 9707, 151645]).view([1, 5]);
+//! let mut sampling = SamplingConfig::qwen_default(policy.special_tokens());
+//! sampling.samples_per_prompt = 4;
 //! let engine = RolloutEngine::new(policy.as_ref(), EngineConfig { slots: 4, prefill_prompts: 1 });
-//! let (rollouts, stats) = engine.run(&One(tch::Tensor::from_slice(&[151644i64, 872]).view([1, 2])), &sampling)?;
-//! # Ok::<(), PolicyError>(())
+//! let prompt = OnePrompt { inputs: Inputs { input_ids: Some(&ids), ..Default::default() }, key: 0 };
+//! let (rollouts, stats) = engine.run(&prompt, &sampling)?;
+//! assert_eq!(rollouts.tokens.len(), 4);
+//! # Ok::<(), qoq_policy::PolicyError>(())
 //! ```
 
 use qoq_data::rng::unit;
@@ -60,6 +55,34 @@ pub trait PromptSource {
         indices: &[usize],
         f: &mut dyn FnMut(&Inputs<'_>) -> Result<(), PolicyError>,
     ) -> Result<(), PolicyError>;
+}
+
+/// A single prompt (one row of `inputs`) as a [`PromptSource`], keyed `key`.
+pub struct OnePrompt<'a> {
+    pub inputs: Inputs<'a>,
+    pub key: u64,
+}
+
+impl PromptSource for OnePrompt<'_> {
+    fn len(&self) -> usize {
+        1
+    }
+    fn prompt_tokens(&self, _: usize) -> usize {
+        self.inputs.input_ids.map_or(0, |t| t.size().last().copied().unwrap_or(0) as usize)
+    }
+    fn key(&self, _: usize) -> u64 {
+        self.key
+    }
+    fn with_batch(
+        &self,
+        indices: &[usize],
+        f: &mut dyn FnMut(&Inputs<'_>) -> Result<(), PolicyError>,
+    ) -> Result<(), PolicyError> {
+        if indices != [0] {
+            return Err(PolicyError::Input(format!("a single prompt has no prompts {indices:?}")));
+        }
+        f(&self.inputs)
+    }
 }
 
 /// How many sequences the engine keeps at once and how many prompts one prefill takes.
@@ -145,6 +168,8 @@ impl<'p, P: Policy + ?Sized> RolloutEngine<'p, P> {
         if n == 0 || sampling.max_new_tokens == 0 {
             return Ok((out, EngineStats::default()));
         }
+        // Never more slots than responses.
+        let slot_count = self.config.slots.min(n);
         if self.config.slots < g {
             return Err(PolicyError::Input(format!(
                 "{} rollout slots cannot hold one prompt's {g} samples; give at least {g}",
@@ -156,11 +181,11 @@ impl<'p, P: Policy + ?Sized> RolloutEngine<'p, P> {
         let layout = text.layers.first().map_or((0, 0), |l| l.kv_layout());
         let kind = text.embed_tokens.ws.kind();
         let mut arena =
-            SlotArena::new(text.layers.len(), self.config.slots, layout, capacity as i64, kind, self.policy.device())?;
+            SlotArena::new(text.layers.len(), slot_count, layout, capacity as i64, kind, self.policy.device())?;
         let mut stats = EngineStats {
-            slots: self.config.slots,
+            slots: slot_count,
             arena_bytes: SlotArena::bytes_per_slot(text.layers.len(), layout.0, layout.1, capacity as i64, kind)
-                * self.config.slots as u64,
+                * slot_count as u64,
             ..Default::default()
         };
         let mut live: Vec<Slot> = Vec::new();
@@ -169,9 +194,8 @@ impl<'p, P: Policy + ?Sized> RolloutEngine<'p, P> {
         let mut occupied = 0usize;
         loop {
             // Admit waiting prompts into free slots, G slots each.
-            let take = ((self.config.slots - live.len()) / g)
-                .min(source.len() - next_prompt)
-                .min(self.config.prefill_prompts.max(1));
+            let take =
+                ((slot_count - live.len()) / g).min(source.len() - next_prompt).min(self.config.prefill_prompts.max(1));
             if take > 0 {
                 let first = self.admit(source, next_prompt..next_prompt + take, g, sampling, &mut arena, &mut live)?;
                 logits = Some(match logits {
@@ -227,7 +251,7 @@ impl<'p, P: Policy + ?Sized> RolloutEngine<'p, P> {
                 occupied += m;
             }
         }
-        stats.occupancy = occupied as f64 / (stats.decode_steps.max(1) * self.config.slots) as f64;
+        stats.occupancy = occupied as f64 / (stats.decode_steps.max(1) * slot_count) as f64;
         Ok((out, stats))
     }
 

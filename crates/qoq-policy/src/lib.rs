@@ -33,7 +33,7 @@ mod vision_inputs;
 mod vision_recompute;
 pub mod weights;
 
-pub use engine::{slot_bytes, EngineConfig, EngineStats, PromptSource, RolloutEngine};
+pub use engine::{slot_bytes, EngineConfig, EngineStats, OnePrompt, PromptSource, RolloutEngine};
 pub use error::PolicyError;
 pub use generate::{response_stream, Rollouts, SamplingConfig};
 pub use layers::decoder::{DecoderLayer, TextModel};

@@ -12,13 +12,24 @@ use std::time::{Duration, Instant};
 use common::{setup, weights};
 
 /// Global batch of 6 prompts (one optimizer step per RL step) x G = 2: it splits over 1, 2
-/// or 3 ranks; generation_batch 1 and micro_batch 2 keep every rank's generate calls and
-/// micro-batches the ones a single process makes, one thread each the same arithmetic.
+/// or 3 ranks. The single process samples with 5 rollout slots and 4 prompts per prefill,
+/// the ranks with 2 slots and 1 (`gen`): the draws are keyed by the prompt's place in the
+/// global batch, so the responses must still be the same. micro_batch 2 keeps every
+/// rank's micro-batches the ones a single process makes, one thread each the same arithmetic.
 /// What remains is the order in which gradients are summed (over micro-batches, then
 /// ranks): rounding that Adam's first steps amplify for gradients near its eps, by about
 /// 0.03 x lr here; lr 1e-4 keeps that under the 1e-5 bound while each step moves weights
 /// by about lr.
-fn config_text(out: &Path, model: &Path, shards: &Path, extra: &str) -> String {
+/// How the single process and the ranks size their rollout engines (see [`config_text`]).
+fn generation(nproc: &str) -> &'static str {
+    if nproc == "1" {
+        "generation_batch = 4\nrollout_slots = 5"
+    } else {
+        "generation_batch = 1"
+    }
+}
+
+fn config_text(out: &Path, model: &Path, shards: &Path, gen: &str, extra: &str) -> String {
     format!(
         r#"
 [run]
@@ -45,7 +56,7 @@ prompts_per_step = 6
 samples_per_prompt = 2
 prompts_per_update = 6
 micro_batch = 2
-generation_batch = 1
+{gen}
 max_new_tokens = 6
 top_p = 1.0
 [rl.optim]
@@ -68,7 +79,7 @@ bucket_mb = 1
 {extra}
 "#,
         out = out.display(),
-        inputs = common::inputs_toml(model, shards)
+        inputs = common::inputs_toml(model, shards),
     )
 }
 
@@ -124,7 +135,7 @@ fn two_and_three_ranks_train_as_one_process_on_the_global_batch() {
         let out = tmp.path().join(name);
         let extra = format!("sharding = \"{sharding}\"");
         let cfg = tmp.path().join(format!("{name}.toml"));
-        std::fs::write(&cfg, config_text(&out, &model, &shards, &extra)).unwrap();
+        std::fs::write(&cfg, config_text(&out, &model, &shards, generation(&nproc.to_string()), &extra)).unwrap();
         let result = train(&cfg, &["--nproc", &nproc.to_string()]);
         assert!(result.status.success(), "{name}: {}", String::from_utf8_lossy(&result.stderr));
         out
@@ -218,7 +229,8 @@ fn two_and_three_ranks_train_as_one_process_on_the_global_batch() {
     let out = tmp.path().join("mixed");
     let cfg = tmp.path().join("mixed.toml");
     for (sharding, nproc, more) in [("full", "3", Some("2")), ("gradients", "2", Some("2")), ("optimizer", "1", None)] {
-        std::fs::write(&cfg, config_text(&out, &model, &shards, &format!("sharding = \"{sharding}\""))).unwrap();
+        let text = config_text(&out, &model, &shards, generation(nproc), &format!("sharding = \"{sharding}\""));
+        std::fs::write(&cfg, text).unwrap();
         let mut args = vec!["--nproc", nproc];
         if out.join("checkpoints").is_dir() {
             args.push("--resume");
@@ -246,7 +258,7 @@ fn bf16_with_full_sharding_trains_as_one_process() {
     let run = |name: &str, nproc: &str, sharding: &str| -> PathBuf {
         let out = tmp.path().join(name);
         let cfg = tmp.path().join(format!("{name}.toml"));
-        let text = config_text(&out, &model, &shards, &format!("sharding = \"{sharding}\""))
+        let text = config_text(&out, &model, &shards, generation(nproc), &format!("sharding = \"{sharding}\""))
             .replace("[model]\n", "[model]\ndtype = \"bfloat16\"\n");
         std::fs::write(&cfg, text).unwrap();
         let result = train(&cfg, &["--nproc", nproc]);
@@ -292,7 +304,7 @@ fn a_killed_rank_stops_the_others_and_the_run_resumes_on_another_world_size() {
     let (model, shards) = setup(tmp.path());
     let out = tmp.path().join("run");
     let cfg = tmp.path().join("run.toml");
-    let text = config_text(&out, &model, &shards, "sharded_optimizer = true")
+    let text = config_text(&out, &model, &shards, generation("2"), "sharded_optimizer = true")
         .replace("save_every = 2", "save_every = 1")
         .replace("steps = 3\n", "steps = 6\n");
     std::fs::write(&cfg, text).unwrap();
@@ -351,7 +363,7 @@ fn a_batch_that_does_not_split_over_the_ranks_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let (model, shards) = setup(tmp.path());
     let cfg = tmp.path().join("odd.toml");
-    std::fs::write(&cfg, config_text(&tmp.path().join("odd"), &model, &shards, "")).unwrap();
+    std::fs::write(&cfg, config_text(&tmp.path().join("odd"), &model, &shards, generation("2"), "")).unwrap();
     let result = train(&cfg, &["--nproc", "4"]);
     assert!(!result.status.success());
     let said = String::from_utf8_lossy(&result.stderr);

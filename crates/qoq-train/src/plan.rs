@@ -388,7 +388,7 @@ mod tests {
     fn the_peak_is_the_largest_phase_not_the_sum_of_all_terms() {
         let plan = plan(&config("", ""), &tiny(), 1);
         let rank = &plan.ranks[0];
-        let cache = term(&plan, 0, "KV cache: G samples, growing");
+        let cache = term(&plan, 0, "KV arena: rollout slots");
         let layer = term(&plan, 0, "RL update: one layer recomputed + backward");
         assert!(cache.bytes > 0.0 && layer.bytes > 0.0);
         // The cache is alive while decoding only, a layer's activations in the update only.
@@ -404,6 +404,29 @@ mod tests {
         assert!(peak < everything);
         assert_eq!(peak, rank.phases.iter().map(|&p| rank.phase_bytes(p)).fold(0.0, f64::max));
         assert!(!rank.phases.contains(&Phase::SftHead) && !rank.phases.contains(&Phase::Validation));
+    }
+
+    #[test]
+    fn the_kv_arena_is_bounded_by_the_slots_not_the_rollout_batch() {
+        let arena = |extra: &str| {
+            let mut c = config("", extra.trim_end_matches("\nmore prompts"));
+            if extra.ends_with("more prompts") {
+                (c.rl.prompts_per_step, c.rl.prompts_per_update) = (64, 64);
+            }
+            (term(&plan(&c, &tiny(), 1), 0, "KV arena: rollout slots").bytes, Sizes::new(&c, &tiny(), 1).slots)
+        };
+        // Default: generation_batch 8 x G 4 = 32 slots of 128 + 64 positions.
+        let t = tiny().text;
+        let per_slot = 2.0 * (t.layers * t.kv_heads * t.head_dim) as f64 * 192.0 * 4.0;
+        assert_eq!(arena(""), (32.0 * per_slot, 32));
+        // More prompts per step, the same slots: the same arena.
+        let more = "rollout_slots = 12\nmore prompts";
+        assert_eq!(arena(more), (12.0 * per_slot, 12));
+        assert_eq!(arena("rollout_slots = 12"), arena(more));
+        // A budget caps the slots; with both the fewer win.
+        let budget = 5.5 * per_slot / (1u64 << 30) as f64;
+        assert_eq!(arena(&format!("kv_cache_gb = {budget}")).1, 5);
+        assert_eq!(arena(&format!("kv_cache_gb = {budget}\nrollout_slots = 4")).1, 4);
     }
 
     #[test]

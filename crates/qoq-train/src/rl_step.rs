@@ -35,7 +35,7 @@ impl Trainer {
         let t = Instant::now();
         let (prompts, positions) = self.next_prompts(rl.prompts_per_step, rl.prompts_per_update)?;
         let sampling = self.sampling(rl.temperature, rl.max_new_tokens, g, 0);
-        let sampled = self.rollout(&prompts, &positions, &sampling, rl.generation_batch, step)?;
+        let (sampled, engine) = self.rollout(&prompts, &positions, &sampling, &self.rl_engine_sizing(), step)?;
         timing.insert("gen", t.elapsed().as_secs_f64());
 
         // 2. reward
@@ -165,6 +165,9 @@ impl Trainer {
         let tokens: usize = all.iter().map(|r| r.record.tokens + r.record.prompt_tokens).sum();
         m.insert("perf/throughput".into(), tokens as f64 / timing["step"]);
         m.insert("perf/time_per_step".into(), timing["step"]);
+        // This rank's rollout engine: live slots per decode step over its slots.
+        m.insert("perf/rollout_slot_occupancy".into(), engine.occupancy);
+        m.insert("perf/rollout_slots".into(), engine.slots as f64);
         let [padded, real]: [f64; 2] = self
             .dp
             .sum(&[

@@ -12,7 +12,9 @@
 
 use std::io::Write;
 
-use qoq_policy::{Policy, SamplingConfig};
+use qoq_policy::{
+    slot_bytes, EngineConfig, EngineStats, Inputs, Policy, PolicyError, PromptSource, RolloutEngine, SamplingConfig,
+};
 use qoq_rewards::{Scores, Target};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind};
@@ -107,11 +109,48 @@ pub(crate) struct Ready {
     pub advantage: f64,
 }
 
-/// Stream seeds per (run seed, step, chunk): a step's draws do not depend on earlier ones.
-fn derive_seed(seed: u64, step: u64, chunk: u64) -> u64 {
-    seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        ^ step.wrapping_mul(0xC2B2_AE3D_27D4_EB4F)
-        ^ chunk.wrapping_mul(0x1656_67B1_9E37_79F9)
+/// A step's seed for the response streams (run seed, step): a step's draws do not depend
+/// on earlier ones. Within it each response's stream is keyed by its prompt's place in the
+/// global batch and its sample index ([`qoq_policy::response_stream`]).
+fn derive_seed(seed: u64, step: u64) -> u64 {
+    seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ step.wrapping_mul(0xC2B2_AE3D_27D4_EB4F)
+}
+
+/// This rank's prompts as the engine reads them: keyed by their global places.
+struct RankPrompts<'a> {
+    prompts: &'a [Prompt],
+    positions: &'a [usize],
+    pad: i64,
+    device: Device,
+}
+
+impl PromptSource for RankPrompts<'_> {
+    fn len(&self) -> usize {
+        self.prompts.len()
+    }
+    fn prompt_tokens(&self, i: usize) -> usize {
+        self.prompts[i].ids.len()
+    }
+    fn key(&self, i: usize) -> u64 {
+        self.positions[i] as u64
+    }
+    fn with_batch(
+        &self,
+        indices: &[usize],
+        f: &mut dyn FnMut(&Inputs<'_>) -> Result<(), PolicyError>,
+    ) -> Result<(), PolicyError> {
+        let picked: Vec<&Prompt> = indices.iter().map(|&i| &self.prompts[i]).collect();
+        let batch = PromptBatch::new(&picked, self.pad, self.device).map_err(|e| PolicyError::Input(e.to_string()))?;
+        f(&batch.inputs())
+    }
+}
+
+/// How the engine is sized for one phase: prompts per prefill, and the slots (explicit,
+/// and / or capped by a KV budget in bytes).
+pub(crate) struct EngineSizing {
+    pub prefill_prompts: usize,
+    pub slots: Option<usize>,
+    pub budget_bytes: Option<u64>,
 }
 
 impl Trainer {
@@ -129,40 +168,57 @@ impl Trainer {
         }
     }
 
-    /// gen: samples `g` responses per prompt, `batch` prompts per call. `positions`:
-    /// the prompts' places in the global batch; a call's sampling stream is keyed by its
-    /// place, so ranks whose shares align with `batch` draw what one process would.
+    /// The RL step's engine: `rl.generation_batch` prompts per prefill, `rl.rollout_slots`
+    /// (default generation_batch x G) capped by `rl.kv_cache_gb`.
+    pub(crate) fn rl_engine_sizing(&self) -> EngineSizing {
+        let rl = &self.config.rl;
+        EngineSizing {
+            prefill_prompts: rl.generation_batch,
+            slots: Some(rl.rollout_slots.unwrap_or(rl.generation_batch * rl.samples_per_prompt)),
+            budget_bytes: rl.kv_cache_gb.map(|gb| (gb * (1u64 << 30) as f64) as u64),
+        }
+    }
+
+    /// gen: `g` responses per prompt from the rollout engine. `positions`: the prompts'
+    /// places in the global batch, which key the draws, so any rank count, slot count or
+    /// prefill grouping samples what one process would.
     pub(crate) fn rollout(
         &self,
         prompts: &[Prompt],
         positions: &[usize],
         sampling: &SamplingConfig,
-        batch: usize,
+        sizing: &EngineSizing,
         step: u64,
-    ) -> Result<Vec<Sampled>, TrainError> {
+    ) -> Result<(Vec<Sampled>, EngineStats), TrainError> {
         let _whole = self.whole_policy()?;
-        let mut out = Vec::new();
-        let batch = batch.max(1);
-        for start in (0..prompts.len()).step_by(batch) {
-            let end = (start + batch).min(prompts.len());
-            let chunk: Vec<&Prompt> = prompts[start..end].iter().collect();
-            let inputs = PromptBatch::new(&chunk, self.tokens.pad, self.device)?;
-            let first = positions[start];
-            let aligned = first.is_multiple_of(batch) && positions[start..end].windows(2).all(|w| w[1] == w[0] + 1);
-            let stream = if aligned { (first / batch) as u64 } else { (1 << 40) + first as u64 };
-            let config = SamplingConfig { seed: derive_seed(self.state.seed, step, stream), ..sampling.clone() };
-            let rollouts = self.policy.generate(&inputs.inputs(), &config)?;
-            let texts = rollouts.texts(&self.tokenizer, &self.tokens.stop)?;
-            for (i, text) in texts.into_iter().enumerate() {
-                out.push(Sampled {
-                    prompt: start + rollouts.prompt_index[i],
-                    tokens: rollouts.tokens[i].clone(),
-                    text,
-                    stopped: rollouts.stopped[i],
-                });
-            }
+        let policy = self.policy.as_ref();
+        let source = RankPrompts { prompts, positions, pad: self.tokens.pad, device: self.device };
+        let capacity = prompts.iter().map(|p| p.ids.len()).max().unwrap_or(0) + sampling.max_new_tokens;
+        let g = sampling.samples_per_prompt.max(1);
+        let slots = EngineConfig::slots_for(policy, sizing.slots, sizing.budget_bytes, capacity as i64).unwrap_or(g);
+        if slots < g {
+            let per_slot = slot_bytes(policy, capacity as i64) as f64 / (1u64 << 30) as f64;
+            return Err(TrainError::Config(format!(
+                "rl.kv_cache_gb holds {slots} rollout slots of {capacity} tokens ({per_slot:.3} GiB each) but a prompt's \
+                 {g} samples need {g}: raise rl.kv_cache_gb to at least {:.3} or lower rl.max_new_tokens",
+                per_slot * g as f64
+            )));
         }
-        Ok(out)
+        let config = SamplingConfig { seed: derive_seed(self.state.seed, step), ..sampling.clone() };
+        let engine = RolloutEngine::new(policy, EngineConfig { slots, prefill_prompts: sizing.prefill_prompts });
+        let (rollouts, stats) = engine.run(&source, &config)?;
+        let texts = rollouts.texts(&self.tokenizer, &self.tokens.stop)?;
+        let sampled = texts
+            .into_iter()
+            .enumerate()
+            .map(|(i, text)| Sampled {
+                prompt: rollouts.prompt_index[i],
+                tokens: rollouts.tokens[i].clone(),
+                text,
+                stopped: rollouts.stopped[i],
+            })
+            .collect();
+        Ok((sampled, stats))
     }
 
     /// reward: scores every response against its prompt's answer, boxes and mask.

@@ -8,6 +8,7 @@ use qoq_rewards::eval::Evaluator;
 use qoq_rewards::Scores;
 
 use crate::metrics::Metrics;
+use crate::rollout::EngineSizing;
 use crate::{TrainError, Trainer};
 
 impl Trainer {
@@ -34,7 +35,9 @@ impl Trainer {
         let prompts = self.prepare_many(&samples[share.clone()].iter().collect::<Vec<_>>())?;
         let positions: Vec<usize> = share.collect();
         let sampling = self.sampling(v.temperature, v.max_new_tokens.unwrap_or(self.config.rl.max_new_tokens), 1, 0);
-        let sampled = self.rollout(&prompts, &positions, &sampling, v.batch_size, u64::MAX - self.state.step())?;
+        // One response per prompt: batch_size prompts per prefill and as many slots.
+        let sizing = EngineSizing { prefill_prompts: v.batch_size, slots: Some(v.batch_size), budget_bytes: None };
+        let (sampled, _) = self.rollout(&prompts, &positions, &sampling, &sizing, u64::MAX - self.state.step())?;
         let scored = self.score_rewards(&prompts, sampled);
         let mine: Vec<(String, String, String, String, Scores)> = scored
             .iter()

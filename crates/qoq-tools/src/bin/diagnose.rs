@@ -16,7 +16,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use qoq_data::preprocess::ImageProcessor;
 use qoq_policy::chat::{encode_conversation, merged_tokens, Content, Message, RenderOptions, Tokenizer};
-use qoq_policy::{load_policy, Inputs, SamplingConfig};
+use qoq_policy::{load_policy, EngineConfig, Inputs, OnePrompt, RolloutEngine, SamplingConfig};
 use tch::{Device, Kind, Tensor};
 
 #[derive(Parser)]
@@ -88,7 +88,11 @@ fn main() -> Result<()> {
         config.top_p = Some(args.top_p);
         config.top_k = Some(args.top_k);
     }
-    let rollouts = model.generate(&inputs, &config)?;
+    // The trainer's rollout engine, with the one prompt's one sample in one slot.
+    let prompt = OnePrompt { inputs, key: 0 };
+    let engine = RolloutEngine::new(model.as_ref(), EngineConfig { slots: 1, prefill_prompts: 1 });
+    let (rollouts, _) = engine.run(&prompt, &config)?;
+    let inputs = prompt.inputs;
     let tokens = &rollouts.tokens[0];
     let response = rollouts.texts(&tokenizer, &config.stop_tokens)?.remove(0);
     println!("{response}");

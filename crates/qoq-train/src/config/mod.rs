@@ -158,6 +158,15 @@ impl TrainConfig {
                 ("rl.micro_batch", rl.micro_batch),
                 ("rl.generation_batch", rl.generation_batch),
             ])?;
+            if let Some(slots) = rl.rollout_slots.filter(|&s| s < rl.samples_per_prompt) {
+                return Err(format!(
+                    "rl.rollout_slots ({slots}) must be at least rl.samples_per_prompt ({}): a prompt's samples decode together",
+                    rl.samples_per_prompt
+                ));
+            }
+            if let Some(gb) = rl.kv_cache_gb.filter(|g| !(g.is_finite() && *g > 0.0)) {
+                return Err(format!("rl.kv_cache_gb must be a positive number of GiB, got {gb}"));
+            }
             if !rl.prompts_per_step.is_multiple_of(rl.prompts_per_update) {
                 return Err(format!(
                     "rl.prompts_per_step ({}) must be a multiple of rl.prompts_per_update ({})",

@@ -246,8 +246,16 @@ pub struct RlSection {
     /// padding counted; absent: `micro_batch` sequences in order. Scoring and the update
     /// use the same packing.
     pub micro_batch_tokens: Option<usize>,
-    /// Prompts per generate call.
+    /// Prompts per prefill forward of the rollout engine (vision tower included); with
+    /// G, also the default slot count (generation_batch x samples_per_prompt).
     pub generation_batch: usize,
+    /// Sequence slots of the rollout engine, whose KV cache is allocated once for them
+    /// (each slot holds the longest prompt plus max_new_tokens); absent:
+    /// generation_batch x samples_per_prompt. At least samples_per_prompt.
+    pub rollout_slots: Option<usize>,
+    /// KV budget of the rollout engine in GiB: the slots that fit in it. With
+    /// rollout_slots as well, the smaller number of slots wins.
+    pub kv_cache_gb: Option<f64>,
     /// Sampling temperature (> 0); the log-probs of scoring and updates use it too.
     pub temperature: f64,
     /// Nucleus sampling in (0, 1]; 1: off.
@@ -268,6 +276,8 @@ impl Default for RlSection {
             micro_batch: 8,
             micro_batch_tokens: None,
             generation_batch: 64,
+            rollout_slots: None,
+            kv_cache_gb: None,
             temperature: 1.0,
             top_p: 0.99,
             top_k: 0,

@@ -92,60 +92,23 @@ pub fn logits_chunk_bytes(chunk: i64, vocab: i64, b: f64, backward: bool) -> f64
     (chunk * vocab) as f64 * (tensors * 4.0 + if b == 4.0 { 0.0 } else { b })
 }
 
-/// Bytes of the generation KV cache at its peak (`layers/kv_cache.rs`): the prompt pass
-/// fills `prompt_rows` rows at capacity `prompt + 64` (kept alive, `generate.rs`), the G
-/// samples' copy (`rows`) grows by doubling, capacity max(needed, 2 x capacity, needed + 64),
-/// to hold `prompt + new_tokens - 1` positions (the last token is never fed back); while a
-/// layer grows, its old and new buffers are both alive (one buffer at a time).
-/// `per_position`: bytes of one row's keys and values at one position in every layer.
-pub fn kv_cache_bytes(
-    rows: i64,
-    prompt_rows: i64,
-    prompt: i64,
-    new_tokens: i64,
-    layers: i64,
-    per_position: f64,
-) -> f64 {
-    let first = prompt + 64;
-    let needed = prompt + new_tokens - 1;
-    let (mut capacity, mut previous) = (first, 0);
-    while capacity < needed {
-        previous = capacity;
-        capacity = (capacity + 1).max(2 * capacity).max(capacity + 65);
-    }
-    let per_buffer = per_position / (2 * layers.max(1)) as f64;
-    (prompt_rows * first) as f64 * per_position
-        + (rows * capacity) as f64 * per_position
-        + (rows * previous) as f64 * per_buffer
-}
-
-/// Bytes per row and vocabulary entry of a decode step's sampling (`generate.rs`
-/// warp_logits, sample_inverse_cdf): the logits, the warped copy, top-p's sort (values and
-/// int64 order), softmax, cumsum and masks; afterwards log-softmax, exp and the CDF.
+/// Bytes per row and vocabulary entry of a decode step's sampling (`sampler.rs` draw):
+/// the f32 logits, the banned / temperature-scaled copy and, for top-p, the exponentials
+/// of its f64-accumulated normaliser (the candidates are a few thousand entries at most);
+/// without truncation the log-softmax, its exponentials and the f64 CDF.
 pub fn sampling_bytes_per_entry(temperature: f64, top_p: bool) -> f64 {
     if temperature <= 0.0 {
         12.0
     } else if top_p {
-        30.0
+        16.0
     } else {
-        21.0
+        24.0
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_kv_cache_doubles_and_counts_one_old_buffer() {
-        // 1 row, prompt 100: capacity 164, then 328 once 165 positions are needed.
-        let per = 8.0; // bytes per position over 2 layers x (K, V): 2 bytes per buffer
-        assert_eq!(kv_cache_bytes(1, 0, 100, 60, 2, per), 164.0 * 8.0);
-        assert_eq!(kv_cache_bytes(1, 0, 100, 66, 2, per), 328.0 * 8.0 + 164.0 * 2.0);
-        assert_eq!(kv_cache_bytes(1, 0, 100, 400, 2, per), 656.0 * 8.0 + 328.0 * 2.0);
-        // The prompts' own cache is added at prompt + 64.
-        assert_eq!(kv_cache_bytes(0, 3, 100, 400, 2, per), 3.0 * 164.0 * 8.0);
-    }
 
     #[test]
     fn activations_per_token_follow_the_layer() {
@@ -174,7 +137,8 @@ mod tests {
         assert_eq!(logits_chunk_bytes(128, 151_936, 4.0, true), 128.0 * 151_936.0 * 16.0);
         assert_eq!(logits_chunk_bytes(128, 151_936, 4.0, false), 128.0 * 151_936.0 * 8.0);
         assert_eq!(logits_chunk_bytes(1, 10, 2.0, true), 10.0 * 18.0);
-        assert!(sampling_bytes_per_entry(0.0, true) < sampling_bytes_per_entry(1.0, false));
-        assert!(sampling_bytes_per_entry(1.0, false) < sampling_bytes_per_entry(1.0, true));
+        // Greedy < top-p's candidates < the untruncated path's log-softmax and f64 CDF.
+        assert!(sampling_bytes_per_entry(0.0, true) < sampling_bytes_per_entry(1.0, true));
+        assert!(sampling_bytes_per_entry(1.0, true) < sampling_bytes_per_entry(1.0, false));
     }
 }

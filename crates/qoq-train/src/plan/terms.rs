@@ -4,8 +4,8 @@
 use qoq_policy::ModuleGroup;
 
 use super::formulas::{
-    kv_cache_bytes, layer_activation_bytes, layer_nograd_bytes, logits_chunk_bytes, sampling_bytes_per_entry,
-    vision_activation_bytes, vision_nograd_bytes,
+    layer_activation_bytes, layer_nograd_bytes, logits_chunk_bytes, sampling_bytes_per_entry, vision_activation_bytes,
+    vision_nograd_bytes,
 };
 use super::shape::ModelShape;
 use super::{Phase, Term};
@@ -34,8 +34,11 @@ pub struct Sizes {
     /// Prompt tokens (`prompt.max_prompt_tokens`), response tokens (`rl.max_new_tokens`).
     pub prompt: i64,
     pub new_tokens: i64,
-    /// Prompts per generate call and the rows they decode (x G).
+    /// Prompts per prefill and the rows they decode (x G).
     pub gen_prompts: i64,
+    /// The rollout engine's KV slots (rl.rollout_slots, capped by rl.kv_cache_gb and by
+    /// the step's responses).
+    pub slots: i64,
     pub gen_rows: i64,
     /// Sequences per forward in scoring, RL updates and SFT.
     pub score_rows: i64,
@@ -48,6 +51,22 @@ pub struct Sizes {
     pub val_rows: i64,
     pub val_new_tokens: i64,
     pub phases: Vec<Phase>,
+}
+
+/// The engine's slots (rollout.rs `rl_engine_sizing`, engine.rs): `rl.rollout_slots` or
+/// generation_batch x G, capped by what `rl.kv_cache_gb` holds and by `responses`.
+fn rollout_slots(c: &TrainConfig, model: &ModelShape, responses: i64) -> i64 {
+    let rl = &c.rl;
+    let t = &model.text;
+    let per_slot = 2.0
+        * (t.layers * t.kv_heads * t.head_dim) as f64
+        * (c.prompt.max_prompt_tokens + rl.max_new_tokens) as f64
+        * bytes_of(c.model.dtype);
+    let mut slots = rl.rollout_slots.unwrap_or(rl.generation_batch * rl.samples_per_prompt) as i64;
+    if let Some(gb) = rl.kv_cache_gb {
+        slots = slots.min((gb * (1u64 << 30) as f64 / per_slot.max(1.0)) as i64);
+    }
+    slots.min(responses).max(1)
 }
 
 impl Sizes {
@@ -98,6 +117,7 @@ impl Sizes {
             new_tokens: rl.max_new_tokens as i64,
             gen_prompts,
             gen_rows: gen_prompts * g,
+            slots: rollout_slots(c, model, step_prompts * g),
             // rollout.rs score_rows packs scoring as the update (per optimizer batch).
             score_rows: update_rows,
             update_rows,
@@ -115,8 +135,8 @@ impl Sizes {
     pub fn describe(&self) -> String {
         let rl = if self.phases.contains(&Phase::Decode) {
             format!(
-                "generate {} prompts x G {} = {} rows of {} prompt + {} new tokens; micro-batches of {} (scoring), {} (RL update)",
-                self.gen_prompts, self.g, self.gen_rows, self.prompt, self.new_tokens, self.score_rows, self.update_rows
+                "rollouts in {} slots of {} prompt + {} new tokens, {} prompts (x G {}) per prefill; micro-batches of {} (scoring), {} (RL update)",
+                self.slots, self.prompt, self.new_tokens, self.gen_prompts, self.g, self.score_rows, self.update_rows
             )
         } else {
             String::new()
@@ -271,7 +291,7 @@ pub fn rank_terms(c: &TrainConfig, model: &ModelShape, s: &Sizes, main: bool) ->
     let kv_buffer = kv_position / (2 * t.layers.max(1)) as f64;
     let widest = (t.intermediate.max(t.heads * t.head_dim).max(t.hidden)) as f64 * b;
     if c.rl.steps > 0 {
-        let (bg, rows, l, n) = (s.gen_prompts, s.gen_rows, s.prompt, s.new_tokens);
+        let (bg, l, n) = (s.gen_prompts, s.prompt, s.new_tokens);
         let first = (bg * (l + 64)) as f64 * kv_position;
         out.push(
             Term::new(
@@ -282,18 +302,17 @@ pub fn rank_terms(c: &TrainConfig, model: &ModelShape, s: &Sizes, main: bool) ->
             )
             .block((bg * (l + 64)) as f64 * kv_buffer),
         );
-        let grown = kv_cache_bytes(rows, 0, l, n, t.layers, kv_position);
+        // engine.rs: the arena, allocated once per rollout for min(slots, responses)
+        // sequences of the longest prompt + max_new_tokens.
+        let slots = s.slots;
         out.push(
             Term::new(
-                "KV cache: G samples, growing",
+                "KV arena: rollout slots",
                 &[Phase::Decode],
-                grown,
-                format!(
-                    "{rows} rows, capacity doubling to hold {} positions, one buffer old + new (kv_cache.rs)",
-                    l + n - 1
-                ),
+                (slots * (l + n)) as f64 * kv_position,
+                format!("{slots} slots x {} positions, all layers, allocated once (kv_arena.rs)", l + n),
             )
-            .block(rows as f64 * 2.0 * (l + n) as f64 * kv_buffer),
+            .block((slots * (l + n)) as f64 * kv_buffer),
         );
         out.push(
             Term::new(
@@ -305,16 +324,20 @@ pub fn rank_terms(c: &TrainConfig, model: &ModelShape, s: &Sizes, main: bool) ->
             .block(((bg * l * l) as f64 * b).max((bg * l) as f64 * widest)),
         );
         let top_p = c.rl.top_p < 1.0;
-        let repeat = if t.heads != t.kv_heads { 2.0 * (rows * t.heads * (l + n)) as f64 * d * b } else { 0.0 };
+        // Grouped-query decode attention reads the arena's view; SDPA's CPU path may make
+        // one layer's live keys and values contiguous.
+        let read = (slots * (l + n)) as f64 * kv_buffer * 2.0;
         let sampling =
-            rows as f64 * v * (sampling_bytes_per_entry(c.rl.temperature, top_p) + if s.bf16 { 2.0 } else { 0.0 });
-        out.push(Term::new(
-            "decode working set",
-            &[Phase::Decode],
-            repeat + sampling + (bg * l) as f64 * h * b,
-            "a layer's repeated kv heads at full length, sampling over [rows, vocab] (generate.rs), prompt hidden states",
-        )
-        .block((rows as f64 * v * 4.0).max(repeat / 2.0)));
+            slots as f64 * v * (sampling_bytes_per_entry(c.rl.temperature, top_p) + if s.bf16 { 2.0 } else { 0.0 });
+        out.push(
+            Term::new(
+                "decode working set",
+                &[Phase::Decode],
+                read + sampling + (bg * l) as f64 * h * b,
+                "one layer's live keys and values, sampling over [slots, vocab] (sampler.rs), prompt hidden states",
+            )
+            .block((slots as f64 * v * 4.0).max(read / 2.0)),
+        );
         let (br, tok) = (s.score_rows, s.prompt + s.new_tokens);
         let fwd = forward_nograd_bytes(model, s, br, tok);
         let chunk = c.memory.logits_chunk_tokens.min(br * s.new_tokens);
@@ -414,7 +437,8 @@ pub fn rank_terms(c: &TrainConfig, model: &ModelShape, s: &Sizes, main: bool) ->
     }
     if c.validation.every > 0 {
         let (rows, l, n) = (s.val_rows, s.prompt, s.val_new_tokens);
-        let cache = kv_cache_bytes(rows, rows, l, n, t.layers, kv_position);
+        // validation.rs: batch_size slots of one response each, and one prefill's cache.
+        let cache = (rows * (l + n) + rows * (l + 64)) as f64 * kv_position;
         let sampling = rows as f64 * v * sampling_bytes_per_entry(c.validation.temperature, c.rl.top_p < 1.0);
         let work = prefill_bytes(model, s, rows, l).max(sampling);
         out.push(
