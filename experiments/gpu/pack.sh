@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the CUDA binaries (tools/setup-cuda.sh) and packs stripped, gzipped copies of
-# train, make-tiny-checkpoint and make-synthetic, and the Qwen tokenizer, into .gpu-carry/
+# train, make-tiny-checkpoint, make-synthetic and the bench_rollout example, and the Qwen
+# tokenizer, into .gpu-carry/
 # (~30 MB, ignored by git)
 # for the device tool's `carry`: run(command="bash experiments/gpu/run.sh $OUT", carry=[".gpu-carry"]).
 set -euo pipefail
@@ -12,6 +13,8 @@ for tool in train make-tiny-checkpoint make-synthetic; do
     strip -o ".gpu-carry/$tool" "target/cuda/release/$tool"
     gzip -f ".gpu-carry/$tool"
 done
+strip -o .gpu-carry/bench_rollout target/cuda/release/examples/bench_rollout
+gzip -f .gpu-carry/bench_rollout
 mkdir -p .gpu-carry/tokenizer
 cp .qwen-tokenizer/tokenizer.json .gpu-carry/tokenizer/
 [ -f .qwen-tokenizer/tokenizer_config.json ] && cp .qwen-tokenizer/tokenizer_config.json .gpu-carry/tokenizer/

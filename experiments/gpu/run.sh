@@ -119,3 +119,26 @@ peak_gib = max(mem) / 1024 if mem else float("nan")
 print(json.dumps({"parameters": params, "sft_tokens_per_s": tokens_per_s, "rl_tokens_per_s": rl,
                   "update_mfu": mfu, "peak_gpu_memory_gib": peak_gib, "plan_peak_gib": float(sys.argv[4])}))
 PY
+
+# The rollout benchmark (experiments/rollout-throughput) on the GPU: the engine against
+# transformers' generate on a random Qwen3-VL with Qwen3-VL-2B's shapes (2.1 B parameters,
+# untied head), bf16, G = 5, top-p 0.99, batches of 8 and 64 prompts, 40 slots. Needs
+# transformers in python3; skipped with a note otherwise.
+if python3 -c 'import transformers' 2>/dev/null && [ -f .gpu-carry/bench_rollout.gz ]; then
+    gzip -dc .gpu-carry/bench_rollout.gz > "$bin/bench_rollout"
+    chmod +x "$bin/bench_rollout"
+    rb="$out/rollout"
+    mkdir -p "$rb"
+    python3 experiments/rollout-throughput/make_model.py --out "$rb" --seed 0 --large
+    : > "$rb/results.jsonl"
+    args=(--model "$rb/model" --inputs "$rb/inputs.safetensors" --samples 5 --new-tokens "${NEW_TOKENS:-128}" --seed 0)
+    for stop in mixed none; do
+        for batch in 8 64; do
+            "$bin/bench_rollout" "${args[@]}" --batch "$batch" --stop "$stop" --slots 40 --device cuda --bf16 | tee -a "$rb/results.jsonl"
+            python3 experiments/rollout-throughput/reference.py "${args[@]}" --batch "$batch" --stop "$stop" --device cuda | tee -a "$rb/results.jsonl"
+        done
+    done
+    python3 experiments/rollout-throughput/summarize.py "$rb/results.jsonl"
+else
+    echo "gpu check: rollout benchmark skipped (python3 has no transformers, or .gpu-carry has no bench_rollout)" >&2
+fi

@@ -7,7 +7,8 @@
 //!
 //! `--stop mixed`: responses end at `<|im_end|>` / `<|endoftext|>` (the model's biased
 //! end-of-sequence logit spreads their lengths); `none`: every response runs N tokens.
-//! `--engine generate` times the reference `generate` (all rows to the longest) instead.
+//! `--engine generate` times the reference `generate` (all rows to the longest) instead;
+//! `--device cuda --bf16` is the GPU check's form (experiments/gpu/run.sh).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -54,6 +55,12 @@ struct Args {
     seed: u64,
     #[arg(long, value_enum, default_value_t = Engine::Slots)]
     engine: Engine,
+    /// `cpu` or `cuda` (a build with the `cuda` feature).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Convert the weights to bf16 (the KV arena follows).
+    #[arg(long)]
+    bf16: bool,
 }
 
 /// The input file's prompts: all the same length, one image of the same grid each.
@@ -85,7 +92,7 @@ impl PromptSource for FilePrompts {
         f: &mut dyn FnMut(&Inputs<'_>) -> Result<(), PolicyError>,
     ) -> Result<(), PolicyError> {
         let rows: Vec<i64> = indices.iter().map(|&i| i as i64).collect();
-        let ids = self.ids.index_select(0, &Tensor::from_slice(&rows));
+        let ids = self.ids.index_select(0, &Tensor::from_slice(&rows).to_device(self.ids.device()));
         let per = self.rows_per_image();
         let pixels: Vec<Tensor> = rows.iter().map(|&r| self.pixels.narrow(0, r * per, per)).collect();
         let pixels = Tensor::cat(&pixels, 0);
@@ -112,13 +119,22 @@ fn main() -> anyhow::Result<()> {
     if let Some(t) = args.threads {
         tch::set_num_threads(t);
     }
-    let model = load_policy(&args.model, Device::Cpu)?;
+    let device = match args.device.as_str() {
+        "cpu" => Device::Cpu,
+        "cuda" if tch::Cuda::is_available() => Device::Cuda(0),
+        "cuda" => anyhow::bail!("--device cuda: this build or machine has no CUDA device (build with --features cuda)"),
+        other => anyhow::bail!("--device {other}: expected cpu or cuda"),
+    };
+    let mut model = load_policy(&args.model, device)?;
+    if args.bf16 {
+        model.set_kind(tch::Kind::BFloat16);
+    }
     let t: HashMap<String, Tensor> = Tensor::read_safetensors(&args.inputs)?.into_iter().collect();
     let grid = Vec::<i64>::try_from(&t["image_grid_thw"].get(0))?;
     let b = args.batch as i64;
     let source = FilePrompts {
-        ids: t["input_ids"].narrow(0, 0, b),
-        pixels: t["pixel_values"].shallow_clone(),
+        ids: t["input_ids"].narrow(0, 0, b).to_device(device),
+        pixels: t["pixel_values"].to_device(device),
         grid: [grid[0], grid[1], grid[2]],
     };
     let source = FilePrompts { pixels: source.pixels.narrow(0, 0, b * source.rows_per_image()), ..source };
@@ -133,6 +149,12 @@ fn main() -> anyhow::Result<()> {
         samples_per_prompt: args.samples,
         seed: args.seed,
     };
+    let sync = || {
+        if let Device::Cuda(i) = device {
+            tch::Cuda::synchronize(i as i64);
+        }
+    };
+    sync();
     let start = Instant::now();
     let (rollouts, stats) = match args.engine {
         Engine::Slots => {
@@ -149,6 +171,7 @@ fn main() -> anyhow::Result<()> {
             (out.ok_or_else(|| anyhow::anyhow!("no rollouts"))?, Default::default())
         }
     };
+    sync();
     let wall = start.elapsed().as_secs_f64();
     let lengths: Vec<usize> = rollouts.tokens.iter().map(Vec::len).collect();
     let generated: usize = lengths.iter().sum();
@@ -164,7 +187,7 @@ fn main() -> anyhow::Result<()> {
             "min_length": lengths.iter().min(), "max_length": lengths.iter().max(),
             "slots": stats.slots, "occupancy": stats.occupancy, "decode_steps": stats.decode_steps,
             "prefills": stats.prefills, "arena_mib": stats.arena_bytes as f64 / (1 << 20) as f64,
-            "threads": tch::get_num_threads(),
+            "threads": tch::get_num_threads(), "device": args.device, "bf16": args.bf16,
         })
     );
     Ok(())
