@@ -14,6 +14,9 @@ use qoq_policy::Grid;
 use qoq_policy::{load_policy, Inputs, SamplingConfig};
 use tch::{Device, Tensor};
 
+mod common;
+use common::peak_rss_mib;
+
 #[derive(Parser)]
 struct Args {
     #[arg(long)]
@@ -28,15 +31,6 @@ struct Args {
     new_tokens: usize,
     #[arg(long)]
     threads: Option<i32>,
-}
-
-fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        .map_or(0.0, |kib| kib / 1024.0)
 }
 
 fn main() -> anyhow::Result<()> {

@@ -18,6 +18,9 @@ use clap::{Parser, ValueEnum};
 use qoq_policy::{load_policy, EngineConfig, Grid, Inputs, PolicyError, PromptSource, RolloutEngine, SamplingConfig};
 use tch::{Device, Tensor};
 
+mod common;
+use common::peak_rss_mib;
+
 #[derive(Clone, Copy, PartialEq, ValueEnum)]
 enum Stop {
     Mixed,
@@ -103,15 +106,6 @@ impl PromptSource for FilePrompts {
             ..Default::default()
         })
     }
-}
-
-fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        .map_or(0.0, |kib| kib / 1024.0)
 }
 
 fn main() -> anyhow::Result<()> {

@@ -14,6 +14,9 @@ use clap::{Parser, ValueEnum};
 use qoq_policy::{forward_for_update, Inputs, Policy, Qwen3VL, Qwen3VLConfig, UpdateOptions, DEFAULT_CHUNK_TOKENS};
 use tch::{Device, Kind, Tensor};
 
+mod common;
+use common::peak_rss_mib;
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum Mode {
     Plain,
@@ -41,15 +44,6 @@ struct Args {
     bf16: bool,
     #[arg(long)]
     threads: Option<i32>,
-}
-
-fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        .map_or(0.0, |kib| kib / 1024.0)
 }
 
 /// The loss: minus the mean log-prob (SFT's), enough to exercise every gradient.
