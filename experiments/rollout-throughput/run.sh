@@ -10,7 +10,9 @@
 # both. Each run is its own process, pinned to CORES (0,1) with THREADS (2) threads; the
 # two sides alternate. Ends with the summary line (summarize.py).
 #   bash experiments/rollout-throughput/run.sh
-# ROLLOUT_BENCH_DIR=DIR keeps the model and the results there. About 12 minutes on 2 cores.
+# ROLLOUT_BENCH_DIR=DIR keeps the model and the results there (and reuses a model made there).
+# About 12 minutes on a quiet 2-core machine, 9 of them transformers' runs; all timings grow
+# with the machine's load, so run it alone.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 start=$(date +%s)
@@ -24,12 +26,13 @@ else
     dir=$(mktemp -d)
     trap 'rm -rf "$dir"' EXIT
 fi
-if [ ! -f "$dir/inputs.safetensors" ] || [ ! -f "$dir/model/config.json" ]; then
-    "$py" experiments/rollout-throughput/make_model.py --out "$dir" --seed 0
-fi
 cores=${CORES:-0,1}
 threads=${THREADS:-2}
 new_tokens=${NEW_TOKENS:-64}
+if [ ! -f "$dir/inputs.safetensors" ] || [ ! -f "$dir/model/model.safetensors" ]; then
+    # Also prints the nucleus sizes and a 40-response length histogram (about 40 s).
+    taskset -c "$cores" "$py" experiments/rollout-throughput/make_model.py --out "$dir" --seed 0 --check-tokens "$new_tokens"
+fi
 slots=${SLOTS:-40}
 results="$dir/results.jsonl"
 : > "$results"
