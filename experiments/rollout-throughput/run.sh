@@ -8,7 +8,8 @@
 #   equal lengths: no end-of-sequence token, every response runs NEW_TOKENS.
 # Rollout batches of 8 and 64 prompts; the engine has SLOTS (40 = 8 prompts x G) slots for
 # both. Each run is its own process, pinned to CORES (0,1) with THREADS (2) threads; the
-# two sides alternate. Ends with the summary line (summarize.py).
+# two sides alternate. SEED (0) seeds both sides' sampling (the model is always seed 0).
+# Ends with the summary line (summarize.py).
 #   bash experiments/rollout-throughput/run.sh
 # ROLLOUT_BENCH_DIR=DIR keeps the model and the results there (and reuses a model made there).
 # About 12 minutes on a quiet 2-core machine, 9 of them transformers' runs; all timings grow
@@ -36,7 +37,7 @@ fi
 slots=${SLOTS:-40}
 results="$dir/results.jsonl"
 : > "$results"
-args=(--model "$dir/model" --inputs "$dir/inputs.safetensors" --samples 5 --new-tokens "$new_tokens" --threads "$threads" --seed 0)
+args=(--model "$dir/model" --inputs "$dir/inputs.safetensors" --samples 5 --new-tokens "$new_tokens" --threads "$threads" --seed "${SEED:-0}")
 for stop in mixed none; do
     for batch in 8 64; do
         echo "== $stop lengths, $batch prompts x 5, $new_tokens new tokens ($(cut -d' ' -f1-3 /proc/loadavg) load)" >&2
