@@ -98,8 +98,11 @@ fn stage2_fits_qwen3_vl_8b_on_8_gpus_of_80_gb() {
 {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("generate 2 prompts x G 5 = 10 rows"), "{stdout}");
-    assert!(stdout.contains("4096 prompt + 4096 new tokens"), "{stdout}");
+    // kv_cache_gb = 12 holds 10 rollout slots of 8,192 positions (1.15 GiB each in bf16).
+    assert!(
+        stdout.contains("rollouts in 10 slots of 4096 prompt + 4096 new tokens, 2 prompts (x G 5) per prefill"),
+        "{stdout}"
+    );
     // One GPU cannot hold the model state of a full fine-tune (16 B per parameter).
     let out = plan(&config, &["--world-size", "1", "--device-memory-gb", "141"]);
     assert!(!out.status.success());
