@@ -184,8 +184,7 @@ impl<'p, P: Policy + ?Sized> RolloutEngine<'p, P> {
             SlotArena::new(text.layers.len(), slot_count, layout, capacity as i64, kind, self.policy.device())?;
         let mut stats = EngineStats {
             slots: slot_count,
-            arena_bytes: SlotArena::bytes_per_slot(text.layers.len(), layout.0, layout.1, capacity as i64, kind)
-                * slot_count as u64,
+            arena_bytes: slot_bytes(self.policy, capacity as i64) * slot_count as u64,
             ..Default::default()
         };
         let mut live: Vec<Slot> = Vec::new();

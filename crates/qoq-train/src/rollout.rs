@@ -210,13 +210,9 @@ impl Trainer {
         let texts = rollouts.texts(&self.tokenizer, &self.tokens.stop)?;
         let sampled = texts
             .into_iter()
-            .enumerate()
-            .map(|(i, text)| Sampled {
-                prompt: rollouts.prompt_index[i],
-                tokens: rollouts.tokens[i].clone(),
-                text,
-                stopped: rollouts.stopped[i],
-            })
+            .zip(rollouts.tokens)
+            .zip(rollouts.prompt_index.into_iter().zip(rollouts.stopped))
+            .map(|((text, tokens), (prompt, stopped))| Sampled { prompt, tokens, text, stopped })
             .collect();
         Ok((sampled, stats))
     }
