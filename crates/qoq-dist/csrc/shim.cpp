@@ -63,6 +63,14 @@ c10d::ReduceOp reduce_op(int op) {
   }
 }
 
+// The backend, or an error once qoq_dist_close_backend has closed it.
+c10d::Backend& backend_of(const Group* g) {
+  if (!g->backend) {
+    throw std::runtime_error("this group's collectives were closed after an earlier failure");
+  }
+  return *g->backend;
+}
+
 // Waits for a collective; the backend's own timeout also applies inside it.
 void finish(const Group* g, const c10::intrusive_ptr<c10d::Work>& work) {
   if (!work->wait(g->timeout)) {
@@ -119,6 +127,10 @@ void qoq_dist_free(void* g) { delete static_cast<Group*>(g); }
 
 void qoq_dist_free_string(char* s) { std::free(s); }
 
+// Drops the backend (its connections close, so peers blocked on this rank fail now rather
+// than at their timeout) and keeps the store, which the failure census still reads.
+void qoq_dist_close_backend(void* g) { static_cast<Group*>(g)->backend.reset(); }
+
 int qoq_dist_all_reduce(void* g, at::Tensor* t, int op, char** err) {
   return guarded(err, [&] {
     auto group = static_cast<Group*>(g);
@@ -126,7 +138,7 @@ int qoq_dist_all_reduce(void* g, at::Tensor* t, int op, char** err) {
     c10d::AllreduceOptions opts;
     opts.reduceOp = reduce_op(op);
     opts.timeout = group->timeout;
-    finish(group, group->backend->allreduce(tensors, opts));
+    finish(group, backend_of(group).allreduce(tensors, opts));
   });
 }
 
@@ -136,7 +148,7 @@ int qoq_dist_all_gather(void* g, at::Tensor* output, at::Tensor* input, char** e
     auto group = static_cast<Group*>(g);
     c10d::AllgatherOptions opts;
     opts.timeout = group->timeout;
-    finish(group, group->backend->_allgather_base(*output, *input, opts));
+    finish(group, backend_of(group)._allgather_base(*output, *input, opts));
   });
 }
 
@@ -147,7 +159,7 @@ int qoq_dist_reduce_scatter(void* g, at::Tensor* output, at::Tensor* input, int 
     c10d::ReduceScatterOptions opts;
     opts.reduceOp = reduce_op(op);
     opts.timeout = group->timeout;
-    finish(group, group->backend->_reduce_scatter_base(*output, *input, opts));
+    finish(group, backend_of(group)._reduce_scatter_base(*output, *input, opts));
   });
 }
 
@@ -158,13 +170,13 @@ int qoq_dist_gather(void* g, at::Tensor* output, at::Tensor* input, int root, ch
     auto group = static_cast<Group*>(g);
     std::vector<std::vector<at::Tensor>> outputs;
     if (output != nullptr) {
-      outputs.push_back(output->chunk(group->backend->getSize()));
+      outputs.push_back(output->chunk(backend_of(group).getSize()));
     }
     std::vector<at::Tensor> inputs{*input};
     c10d::GatherOptions opts;
     opts.rootRank = root;
     opts.timeout = group->timeout;
-    finish(group, group->backend->gather(outputs, inputs, opts));
+    finish(group, backend_of(group).gather(outputs, inputs, opts));
   });
 }
 
@@ -175,7 +187,7 @@ int qoq_dist_broadcast(void* g, at::Tensor* t, int root, char** err) {
     c10d::BroadcastOptions opts;
     opts.rootRank = root;
     opts.timeout = group->timeout;
-    finish(group, group->backend->broadcast(tensors, opts));
+    finish(group, backend_of(group).broadcast(tensors, opts));
   });
 }
 
@@ -184,7 +196,7 @@ int qoq_dist_barrier(void* g, char** err) {
     auto group = static_cast<Group*>(g);
     c10d::BarrierOptions opts;
     opts.timeout = group->timeout;
-    finish(group, group->backend->barrier(opts));
+    finish(group, backend_of(group).barrier(opts));
   });
 }
 

@@ -19,6 +19,7 @@ extern "C" {
     ) -> *mut c_void;
     pub fn qoq_dist_free(group: *mut c_void);
     pub fn qoq_dist_free_string(s: *mut c_char);
+    pub fn qoq_dist_close_backend(group: *mut c_void);
     pub fn qoq_dist_all_reduce(group: *mut c_void, t: *mut c_void, op: c_int, err: *mut *mut c_char) -> c_int;
     pub fn qoq_dist_all_gather(
         group: *mut c_void,

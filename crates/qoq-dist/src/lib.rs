@@ -79,6 +79,8 @@ pub struct ProcessGroup {
     backend: Backend,
     timeout: Duration,
     addr: String,
+    /// This rank serves the rendezvous store (rank 0, unless torchrun's agent does).
+    serves_store: bool,
 }
 
 // SAFETY: the c10d objects behind `raw` are used from one thread at a time (collectives
@@ -105,6 +107,7 @@ impl ProcessGroup {
             backend: Backend::Gloo,
             timeout: Duration::MAX,
             addr: "local".into(),
+            serves_store: false,
         }
     }
 
@@ -160,7 +163,16 @@ impl ProcessGroup {
         if raw.is_null() {
             return Err(init_err(ffi::take_message(err)));
         }
-        Ok(Self { raw, rank: r.rank, world_size: r.world_size, local_rank: r.local_rank, backend, timeout, addr })
+        Ok(Self {
+            raw,
+            rank: r.rank,
+            world_size: r.world_size,
+            local_rank: r.local_rank,
+            backend,
+            timeout,
+            addr,
+            serves_store: r.rank == 0 && !r.agent_store,
+        })
     }
 
     pub fn rank(&self) -> usize {
@@ -334,7 +346,33 @@ impl ProcessGroup {
             return Ok(());
         }
         let message = ffi::take_message(err);
-        Err(DistError::Collective { rank: self.rank, op, message, peers: self.census() })
+        if self.backend == Backend::Gloo {
+            // SAFETY: raw is live; the failed collective has returned. A peer blocked on a
+            // message from this rank would otherwise wait for its whole timeout, and could
+            // outlive the store this rank may serve.
+            unsafe { ffi::qoq_dist_close_backend(self.raw) };
+        }
+        let peers = self.census();
+        if self.serves_store {
+            self.linger_for_census();
+        }
+        Err(DistError::Collective { rank: self.rank, op, message, peers })
+    }
+
+    /// The store dies with this process: before returning the error, wait (bounded) until
+    /// every rank that joined the census has finished reading it.
+    fn linger_for_census(&self) {
+        let started = Instant::now();
+        while started.elapsed() < CENSUS_WAIT + Duration::from_secs(2) {
+            let pending = (0..self.world_size).filter(|&r| r != self.rank).any(|r| {
+                let joined = matches!(self.store_get_if_present(&format!("alive/{r}")), Ok(Some(_)));
+                joined && matches!(self.store_get_if_present(&format!("census/{r}")), Ok(None))
+            });
+            if !pending {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// After a failed collective: says this rank is alive, waits a little for the others
@@ -355,6 +393,7 @@ impl ProcessGroup {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+        let _ = self.store_set(&format!("census/{}", self.rank), b"1");
         let Some((mut parts, silent)) = last else { return gone };
         if !silent.is_empty() {
             parts.push(format!(
