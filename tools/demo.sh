@@ -11,7 +11,12 @@
 #                                  configs/demo-qwen2_5_vl.toml, data/tiny-qwen2.5-vl,
 #                                  runs/demo-qwen2_5_vl;
 #                                  DTYPE=bfloat16 for the Qwen3-VL demo in bf16 with fp32
-#                                  master weights: configs/demo-bf16.toml, runs/demo-bf16)
+#                                  master weights: configs/demo-bf16.toml, runs/demo-bf16;
+#                                  STAGE=1 for stage 1 at demo size, the ECG path on the
+#                                  ECG rows: configs/demo-stage1.toml, runs/demo-stage1,
+#                                  2000 samples by default;
+#                                  SEED=N for another run seed (and data order):
+#                                  runs/<name>-seedN, from runs/<name>-seedN.toml)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 family=${FAMILY:-qwen3_vl}
@@ -27,8 +32,24 @@ case "${DTYPE:-float32}" in
         config=configs/demo-bf16.toml; out=runs/demo-bf16 ;;
     *) echo "demo: DTYPE must be float32 or bfloat16, not '$DTYPE'" >&2; exit 1 ;;
 esac
+case "${STAGE:-2}" in
+    2) samples=${SAMPLES:-1000} ;;
+    1)
+        [ "$family" = qwen3_vl ] && [ "${DTYPE:-float32}" = float32 ] \
+            || { echo "demo: STAGE=1 has a config for FAMILY=qwen3_vl, DTYPE=float32 only" >&2; exit 1; }
+        config=configs/demo-stage1.toml; out=runs/demo-stage1; samples=${SAMPLES:-2000} ;;
+    *) echo "demo: STAGE must be 1 or 2, not '$STAGE'" >&2; exit 1 ;;
+esac
+seed=${SEED:-0}
+if [ "$seed" != 0 ]; then
+    # A config of its own: the shipped one with run.seed, data.seed and output_dir replaced.
+    out="$out-seed$seed"
+    mkdir -p runs
+    printf 'base = "../%s"\n[run]\nseed = %s\noutput_dir = "%s"\n[data]\nseed = %s\n' \
+        "$config" "$seed" "$out" "$seed" > "$out.toml"
+    config="$out.toml"
+fi
 bash tools/setup.sh
-samples=${SAMPLES:-1000}
 cargo build --release --quiet --bin make-synthetic --bin train --bin make-tiny-checkpoint
 ./target/release/make-synthetic --out data/synthetic --samples "$samples" --seed 0 --force
 [ -f "$model/config.json" ] || ./target/release/make-tiny-checkpoint --family "$family" --out "$model"

@@ -1,7 +1,8 @@
 //! CLIMB / MIMIC-IV samples for QoQ-Med training: the parquet shard format, a streaming
 //! loader (row-group windows, column projection, seeded epoch shuffling, per-rank
 //! sharding, resumable cursor, domain mixing), converters from the original JSONL files,
-//! Qwen3-VL image preprocessing, and a synthetic CLIMB-like set.
+//! Qwen3-VL image preprocessing, ECG preprocessing for the ECG-JEPA encoder, a reader
+//! for files written by `torch.save` ([`torch_file`]), and a synthetic CLIMB-like set.
 //!
 //! ```no_run
 //! use qoq_data::{Loader, LoaderConfig, preprocess::ImageProcessor};
@@ -28,6 +29,7 @@ mod sample;
 pub mod schema;
 mod shards;
 pub mod synthetic;
+pub mod torch_file;
 mod validate;
 
 pub use error::{DataError, Result};

@@ -16,7 +16,7 @@ use crate::plan::{Cursor, EpochPlan, PlanOptions, RowRef, Unit};
 use crate::sample::Sample;
 use crate::schema::col;
 use crate::shards::ShardSet;
-use crate::validate::{check_sample, BadRow, Checks};
+use crate::validate::{check_ecg_for_encoder, check_sample, BadRow, Checks};
 
 /// How to stream a shard set. `Default` is one unshuffled pass, rank 0 of 1.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -48,6 +48,10 @@ pub struct LoaderConfig {
     /// epoch's end (`inspect-data`, so one bad shard sorting first does not decide).
     #[serde(skip)]
     pub abort_early: bool,
+    /// Also check each ECG against the ECG encoder's input ([`check_ecg_for_encoder`]): set
+    /// by the trainer when the policy has an ECG path.
+    #[serde(skip)]
+    pub ecg_encoder: bool,
 }
 
 impl Default for LoaderConfig {
@@ -65,6 +69,7 @@ impl Default for LoaderConfig {
             world_size: 1,
             checks: Checks::Headers,
             abort_early: true,
+            ecg_encoder: false,
         }
     }
 }
@@ -300,8 +305,17 @@ impl Loader {
             let mut rows = self.read_refs(&refs)?;
             let samples: Vec<Sample> = refs.iter().map(|&(_, r)| take_sample(&mut rows, r)).collect();
             // Checks decode media: run them on all cores.
-            let checks = self.cfg.checks;
-            let verdicts: Vec<_> = samples.par_iter().map(|s| check_sample(s, checks)).collect();
+            let (checks, ecg) = (self.cfg.checks, self.cfg.ecg_encoder);
+            let verdicts: Vec<_> = samples
+                .par_iter()
+                .map(|s| {
+                    check_sample(s, checks)?;
+                    match &s.ecg {
+                        Some(sig) if ecg => check_ecg_for_encoder(sig),
+                        _ => Ok(()),
+                    }
+                })
+                .collect();
             for (((p, r), sample), verdict) in refs.into_iter().zip(samples).zip(verdicts) {
                 self.stats.seen += 1;
                 self.seen_in_epoch += 1;

@@ -141,3 +141,25 @@ pub fn check_sample(s: &Sample, checks: Checks) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// Whether an ECG can be the ECG encoder's input ([`crate::preprocess::preprocess_ecg`]):
+/// 8 or 12 leads, at least 5 s. The loader applies it when the policy has an ECG path
+/// ([`crate::LoaderConfig::ecg_encoder`]), so such a row is a bad row there, counted like a
+/// bad image; other runs may keep ECGs of any shape.
+pub fn check_ecg_for_encoder(sig: &crate::Signal) -> Result<(), String> {
+    if !matches!(sig.leads, 8 | 12) {
+        return Err(format!(
+            "ecg has {} leads; the ECG encoder takes 8 (I, II, V1-V6) or 12 (of which it keeps those 8)",
+            sig.leads
+        ));
+    }
+    let seconds = sig.samples as f64 / sig.sampling_rate_hz as f64;
+    let least = crate::preprocess::ECG_MIN_SAMPLES as f64 / crate::preprocess::ECG_RATE_HZ as f64;
+    if seconds < least {
+        return Err(format!(
+            "ecg is {seconds:.2} s long ({} samples at {} Hz); the ECG encoder needs at least {least} s",
+            sig.samples, sig.sampling_rate_hz
+        ));
+    }
+    Ok(())
+}

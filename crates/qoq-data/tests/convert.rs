@@ -324,6 +324,49 @@ fn qoq_med_rows() {
     assert_eq!(s[8].videos, vec![frames]);
 }
 
+/// QoQ-Med ECG rows pointing at `torch.save` files and WFDB records; the preprocessed
+/// encoder input of each comes out 8 x 2500.
+#[test]
+fn qoq_med_ecg_from_torch_files_and_wfdb_records() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/torch_file");
+    std::fs::create_dir_all(root.join("ecg/ptbxl")).unwrap();
+    std::fs::copy(fixtures.join("ecg_bf16.pt"), root.join("ecg/ptbxl/1.pt")).unwrap();
+    std::fs::copy(fixtures.join("jepa_epoch100.pth"), root.join("ecg/ptbxl/ckpt.pth")).unwrap();
+    // A 12-lead WFDB record, 10 s at 500 Hz, format 16: lead l, sample t = l * 10 + t % 7.
+    let digital = |l: usize, t: usize| (l * 10 + t % 7) as i16;
+    let dat: Vec<u8> = (0..5000).flat_map(|t| (0..12).flat_map(move |l| digital(l, t).to_le_bytes())).collect();
+    std::fs::write(root.join("ecg/ptbxl/00001_hr.dat"), dat).unwrap();
+    let mut hea = "00001_hr 12 500 5000\n".to_string();
+    for name in ["I", "II", "III", "AVR", "AVL", "AVF", "V1", "V2", "V3", "V4", "V5", "V6"] {
+        hea.push_str(&format!("00001_hr.dat 16 1000.0(0)/mV 16 0 0 0 0 {name}\n"));
+    }
+    std::fs::write(root.join("ecg/ptbxl/00001_hr.hea"), hea).unwrap();
+    let row = |path: &str| json!({"problem": "<ECG> Rhythm?", "answer": "normal", "images": [], "videos": [], "time-series": [path], "dataset": "ptbxl", "sampling_rate": 100});
+    let input = root.join("ecg_train.jsonl");
+    jsonl(&input, &[row("ecg/ptbxl/1.pt"), row("ecg/ptbxl/00001_hr"), row("ecg/ptbxl/ckpt.pth")]);
+    let o = ConvertOptions { max_bad_fraction: 0.5, ..opts(SourceFormat::QoqMed) };
+    let report = convert_jsonl(&input, &root.join("out"), &o).unwrap();
+    assert_eq!((report.rows_written, report.bad_count), (2, 1));
+    let reason = &report.bad[0].reason;
+    assert!(reason.contains("ckpt.pth") && reason.contains("encoder.W_P.weight"), "{reason}");
+    let s = read_all(&root.join("out"));
+
+    let bf16 = s[0].ecg.as_ref().unwrap();
+    // The .pt carries no rate: the row's sampling_rate is kept.
+    assert_eq!((bf16.leads, bf16.samples, bf16.sampling_rate_hz), (8, 2500, 100.0));
+    assert_eq!(bf16.values[..3], [-128.0 * 0.25, -127.0 * 0.25, -126.0 * 0.25]);
+    let wfdb = s[1].ecg.as_ref().unwrap();
+    // The header's 500 Hz overrides the row's 100 Hz.
+    assert_eq!((wfdb.leads, wfdb.samples, wfdb.sampling_rate_hz), (12, 5000, 500.0));
+    assert_eq!(wfdb.values[6 * 5000 + 3], (60.0 + 3.0) / 1000.0);
+
+    let x = qoq_data::preprocess::preprocess_ecg(wfdb).unwrap();
+    assert_eq!(x.len(), 8 * 2500);
+    assert!(x.iter().all(|v| v.is_finite()));
+}
+
 #[test]
 fn mimic_rows() {
     let tmp = tempfile::tempdir().unwrap();

@@ -320,6 +320,36 @@ fn bad_rows_are_skipped_and_reported_with_file_and_row() {
 }
 
 #[test]
+fn ecgs_the_encoder_cannot_take_are_bad_rows_only_for_an_ecg_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut samples: Vec<Sample> = (0..10).map(|i| sample(i, "a")).collect();
+    let ecg = |leads: u32, samples: u32| Signal {
+        leads,
+        samples,
+        sampling_rate_hz: 250.0,
+        values: vec![0.5; (leads * samples) as usize],
+    };
+    samples[2].ecg = Some(ecg(12, 2500));
+    samples[4].ecg = Some(ecg(2, 2500)); // two leads
+    samples[6].ecg = Some(ecg(8, 1000)); // 4 s
+    let mut w = ShardWriter::new(dir.path(), "ecg").unwrap();
+    for s in samples {
+        w.write(s).unwrap();
+    }
+    w.finish().unwrap();
+    let any = Loader::open(dir.path(), LoaderConfig { max_bad_fraction: 0.5, ..cfg() }).unwrap();
+    assert_eq!(any.map(Result::unwrap).count(), 10, "without an ECG encoder every ECG shape is kept");
+    let mut loader =
+        Loader::open(dir.path(), LoaderConfig { max_bad_fraction: 0.5, ecg_encoder: true, ..cfg() }).unwrap();
+    assert_eq!(loader.by_ref().map(Result::unwrap).count(), 8);
+    let stats = loader.bad_rows();
+    assert_eq!(stats.bad, 2);
+    assert_eq!(stats.examples[0].row, 4);
+    assert!(stats.examples[0].reason.contains("2 leads"), "{}", stats.examples[0].reason);
+    assert!(stats.examples[1].reason.contains("4.00 s long"), "{}", stats.examples[1].reason);
+}
+
+#[test]
 fn too_many_bad_rows_abort_with_the_first_one_named() {
     let dir = tempfile::tempdir().unwrap();
     write_with_bad_rows(dir.path());

@@ -19,6 +19,7 @@
 //! ```
 
 pub mod chat;
+pub mod ecg;
 mod engine;
 mod error;
 pub mod gate;
@@ -33,6 +34,7 @@ mod vision_inputs;
 mod vision_recompute;
 pub mod weights;
 
+pub use ecg::{EcgConfig, EcgEncoderConfig, EcgInit, TimeSeriesEmbedding};
 pub use engine::{slot_bytes, EngineConfig, EngineStats, OnePrompt, PromptSource, RolloutEngine};
 pub use error::PolicyError;
 pub use generate::{response_stream, Rollouts, SamplingConfig};

@@ -29,6 +29,7 @@ use tch::{Device, Kind, Tensor};
 use qoq_data::preprocess::ImageProcessorConfig;
 
 use crate::chat::Template;
+use crate::ecg::{EcgEncoderConfig, EcgInit, TimeSeriesEmbedding};
 use crate::generate::{Rollouts, SamplingConfig};
 use crate::layers::decoder::TextModel;
 use crate::layers::kv_cache::DecodeState;
@@ -49,9 +50,9 @@ pub struct Inputs<'a> {
     /// Seconds per temporal patch of each video (Qwen2.5-VL's `second_per_grid_ts`; 1 when
     /// empty). Qwen3-VL places frames by their time stamp text instead and ignores it.
     pub video_seconds_per_grid: Vec<f64>,
-    /// Embeddings of another modality, `(placeholder token id, [n, hidden])`, scattered at
-    /// that token's positions like images are (e.g. the ECG encoder of stage 1).
-    pub extra_embeddings: Vec<(i64, Tensor)>,
+    /// Preprocessed ECGs `[n, 8, 2500]` (`qoq_data::preprocess::preprocess_ecg`), one per
+    /// `<|time_series_pad|>` of the prompts, in order; the policy's ECG encoder embeds them.
+    pub ecg_signals: Option<&'a Tensor>,
 }
 
 impl Inputs<'_> {
@@ -65,7 +66,7 @@ impl Inputs<'_> {
             pixel_values_videos: self.pixel_values_videos,
             video_grids: self.video_grids.clone(),
             video_seconds_per_grid: self.video_seconds_per_grid.clone(),
-            extra_embeddings: self.extra_embeddings.iter().map(|(id, t)| (*id, t.shallow_clone())).collect(),
+            ecg_signals: self.ecg_signals,
         }
     }
 
@@ -118,6 +119,17 @@ impl Family {
         }
         ImageProcessorConfig::from_json_file_over(&path, self.processor_defaults())
             .map_err(|e| PolicyError::Checkpoint(e.to_string()))
+    }
+
+    /// The id `<|time_series_pad|>` gets when a model without an ECG path is given one:
+    /// QoQ-Med's 151665 for Qwen2.5-VL (the first id after its tokenizer's added tokens);
+    /// for Qwen3-VL, whose 151665 is `<tool_response>`, 151669, the first free row after
+    /// `</think>` (151668) in its 151,936-row embedding.
+    pub fn default_time_series_token_id(self) -> i64 {
+        match self {
+            Family::Qwen3Vl => 151_669,
+            Family::Qwen25Vl => 151_665,
+        }
     }
 
     /// `config.json`'s `model_type`.
@@ -186,6 +198,8 @@ pub struct SpecialTokens {
     pub video: i64,
     pub vision_start: i64,
     pub vision_end: i64,
+    /// `<|time_series_pad|>`, when the model has an ECG path.
+    pub time_series: Option<i64>,
 }
 
 impl SpecialTokens {
@@ -200,7 +214,15 @@ impl SpecialTokens {
             video,
             vision_start,
             vision_end,
+            time_series: None,
         }
+    }
+
+    /// The ECG placeholder: never sampled.
+    pub fn set_time_series(&mut self, id: i64) {
+        self.banned.retain(|&b| Some(b) != self.time_series);
+        self.time_series = Some(id);
+        self.banned.push(id);
     }
 
     /// Stop and pad ids looked up in `tokenizer` (a tiny test vocabulary has its own).
@@ -308,6 +330,13 @@ pub trait Policy: Send {
     /// Embeddings, decoder layers and final norm.
     fn text_model(&self) -> &TextModel;
     fn vision_tower(&self) -> &dyn VisionTower;
+    /// The ECG path (`time_series_embedding`), when the model has one.
+    fn ecg(&self) -> Option<&TimeSeriesEmbedding>;
+    /// Gives a model without an ECG path one: the encoder from `init` (`sizes` for a
+    /// random one; ECG-JEPA's by default), a fresh projection, and
+    /// [`Family::default_time_series_token_id`] as the placeholder, written to
+    /// `config.json` on save. An error when the model already has one.
+    fn add_ecg(&mut self, init: &EcgInit, sizes: Option<EcgEncoderConfig>) -> Result<(), PolicyError>;
     /// Input stage: token embeddings with media scattered in, rope positions, injections.
     fn embed(&self, inputs: &Inputs<'_>) -> Result<Embedded, PolicyError> {
         self.embed_with(inputs, &mut |pixels, grids| Ok(self.vision_tower().forward(pixels, grids)))

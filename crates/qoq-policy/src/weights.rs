@@ -92,6 +92,17 @@ impl ExtraTensors {
     }
 }
 
+/// Every tensor's shape in the checkpoint in `dir`, by its name in the files (headers only).
+pub(crate) fn tensor_shapes(dir: &Path) -> Result<BTreeMap<String, Vec<i64>>, PolicyError> {
+    let mut out = BTreeMap::new();
+    for path in weight_files(dir)? {
+        let file =
+            std::fs::File::open(&path).map_err(|e| PolicyError::Checkpoint(format!("{}: {e}", path.display())))?;
+        out.extend(read_header(&file, &path)?.into_iter().map(|(name, entry)| (name, entry.shape)));
+    }
+    Ok(out)
+}
+
 /// The weight files of a checkpoint folder.
 pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, PolicyError> {
     let single = dir.join(SINGLE);

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use common::{case, case_meta, fixtures, grids, inputs};
-use qoq_policy::{Policy, Qwen3VL};
+use qoq_policy::{EcgEncoderConfig, EcgInit, ModuleGroup, Policy, Qwen3VL};
 use tch::{Device, Kind, Tensor};
 
 const TOLERANCE: f64 = 1e-4;
@@ -219,28 +219,91 @@ fn bfloat16_weights_stay_close_to_float32() {
 }
 
 #[test]
-fn another_modality_scatters_at_its_own_placeholder() {
-    // Replace three text tokens by a placeholder id and hand their embeddings back as the
-    // "other modality": the logits must not change. A count mismatch is an error.
-    let t = case("text_only");
-    let model = Qwen3VL::from_pretrained(&fixtures().join("tiny-untied"), Device::Cpu).unwrap();
+fn an_added_ecg_path_embeds_at_its_placeholder_and_survives_a_save() {
+    let mut model = Qwen3VL::from_pretrained(&fixtures().join("tiny-untied"), Device::Cpu).unwrap();
+    let sizes = EcgEncoderConfig { embed_dim: 16, depth: 1, num_heads: 4, mlp_dim: 32, ..Default::default() };
+    // The tiny vocabulary has no row 151669: the default id is refused, naming the key.
+    let err = model.add_ecg(&EcgInit::Random { seed: 3 }, Some(sizes)).unwrap_err().to_string();
+    assert!(err.contains("time_series_token_id") && err.contains("outside the embedding"), "{err}");
+    assert!(model.ecg().is_none());
+
+    // A tiny checkpoint with an ECG path: config.json names a free row.
+    let tmp = tempfile::tempdir().unwrap();
+    copy_dir(&fixtures().join("tiny-untied"), tmp.path());
+    let config_path = tmp.path().join("config.json");
+    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    config["time_series_token_id"] = serde_json::json!(900);
+    config["time_series_encoder"] = serde_json::to_value(sizes).unwrap();
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let err = Qwen3VL::from_pretrained(tmp.path(), Device::Cpu).unwrap_err().to_string();
+    assert!(err.contains("weights are missing") && err.contains("time_series_embedding."), "{err}");
+    // Weights from a model given a random path.
+    let donor = Qwen3VL::from_pretrained(&fixtures().join("tiny-untied"), Device::Cpu).unwrap();
+    let vars = donor.vs.variables();
+    let mut ts = Vec::new();
+    {
+        let vs = tch::nn::VarStore::new(Device::Cpu);
+        let built = qoq_policy::TimeSeriesEmbedding::new(
+            &vs.root(),
+            &qoq_policy::EcgConfig { token_id: 900, encoder: sizes },
+            vars["model.language_model.embed_tokens.weight"].size()[1],
+        );
+        assert_eq!(built.token_id(), 900);
+        for (n, t) in vs.variables() {
+            ts.push((n, t.copy()));
+        }
+    }
+    let mut all: Vec<(String, Tensor)> = vars.into_iter().collect();
+    all.extend(ts);
+    let refs: Vec<(&str, Tensor)> = all.iter().map(|(n, t)| (n.as_str(), t.shallow_clone())).collect();
+    Tensor::write_safetensors(&refs, tmp.path().join("model.safetensors")).unwrap();
+
+    let model = Qwen3VL::from_pretrained(tmp.path(), Device::Cpu).unwrap();
+    let ecg = model.ecg().expect("the checkpoint's ECG path");
+    assert_eq!(ecg.token_id(), 900);
+    assert!(model.special_tokens().banned.contains(&900), "sampling never emits the placeholder");
+    assert_eq!(model.module_group("time_series_embedding.encoder.W_P.weight"), ModuleGroup::EcgEncoder);
+    assert_eq!(model.module_group("time_series_embedding.linear.bias"), ModuleGroup::EcgProjection);
+
     let _guard = tch::no_grad_guard();
-    let (expected, _) = model.prefill(&inputs(&t)).unwrap();
-    let ids = &t["input_ids"];
-    let positions = Tensor::from_slice(&[2i64, 3, 7]);
-    let embed = model.vs.variables()["model.language_model.embed_tokens.weight"].shallow_clone();
-    let values = embed.index_select(0, &ids.get(0).index_select(0, &positions));
-    let placeholder = 900i64;
-    let replaced = ids.copy();
-    let _ = replaced.get(0).index_fill_(0, &positions, placeholder);
-    let mut with_extra = inputs(&t);
-    with_extra.input_ids = Some(&replaced);
-    with_extra.extra_embeddings = vec![(placeholder, values.shallow_clone())];
-    let (logits, _) = model.prefill(&with_extra).unwrap();
-    assert!(max_diff(&logits, &expected) < 1e-6);
-    with_extra.extra_embeddings = vec![(placeholder, values.narrow(0, 0, 2))];
-    let err = model.prefill(&with_extra).unwrap_err().to_string();
-    assert!(err.contains("3 extra modality placeholder tokens but the extra modality inputs give 2"), "{err}");
+    let t = case("text_only");
+    let ids = t["input_ids"].copy();
+    let _ = ids.get(0).index_fill_(0, &Tensor::from_slice(&[3i64]), 900);
+    let signals = Tensor::randn([1, 8, 2500], (Kind::Float, Device::Cpu));
+    let mut inputs = inputs(&t);
+    inputs.input_ids = Some(&ids);
+    let err = model.prefill(&inputs).unwrap_err().to_string();
+    assert!(err.contains("1 ECG placeholder tokens but no ECG signals"), "{err}");
+    let two = Tensor::cat(&[&signals, &signals], 0);
+    inputs.ecg_signals = Some(&two);
+    let err = model.prefill(&inputs).unwrap_err().to_string();
+    assert!(err.contains("1 ECG placeholder tokens but the ECG inputs give 2"), "{err}");
+    inputs.ecg_signals = Some(&signals);
+    let (logits, _) = model.prefill(&inputs).unwrap();
+    // A different ECG changes the prompt's logits from the placeholder on, not before it.
+    let other = &signals * 2.0;
+    inputs.ecg_signals = Some(&other);
+    let (logits2, _) = model.prefill(&inputs).unwrap();
+    assert!(max_diff(&logits.narrow(1, 0, 3), &logits2.narrow(1, 0, 3)) < 1e-6);
+    assert!(max_diff(&logits.narrow(1, 3, 1), &logits2.narrow(1, 3, 1)) > 1e-4);
+
+    // Saved and loaded again: the same weights, the key written back, the same logits.
+    let out = tempfile::tempdir().unwrap();
+    Policy::save_pretrained(&model, out.path(), u64::MAX).unwrap();
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("config.json")).unwrap()).unwrap();
+    assert_eq!(saved["time_series_token_id"], 900);
+    let again = Qwen3VL::from_pretrained(out.path(), Device::Cpu).unwrap();
+    inputs.ecg_signals = Some(&signals);
+    let (logits3, _) = again.prefill(&inputs).unwrap();
+    assert!(max_diff(&logits, &logits3) == 0.0);
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
+    }
 }
 
 #[test]

@@ -309,14 +309,18 @@ fn stage1_is_stage2_with_its_overrides() {
     let mut stage2 = TrainConfig::parse_file(&configs.join("stage2.toml")).unwrap();
     stage1.check(false).unwrap();
     assert_eq!(stage1.run.output_dir, PathBuf::from("runs/stage1"));
-    assert_eq!(stage1.model.freeze, vec![ModuleGroup::VisionTower, ModuleGroup::Llm]);
-    assert_eq!((stage1.rl.steps, stage1.rl.optim.lr), (100, 1e-5));
+    // The paper's stage 1: an ECG-JEPA encoder, frozen; projection and LLM train on ECG rows.
+    assert_eq!(stage1.model.freeze, vec![ModuleGroup::EcgEncoder]);
+    assert_eq!(stage1.model.ecg_encoder.as_deref(), Some("models/ecg-jepa/multiblock_epoch100.pth"));
+    assert_eq!(stage1.data["shards"].as_str(), Some("data/climb-ecg/train"));
+    assert_eq!(stage1.rl.steps, 100);
     assert_eq!(stage1.run.device, DeviceConfig::Cuda);
     // Everything else is stage 2's.
     stage2.run.output_dir = stage1.run.output_dir.clone();
     stage2.model.freeze = stage1.model.freeze.clone();
+    stage2.model.ecg_encoder = stage1.model.ecg_encoder.clone();
+    stage2.data.insert("shards".into(), stage1.data["shards"].clone());
     stage2.rl.steps = stage1.rl.steps;
-    stage2.rl.optim.lr = stage1.rl.optim.lr;
     assert_eq!(format!("{stage1:?}"), format!("{stage2:?}"));
 }
 

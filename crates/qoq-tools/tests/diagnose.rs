@@ -177,3 +177,87 @@ fn diagnose_matches_transformers_on_qwen2_5_vl_checkpoints_in_both_config_forms(
         );
     }
 }
+
+/// `tests/fixtures/ecg/diagnose` (tools/make_ecg_fixtures.py): the tiny full-vocabulary
+/// Qwen2.5-VL above carrying QoQ-Med's `time_series_embedding.*` weights (a small ECG-JEPA
+/// encoder and its projection) and `time_series_token_id = 151665`; the reference is an
+/// independent PyTorch ECG path (lead selection, z-score, encoder, projection), the Qwen2.5
+/// tokenizer with `<|time_series_pad|>` added, transformers' forward with the embedding at
+/// its placeholder, and greedy decoding. `diagnose --ecg` (no image) must reproduce it.
+#[test]
+fn diagnose_ecg_matches_an_independent_implementation_on_a_qoq_med_layout_checkpoint() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/ecg/diagnose");
+    let tokenizer = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.qwen2.5-tokenizer/tokenizer.json");
+    assert!(tokenizer.is_file(), "run `bash tools/setup.sh` first (it derives the Qwen2.5 tokenizer)");
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture.join("reference.json")).unwrap()).unwrap();
+    let want: HashMap<String, Tensor> =
+        Tensor::read_safetensors(fixture.join("reference.safetensors")).unwrap().into_iter().collect();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("model");
+    std::fs::create_dir(&dir).unwrap();
+    for entry in std::fs::read_dir(fixture.join("model")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+    }
+    std::fs::copy(&tokenizer, dir.join("tokenizer.json")).unwrap();
+    let dump = tmp.path().join("ecg.safetensors");
+    let signal = fixture.join(meta["signal"].as_str().unwrap());
+    let new_tokens = meta["new_tokens"].as_u64().unwrap().to_string();
+    let o = run(
+        "diagnose",
+        &[
+            "--model",
+            dir.to_str().unwrap(),
+            "--ecg",
+            signal.to_str().unwrap(),
+            "--prompt",
+            meta["prompt"].as_str().unwrap(),
+            "--max-new-tokens",
+            &new_tokens,
+            "--greedy",
+            "--dump",
+            dump.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got: HashMap<String, Tensor> = Tensor::read_safetensors(&dump).unwrap().into_iter().collect();
+    assert_eq!(
+        Vec::<i64>::try_from(&got["input_ids"]).unwrap(),
+        Vec::<i64>::try_from(&want["input_ids"]).unwrap(),
+        "input ids (placeholder first in the user turn) differ"
+    );
+    assert!(!got.contains_key("pixel_values"), "an ECG-only question has no image");
+    let de = (&got["ecg_embeddings"] - &want["ecg_embeddings"]).abs().max().double_value(&[]);
+    assert!(de <= 1e-5, "ECG embeddings differ by {de:e}");
+    let rows = got["prefill_logits"].index_select(0, &want["logit_positions"]);
+    let dl = (&rows - &want["logits_at"]).abs().max().double_value(&[]);
+    assert!(dl <= 1e-4, "prefill logits differ by {dl:e}");
+    let at_top = got["prefill_logits"].gather(1, &want["top_ids"], false);
+    let dt = (&at_top - &want["top_logits"]).abs().max().double_value(&[]);
+    assert!(dt <= 1e-4, "logits at the reference's top ids differ by {dt:e}");
+    assert_eq!(
+        Vec::<i64>::try_from(&got["gen_tokens"]).unwrap(),
+        Vec::<i64>::try_from(&want["gen_tokens"]).unwrap(),
+        "greedy tokens (placeholder banned) differ"
+    );
+
+    // Without an ECG path, or with a bad signal: clear errors.
+    let plain = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/qwen2_5_vl/diagnose/nested");
+    let plain_dir = tmp.path().join("plain");
+    std::fs::create_dir(&plain_dir).unwrap();
+    for entry in std::fs::read_dir(&plain).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, plain_dir.join(path.file_name().unwrap())).unwrap();
+    }
+    std::fs::copy(&tokenizer, plain_dir.join("tokenizer.json")).unwrap();
+    let o =
+        run("diagnose", &["--model", plain_dir.to_str().unwrap(), "--ecg", signal.to_str().unwrap(), "--prompt", "q"]);
+    assert!(!o.status.success() && stderr(&o).contains("has no ECG path"), "{}", stderr(&o));
+    let short = tmp.path().join("short.npy");
+    Tensor::zeros([12, 500], (tch::Kind::Float, tch::Device::Cpu)).write_npy(&short).unwrap();
+    let o = run("diagnose", &["--model", dir.to_str().unwrap(), "--ecg", short.to_str().unwrap(), "--prompt", "q"]);
+    assert!(!o.status.success() && stderr(&o).contains("short.npy"), "{}", stderr(&o));
+    let o = run("diagnose", &["--model", dir.to_str().unwrap(), "--prompt", "q"]);
+    assert!(!o.status.success(), "neither --image nor --ecg is refused");
+}

@@ -175,7 +175,7 @@ fn bad_configs_fail_fast_naming_the_key_and_file() {
 #[test]
 fn shipped_configs_parse() {
     let mut checked = 0;
-    for name in ["demo.toml", "stage1.toml", "stage2.toml"] {
+    for name in ["demo.toml", "demo-stage1.toml", "stage1.toml", "stage2.toml"] {
         let path = repo().join("configs").join(name);
         // Model and shard paths need not exist here, nor a GPU: check the structure and
         // values only (stage1.toml through its base, stage2.toml).
@@ -191,7 +191,7 @@ fn shipped_configs_parse() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 8);
+    assert_eq!(checked, 9);
 }
 
 /// Truncates `path` to half its length.

@@ -71,6 +71,7 @@ impl Trainer {
         let suffix = &self.config.prompt.suffix;
         let key = self.config.prompt.domain_key;
         let (processor, tokenizer, format) = (&self.processor, &self.tokenizer, self.policy.prompt_format());
-        samples.par_iter().map(|s| prepare(s, processor, tokenizer, suffix, key, format)).collect()
+        let with_ecg = self.policy.ecg().is_some();
+        samples.par_iter().map(|s| prepare(s, processor, tokenizer, suffix, key, format, with_ecg)).collect()
     }
 }

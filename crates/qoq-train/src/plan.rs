@@ -238,7 +238,12 @@ pub fn plan_file(path: &Path, world: Option<usize>) -> Result<MemoryPlan, TrainE
         return Err(named("the world size must be at least 1".into()));
     }
     config.check_world(world).map_err(named)?;
-    let model = ModelShape::from_dir(&config.model.path)?;
+    let mut model = ModelShape::from_dir(&config.model.path)?;
+    // model.ecg_encoder gives the run an ECG path: a random one at its sizes, a checkpoint
+    // (not read here) at ECG-JEPA's.
+    if config.model.ecg_encoder.is_some() && model.ecg.is_none() {
+        model.ecg = Some(config.model.ecg_encoder_sizes.unwrap_or_default());
+    }
     let mut plan = plan(&config, &model, world);
     plan.header.insert(0, format!("memory plan for {} (model {})", path.display(), config.model.path.display()));
     Ok(plan)

@@ -2,7 +2,7 @@
 //! inputs, the reward target in the resized image's pixels, the reference answer for SFT;
 //! and batches of prompts as model inputs (left padding, media in placeholder order).
 
-use qoq_data::preprocess::{ImageProcessor, VisionInput};
+use qoq_data::preprocess::{preprocess_ecg, ImageProcessor, VisionInput, ECG_LEADS, ECG_SAMPLES};
 use qoq_data::Sample;
 use qoq_policy::chat::{encode_conversation, merged_tokens, Content, Message, RenderOptions, Tokenizer, VideoLayout};
 use qoq_policy::{Inputs, PromptFormat};
@@ -45,6 +45,8 @@ pub struct Prompt {
     pub reference: String,
     /// The first image's encoded bytes, for image summaries.
     pub image_bytes: Option<Vec<u8>>,
+    /// The ECG, preprocessed (8 x 2500 lead-major), when the policy has an ECG path.
+    pub ecg: Option<Vec<f32>>,
 }
 
 /// The reference response of a sample: what SFT teaches and what a perfect policy emits.
@@ -68,8 +70,10 @@ pub fn reference_response(answer: &str, boxes: &[(BBox, &str)]) -> String {
 /// Frame rate assumed for sampled frames without timing metadata (transformers' default).
 pub const VIDEO_FPS: f64 = 24.0;
 
-/// Prepares `sample`: preprocesses its media, renders the user turn (media first, then the
-/// question and `suffix`) with the family's generation prompt, and checks placeholder counts.
+/// Prepares `sample`: preprocesses its media, renders the user turn (the ECG placeholder
+/// first when `with_ecg` and the sample has one, then images and videos, then the question
+/// and `suffix`) with the family's generation prompt, and checks placeholder counts.
+/// Without `with_ecg` (a policy without an ECG path) a sample's ECG signal is not used.
 pub fn prepare(
     sample: &Sample,
     processor: &ImageProcessor,
@@ -77,11 +81,17 @@ pub fn prepare(
     suffix: &str,
     key: DomainKey,
     format: PromptFormat,
+    with_ecg: bool,
 ) -> Result<Prompt, TrainError> {
     let bad = |what: String| TrainError::Sample { id: sample.id.clone(), message: what };
     let media = processor.prepare(sample).map_err(|e| bad(e.to_string()))?;
     let merge = processor.config.merge_size;
+    let ecg = match (&sample.ecg, with_ecg) {
+        (Some(signal), true) => Some(preprocess_ecg(signal).map_err(|e| bad(format!("ecg: {e}")))?),
+        _ => None,
+    };
     let mut content: Vec<Content> = Vec::new();
+    content.extend(ecg.iter().map(|_| Content::TimeSeries));
     content.extend(media.images.iter().map(|_| Content::Image));
     content.extend(media.videos.iter().map(|_| Content::Video));
     let question = if suffix.is_empty() { sample.problem.clone() } else { format!("{}\n{}", sample.problem, suffix) };
@@ -137,6 +147,7 @@ pub fn prepare(
         images: media.images,
         videos: media.videos,
         image_bytes: sample.images.first().cloned(),
+        ecg,
     })
 }
 
@@ -150,6 +161,8 @@ pub struct PromptBatch {
     pub pixel_values_videos: Option<Tensor>,
     pub video_grids: Vec<[i64; 3]>,
     pub video_seconds_per_grid: Vec<f64>,
+    /// `[n, 8, 2500]`: the rows' ECGs in order, when any row has one.
+    pub ecg_signals: Option<Tensor>,
 }
 
 impl PromptBatch {
@@ -184,6 +197,7 @@ impl PromptBatch {
             pixel_values_videos,
             video_grids,
             video_seconds_per_grid: prompts.iter().flat_map(|p| p.video_seconds_per_grid.iter().copied()).collect(),
+            ecg_signals: ecg_signals(prompts, device),
         })
     }
 
@@ -196,9 +210,20 @@ impl PromptBatch {
             pixel_values_videos: self.pixel_values_videos.as_ref(),
             video_grids: self.video_grids.clone(),
             video_seconds_per_grid: self.video_seconds_per_grid.clone(),
-            extra_embeddings: Vec::new(),
+            ecg_signals: self.ecg_signals.as_ref(),
         }
     }
+}
+
+/// The ECGs of `prompts`, stacked in row order: `[n, 8, 2500]`.
+fn ecg_signals(prompts: &[&Prompt], device: Device) -> Option<Tensor> {
+    let signals: Vec<&Vec<f32>> = prompts.iter().filter_map(|p| p.ecg.as_ref()).collect();
+    if signals.is_empty() {
+        return None;
+    }
+    let values: Vec<f32> = signals.iter().flat_map(|s| s.iter().copied()).collect();
+    let shape = [signals.len() as i64, ECG_LEADS as i64, ECG_SAMPLES as i64];
+    Some(Tensor::from_slice(&values).view(shape).to_device(device))
 }
 
 /// `[B, T]` float mask, 1 on the first `len` tokens of each row.

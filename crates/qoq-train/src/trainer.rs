@@ -25,7 +25,7 @@ use std::path::PathBuf;
 use qoq_data::preprocess::ImageProcessor;
 use qoq_data::Loader;
 use qoq_policy::chat::Tokenizer;
-use qoq_policy::{load_policy, Policy, SpecialTokens};
+use qoq_policy::{load_policy, EcgInit, Policy, SpecialTokens};
 use qoq_rewards::Scorer;
 use tch::{Device, Kind, Tensor};
 
@@ -90,9 +90,18 @@ impl Trainer {
             None => config.model.path.clone(),
         };
         let mut policy = load_policy(&model_dir, device)?;
+        // A checkpoint of this run already holds the ECG path it was given.
+        let ecg_init = config.model.ecg_encoder.as_deref().map(|v| EcgInit::parse(v, config.run.seed));
+        if let (Some(init), None) = (&ecg_init, &resume_from) {
+            policy.add_ecg(init, config.model.ecg_encoder_sizes)?;
+        }
         let bf16 = config.model.dtype == Dtype::Bfloat16;
         let reference = if config.algorithm.needs_reference() && config.rl.steps > 0 {
             let mut r = load_policy(&config.model.path, device)?;
+            // The same start as the policy's (same init, same seed).
+            if let Some(init) = &ecg_init {
+                r.add_ecg(init, config.model.ecg_encoder_sizes)?;
+            }
             if bf16 {
                 r.set_kind(Kind::BFloat16);
             }
@@ -118,12 +127,17 @@ impl Trainer {
             }
             _ => None,
         };
-        let tokenizer = Tokenizer::from_file(config.model.path.join("tokenizer.json"))?;
+        let mut tokenizer = Tokenizer::from_file(config.model.path.join("tokenizer.json"))?;
+        if let Some(ts) = policy.ecg() {
+            tokenizer = tokenizer.with_time_series_token(ts.token_id())?;
+        }
         // The processor of the model's family (and its preprocessor_config.json), then [processor].
         let base = policy.family().processor_config(&config.model.path)?;
         let processor = ImageProcessor::new(config.processor.resolve_on(base))?;
         let scorer = Scorer::new(&config.reward).map_err(|e| TrainError::Config(format!("[reward]: {e}")))?;
-        let (shards, loader_config) = config.loader().map_err(TrainError::Config)?;
+        let (shards, mut loader_config) = config.loader().map_err(TrainError::Config)?;
+        // ECGs the encoder cannot take are bad rows (counted against max_bad_fraction).
+        loader_config.ecg_encoder = policy.ecg().is_some();
         let mut loader = Loader::open(&shards, loader_config)?;
 
         let (state, moments) = match &resume_from {

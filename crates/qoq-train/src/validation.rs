@@ -23,6 +23,7 @@ impl Trainer {
             epochs: Some(1),
             shuffle: false,
             domain_weights: None,
+            ecg_encoder: self.policy.ecg().is_some(),
             ..loader_config
         };
         let mut loader = Loader::open(v.shards.as_deref().unwrap_or(&shards), loader_config)?;

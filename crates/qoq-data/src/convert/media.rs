@@ -1,5 +1,6 @@
 //! Reading the media a JSONL row points at: images, videos given as directories of frames,
-//! time series (`.npy`, `.csv`) and segmentation masks. Paths are relative to a media
+//! time series (`.npy`, `.csv`, `torch.save` `.pt` / `.pth`, WFDB records) and
+//! segmentation masks. Paths are relative to a media
 //! root. Every failure is a reason naming the file and, where the fix is a conversion,
 //! saying how to do it.
 
@@ -9,8 +10,10 @@ use std::path::{Path, PathBuf};
 use image::ImageFormat;
 
 use super::fields::Reason;
+use super::wfdb;
 use crate::preprocess::sample_frame_indices;
 use crate::sample::Signal;
+use crate::torch_file::{self, TorchDtype};
 use crate::validate::image_size;
 
 /// Extensions of container video files (frames must be extracted first).
@@ -155,44 +158,101 @@ pub(super) fn read_mask(root: &Path, rel: &str) -> Result<Vec<u8>, Reason> {
     Ok(png)
 }
 
-/// The time series at `root/rel`: `.npy` (float32/float64, shape `(samples,)` or
-/// `(leads, samples)`) or `.csv` (rows = samples, columns = leads, optional header).
-/// For a `.pt` / `.mat` file, a `.npy` of the same name next to it is used if present.
+/// The time series at `root/rel`:
+///
+/// - `.npy` (float32/float64, shape `(samples,)` or `(leads, samples)`);
+/// - `.csv` (rows = samples, columns = leads, optional header);
+/// - `.pt` / `.pth` written by `torch.save` (one bare tensor of any real dtype, shape
+///   `(samples,)` or `(leads, samples)`); when it cannot be read, an `X.npy` next to it
+///   (made under earlier converters' advice) is used if present;
+/// - a WFDB record: `X.hea`, `X.dat` with `X.hea` beside it, or the record name `X` when
+///   `X.hea` exists (formats 16 and 212, see [`super::wfdb`]). The header's sampling
+///   frequency overrides `sampling_rate_hz` (the row's `sampling_rate`).
+///
+/// For a `.mat` file, a `.npy` of the same name next to it is used if present; otherwise
+/// the error says how to make it.
 pub(super) fn read_time_series(root: &Path, rel: &str, sampling_rate_hz: f32) -> Result<Signal, Reason> {
     let path = root.join(rel);
-    let (path, ext) = match extension(&path).as_str() {
-        "pt" | "pth" | "mat" => {
-            let npy = path.with_extension("npy");
-            if !npy.is_file() {
-                return Err(convert_to_npy_hint(&path, &npy));
-            }
-            (npy, "npy".to_string())
-        }
-        ext => (path.clone(), ext.to_string()),
-    };
-    let (leads, samples, values) = match ext.as_str() {
-        "npy" => parse_npy(&read_file(&path)?),
+    if let Some(header) = wfdb::header_path(&path)? {
+        return wfdb::read_record(&header);
+    }
+    let at = |p: &Path, e: Reason| format!("`{}`: {e}", p.display());
+    let npy = path.with_extension("npy");
+    let (leads, samples, values) = match extension(&path).as_str() {
+        "npy" => parse_npy(&read_file(&path)?).map_err(|e| at(&path, e))?,
         "csv" => {
             let bytes = read_file(&path)?;
-            let text = std::str::from_utf8(&bytes).map_err(|e| format!("`{}`: not UTF-8 text: {e}", path.display()))?;
-            parse_csv(text)
+            let text = std::str::from_utf8(&bytes).map_err(|e| at(&path, format!("not UTF-8 text: {e}")))?;
+            parse_csv(text).map_err(|e| at(&path, e))?
         }
-        other => Err(format!("unsupported time-series format `.{other}`; use .npy or .csv")),
-    }
-    .map_err(|e| format!("`{}`: {e}", path.display()))?;
+        "pt" | "pth" => match read_torch(&path) {
+            Ok(signal) => signal,
+            Err(_) if npy.is_file() => parse_npy(&read_file(&npy)?).map_err(|e| at(&npy, e))?,
+            Err(e) => return Err(e),
+        },
+        "mat" if npy.is_file() => parse_npy(&read_file(&npy)?).map_err(|e| at(&npy, e))?,
+        "mat" => return Err(convert_to_npy_hint(&path, &npy)),
+        other => {
+            return Err(at(
+                &path,
+                format!("unsupported time-series format `.{other}`; use .npy, .csv, .pt / .pth or a WFDB .hea record"),
+            ))
+        }
+    };
     let too_big = |n: usize| u32::try_from(n).map_err(|_| format!("`{}`: {n} is too large", path.display()));
     Ok(Signal { leads: too_big(leads)?, samples: too_big(samples)?, sampling_rate_hz, values })
 }
 
+/// Leads, samples and lead-major values of the one tensor a `torch.save` file holds.
+fn read_torch(path: &Path) -> Result<(usize, usize, Vec<f32>), Reason> {
+    let tensors = torch_file::read_tensors(path).map_err(|e| e.to_string())?;
+    let p = path.display();
+    let tensor = match tensors.as_slice() {
+        [(name, t)] if name.is_empty() => t,
+        [] => return Err(format!("`{p}` holds no tensor; save the ECG as one tensor: torch.save(ecg, path)")),
+        many => {
+            let mut listed: Vec<String> = many.iter().take(5).map(|(n, t)| format!("`{n}` {:?}", t.shape)).collect();
+            if many.len() > 5 {
+                listed.push(format!("... ({} in all)", many.len()));
+            }
+            return Err(format!(
+                "`{p}` holds a container of tensors ({}), not one tensor; save the ECG alone as a \
+                 (leads, samples) tensor: torch.save(ecg, path)",
+                listed.join(", ")
+            ));
+        }
+    };
+    if tensor.dtype == TorchDtype::Bool {
+        return Err(format!("`{p}`: the tensor is torch.bool; save the ECG as float32 (`x.float()`)"));
+    }
+    let (leads, samples) = match tensor.shape[..] {
+        [n] => (1, n),
+        [l, n] => (l, n),
+        _ => {
+            return Err(format!(
+                "`{p}`: the tensor has shape {:?}; expected (samples,) or (leads, samples)",
+                tensor.shape
+            ))
+        }
+    };
+    if leads == 0 || samples == 0 {
+        return Err(format!("`{p}`: the tensor of shape {:?} is empty", tensor.shape));
+    }
+    if leads > 64 && samples < leads {
+        return Err(format!(
+            "`{p}`: the tensor has shape ({leads}, {samples}), which looks like (samples, leads); save it transposed \
+             (`torch.save(x.T.contiguous(), path)`) as (leads, samples)"
+        ));
+    }
+    Ok((leads, samples, tensor.to_f32()))
+}
+
 fn convert_to_npy_hint(path: &Path, npy: &Path) -> Reason {
     let (p, n) = (path.display(), npy.display());
-    let load = if extension(path) == "mat" {
-        format!("import scipy.io, numpy as np; np.save('{n}', scipy.io.loadmat('{p}')['val'].astype('float32'))")
-    } else {
-        format!("import torch, numpy as np; np.save('{n}', torch.load('{p}').float().numpy())")
-    };
+    let load =
+        format!("import scipy.io, numpy as np; np.save('{n}', scipy.io.loadmat('{p}')['val'].astype('float32'))");
     format!(
-        "`{p}`: .pt / .mat time series cannot be read here; convert it to `{n}` (shape (leads, samples), \
+        "`{p}`: .mat time series cannot be read here; convert it to `{n}` (shape (leads, samples), \
          float32), which the converter then picks up: python -c \"{load}\""
     )
 }
@@ -387,5 +447,46 @@ mod tests {
         assert_eq!(without_extension(Path::new("v/x.nii.gz")), PathBuf::from("v/x"));
         assert_eq!(without_extension(Path::new("v/x.mp4")), PathBuf::from("v/x"));
         assert_eq!(without_extension(Path::new("v/x")), PathBuf::from("v/x"));
+    }
+
+    fn torch_fixture(name: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/torch_file").join(name)
+    }
+
+    #[test]
+    fn torch_files_hold_one_ecg_tensor() {
+        let root = torch_fixture("");
+        let sig = read_time_series(&root, "ecg_bf16.pt", 250.0).unwrap();
+        assert_eq!((sig.leads, sig.samples, sig.sampling_rate_hz), (8, 2500, 250.0));
+        assert_eq!(sig.values[2499], ((2499 % 256) as f32 - 128.0) * 0.25);
+        let sig = read_time_series(&root, "f64.pt", 100.0).unwrap();
+        assert_eq!((sig.leads, sig.samples, sig.values[0]), (3, 4, (-5.5f64 / 3.0) as f32));
+        let err = read_time_series(&root, "jepa_epoch100.pth", 250.0).unwrap_err();
+        assert!(err.contains("container of tensors") && err.contains("`encoder.W_P.weight` [3, 2]"), "{err}");
+        let err = read_time_series(&root, "samples_by_leads.pt", 250.0).unwrap_err();
+        assert!(err.contains("(100, 2)") && err.contains("transposed"), "{err}");
+        let err = read_time_series(&root, "legacy.pt", 250.0).unwrap_err();
+        assert!(err.contains("legacy") && err.contains("torch.save"), "{err}");
+        let err = read_time_series(&root, "dtypes.pt", 250.0).unwrap_err();
+        assert!(err.contains("container") && err.contains("`f16` [4]"), "{err}");
+    }
+
+    #[test]
+    fn wfdb_records_and_other_formats() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("r.dat"), [4u8, 0, 8, 0]).unwrap();
+        std::fs::write(dir.path().join("r.hea"), "r 1 500 2\nr.dat 16 4(0)/mV\n").unwrap();
+        for rel in ["r", "r.hea", "r.dat"] {
+            // The header's 500 Hz wins over the row's 250 Hz.
+            let sig = read_time_series(dir.path(), rel, 250.0).unwrap();
+            assert_eq!(
+                (sig.leads, sig.samples, sig.sampling_rate_hz, sig.values.clone()),
+                (1, 2, 500.0, vec![1.0, 2.0])
+            );
+        }
+        let err = read_time_series(dir.path(), "r.edf", 250.0).unwrap_err();
+        assert!(err.contains(".edf") && err.contains(".pt / .pth") && err.contains("WFDB"), "{err}");
+        std::fs::write(dir.path().join("x.mat"), b"MATLAB").unwrap();
+        assert!(read_time_series(dir.path(), "x.mat", 250.0).unwrap_err().contains("scipy.io.loadmat"));
     }
 }

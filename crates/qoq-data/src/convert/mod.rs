@@ -24,8 +24,10 @@
 //! frames, `frames_per_video` of them sampled uniformly (for a listed `X.mp4` /
 //! `X.nii.gz` the frame directory `X/` is read when present; the file itself cannot be
 //! decoded here and is a bad row saying how to extract it, e.g. with ffmpeg); time series
-//! from `.npy` or `.csv` (for a listed `X.pt` / `X.mat`, the `X.npy` next to it), at the
-//! row's `sampling_rate` or 250 Hz; masks as PNG.
+//! from `.npy`, `.csv`, `torch.save` `.pt` / `.pth` files (one tensor) or WFDB records
+//! (`X.hea` / `X.dat` / `X`, formats 16 and 212; for a listed `X.mat`, the `X.npy` next to
+//! it), at the row's `sampling_rate` or 250 Hz -- a WFDB header's sampling frequency
+//! overrides both (see docs/ecg-input.md); masks as PNG.
 //!
 //! **Bad rows** (not JSON, a missing or mistyped key, a missing or unreadable media file,
 //! an empty answer, a box outside its image, ...) are skipped and reported as
@@ -46,6 +48,7 @@ pub mod fields;
 mod media;
 mod mimic;
 mod qoq_med;
+mod wfdb;
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};

@@ -1,7 +1,9 @@
 //! Qwen3-VL image and video preprocessing, equal to transformers' processor output:
 //! RGB conversion -> smart_resize -> antialiased bicubic resize (u8) -> rescale and
 //! normalise -> patchify into rows of 3 * 2 * 16 * 16 = 1536 values in (c, t, py, px)
-//! order, ordered by 2x2 merge blocks, with `grid_thw` in patches.
+//! order, ordered by 2x2 merge blocks, with `grid_thw` in patches. ECG records are
+//! prepared for the ECG-JEPA encoder by [`preprocess_ecg`] (8 leads x 2,500 samples at
+//! 250 Hz, z-scored).
 //!
 //! ```
 //! use qoq_data::preprocess::ImageProcessor;
@@ -12,6 +14,7 @@
 //! assert_eq!(v.pixel_values.len(), 14 * 20 * 1536);
 //! ```
 
+mod ecg;
 mod resize;
 mod rgb;
 mod smart_resize;
@@ -21,6 +24,7 @@ use std::path::Path;
 use image::{GrayImage, RgbImage};
 use serde::Deserialize;
 
+pub use ecg::{preprocess_ecg, ECG_LEADS, ECG_LEADS_OF_12, ECG_MIN_SAMPLES, ECG_RATE_HZ, ECG_SAMPLES};
 pub use resize::resize_bicubic_aa;
 pub use rgb::{decode_rgb, to_rgb};
 pub use smart_resize::{smart_resize, smart_resize_video};

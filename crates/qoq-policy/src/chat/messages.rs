@@ -12,6 +12,9 @@ pub enum Content {
     Image,
     /// A video: `<|vision_start|><|video_pad|><|vision_end|>` in the prompt.
     Video,
+    /// An ECG (QoQ-Med's `{"type": "time-series"}`): one bare `<|time_series_pad|>`, no
+    /// wrapper tokens; the policy's ECG encoder fills it.
+    TimeSeries,
 }
 
 impl Content {
@@ -94,6 +97,10 @@ impl Message {
     pub fn videos(&self) -> usize {
         self.content.iter().filter(|c| matches!(c, Content::Video)).count()
     }
+    /// Number of ECGs in the content.
+    pub fn time_series(&self) -> usize {
+        self.content.iter().filter(|c| matches!(c, Content::TimeSeries)).count()
+    }
 }
 
 fn text_content(s: String) -> Vec<Content> {
@@ -170,6 +177,8 @@ fn content_item(item: &Json) -> Result<Content, String> {
         Ok(Content::Image)
     } else if ty == Some("video") || item.get("video").is_some() {
         Ok(Content::Video)
+    } else if ty == Some("time-series") || ty == Some("time_series") {
+        Ok(Content::TimeSeries)
     } else {
         match item.get("text") {
             Some(Json::Str(s)) => Ok(Content::Text(s.clone())),
@@ -215,5 +224,10 @@ mod tests {
         assert!(e.contains("no `arguments`"), "{e}");
         let m = messages_from_json(r#"[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}, {"video": "v.mp4"}, {"type": "text", "text": "t"}]}]"#).unwrap();
         assert_eq!(m[0].content, vec![Content::Image, Content::Video, Content::text("t")]);
+        let ts = messages_from_json(
+            r#"[{"role": "user", "content": [{"type": "time-series"}, {"type": "text", "text": "q"}]}]"#,
+        )
+        .unwrap();
+        assert_eq!(ts[0].content, vec![Content::TimeSeries, Content::text("q")]);
     }
 }

@@ -210,8 +210,12 @@ fn validate(messages: &[Message], template: Template) -> Result<(), PolicyError>
     for (i, m) in messages.iter().enumerate() {
         match m.role.as_str() {
             "system" | "assistant" => {
-                if m.images() + m.videos() > 0 {
-                    let what = if m.images() > 0 { "an image" } else { "a video" };
+                if m.images() + m.videos() + m.time_series() > 0 {
+                    let what = match (m.images(), m.videos()) {
+                        (0, 0) => "an ECG",
+                        (0, _) => "a video",
+                        _ => "an image",
+                    };
                     return Err(input(format!(
                         "message {i}: a {} message cannot hold {what}; put media in a user (or tool) message",
                         m.role
@@ -266,6 +270,7 @@ fn plain_media_text(m: &Message) -> String {
             Content::Text(t) => s.push_str(t),
             Content::Image => s.push_str("<|vision_start|><|image_pad|><|vision_end|>"),
             Content::Video => s.push_str("<|vision_start|><|video_pad|><|vision_end|>"),
+            Content::TimeSeries => s.push_str(crate::ecg::TIME_SERIES_PAD),
         }
     }
     s
@@ -290,6 +295,7 @@ fn render_content(m: &Message, count: &mut VisionCount, add_vision_id: bool) -> 
                 }
                 s.push_str("<|vision_start|><|video_pad|><|vision_end|>");
             }
+            Content::TimeSeries => s.push_str(crate::ecg::TIME_SERIES_PAD),
         }
     }
     s

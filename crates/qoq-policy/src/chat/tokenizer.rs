@@ -59,6 +59,30 @@ impl Tokenizer {
         })
     }
 
+    /// The tokenizer with `<|time_series_pad|>` at `id`, the model's `time_series_token_id`.
+    /// A checkpoint's tokenizer usually lacks it (QoQ-Med adds it at run time): it is added
+    /// as a special token, which takes the first id after the vocabulary and added tokens
+    /// (151665 in Qwen2.5's, 151669 in Qwen3's), and that must be `id`.
+    pub fn with_time_series_token(mut self, id: i64) -> Result<Self, PolicyError> {
+        let token = crate::ecg::TIME_SERIES_PAD;
+        let found = match self.inner.token_to_id(token) {
+            Some(found) => found,
+            None => {
+                self.inner.add_special_tokens(&[tokenizers::AddedToken::from(token, true)]);
+                self.inner.token_to_id(token).ok_or_else(|| input(format!("adding `{token}` failed")))?
+            }
+        };
+        if i64::from(found) != id {
+            return Err(PolicyError::Checkpoint(format!(
+                "the tokenizer puts `{token}` at id {found} but the model's time_series_token_id is {id}; add \
+                 {{\"id\": {id}, \"content\": \"{token}\", \"special\": true, ...}} to tokenizer.json's added_tokens, \
+                 or set time_series_token_id to {found} in config.json"
+            )));
+        }
+        self.added.insert(found);
+        Ok(self)
+    }
+
     /// The ids of `text`. Added tokens written in the text (`<|im_start|>`, `<|image_pad|>`,
     /// `<think>`, ...) become their single ids; no BOS/EOS is added. Equal to transformers'
     /// `tokenizer(text)["input_ids"]`.

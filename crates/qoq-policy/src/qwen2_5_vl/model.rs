@@ -11,6 +11,7 @@ use super::config::Qwen25VLConfig;
 use super::rope_index::{rope_index, RopeInputs};
 use super::vision::VisionModel;
 use crate::chat::Template;
+use crate::ecg::{self, EcgEncoderConfig, EcgInit, TimeSeriesEmbedding};
 use crate::layers::decoder::TextModel;
 use crate::layers::rope::{inverse_frequencies, MropeLayout};
 use crate::layers::{id_rows, position_ids, scatter};
@@ -71,8 +72,10 @@ pub struct Qwen25VL {
     pub layout: NameLayout,
     /// The `config.json` read at load, written back as it was.
     source_config: Option<Value>,
-    /// Checkpoint tensors this family does not use (e.g. `time_series_embedding.*`).
+    /// Checkpoint tensors this family does not use.
     extra: ExtraTensors,
+    /// `time_series_embedding`: the ECG encoder and its projection, when present.
+    time_series_embedding: Option<TimeSeriesEmbedding>,
 }
 
 impl Qwen25VL {
@@ -112,6 +115,7 @@ impl Qwen25VL {
             layout: NameLayout::Published,
             source_config: None,
             extra: ExtraTensors::default(),
+            time_series_embedding: None,
         })
     }
 
@@ -122,6 +126,11 @@ impl Qwen25VL {
         let config = Qwen25VLConfig::from_json(&value)
             .map_err(|e| PolicyError::Checkpoint(format!("{}: {e}", path.display())))?;
         let mut model = Self::new(&config, device)?;
+        let t = &config.text_config;
+        if let Some(ecg) = ecg::from_checkpoint(&value, dir, Family::Qwen25Vl, t.hidden_size, t.vocab_size)? {
+            model.time_series_embedding = Some(TimeSeriesEmbedding::new(&model.vs.root(), &ecg, t.hidden_size));
+            model.tokens.set_time_series(ecg.token_id);
+        }
         // Either name set loads; the one found is the one saved back.
         let saw_in_memory = std::cell::Cell::new(false);
         let rename = |name: &str| {
@@ -166,6 +175,9 @@ impl Policy for Qwen25VL {
     }
 
     fn module_group(&self, name: &str) -> ModuleGroup {
+        if let Some(group) = ecg::module_group(name) {
+            return group;
+        }
         match name.strip_prefix("model.visual.") {
             Some(rest) if rest.starts_with("merger.") => ModuleGroup::Merger,
             Some(_) => ModuleGroup::VisionTower,
@@ -179,6 +191,25 @@ impl Policy for Qwen25VL {
 
     fn vision_tower(&self) -> &dyn VisionTower {
         &self.visual
+    }
+
+    fn ecg(&self) -> Option<&TimeSeriesEmbedding> {
+        self.time_series_embedding.as_ref()
+    }
+
+    fn add_ecg(&mut self, init: &EcgInit, sizes: Option<EcgEncoderConfig>) -> Result<(), PolicyError> {
+        let t = &self.config.text_config;
+        let (hidden, vocab) = (t.hidden_size, t.vocab_size);
+        ecg::attach(
+            &mut self.time_series_embedding,
+            &mut self.tokens,
+            &self.vs,
+            Family::Qwen25Vl,
+            init,
+            sizes,
+            hidden,
+            vocab,
+        )
     }
 
     fn embed_with(&self, inputs: &Inputs<'_>, tower: &mut VisionFn<'_>) -> Result<Embedded, PolicyError> {
@@ -195,9 +226,7 @@ impl Policy for Qwen25VL {
             let (merged, _) = tower(&pixels.to_device(device), grids)?;
             embeds = scatter(&embeds, &ids.eq(token), &merged, what)?;
         }
-        for (token, values) in &inputs.extra_embeddings {
-            embeds = scatter(&embeds, &ids.eq(*token), &values.to_device(device), "extra modality")?;
-        }
+        embeds = TimeSeriesEmbedding::scatter_into(self.ecg(), &ids, embeds, inputs.ecg_signals)?;
         let (id_rows, mask_rows) = id_rows(&ids, &mask)?;
         let rope_inputs = RopeInputs {
             image_grids: &inputs.image_grids,
@@ -230,7 +259,10 @@ impl Policy for Qwen25VL {
     }
 
     fn save_config(&self, dir: &Path) -> Result<(), PolicyError> {
-        let config = self.source_config.clone().unwrap_or_else(|| self.config.to_json());
+        let mut config = self.source_config.clone().unwrap_or_else(|| self.config.to_json());
+        if let Some(ts) = &self.time_series_embedding {
+            ts.config().write_json(&mut config);
+        }
         weights::write_json(&dir.join("config.json"), &config)
     }
 

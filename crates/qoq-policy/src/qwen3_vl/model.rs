@@ -10,6 +10,7 @@ use super::config::Qwen3VLConfig;
 use super::rope_index::rope_index;
 use super::vision::VisionModel;
 use crate::chat::Template;
+use crate::ecg::{self, EcgEncoderConfig, EcgInit, TimeSeriesEmbedding};
 use crate::layers::decoder::TextModel;
 use crate::layers::rope::{inverse_frequencies, MropeLayout};
 use crate::layers::{id_rows, position_ids, scatter};
@@ -31,6 +32,8 @@ pub struct Qwen3VL {
     tokens: SpecialTokens,
     /// Checkpoint tensors this family does not use, kept for export.
     extra: ExtraTensors,
+    /// `time_series_embedding`: the ECG encoder and its projection, when present.
+    time_series_embedding: Option<TimeSeriesEmbedding>,
 }
 
 impl Qwen3VL {
@@ -69,6 +72,7 @@ impl Qwen3VL {
             mrope,
             tokens,
             extra: ExtraTensors::default(),
+            time_series_embedding: None,
         })
     }
 
@@ -76,6 +80,12 @@ impl Qwen3VL {
     pub fn from_pretrained(dir: &Path, device: Device) -> Result<Self, PolicyError> {
         let config = Qwen3VLConfig::from_file(&dir.join("config.json"))?;
         let mut model = Self::new(&config, device)?;
+        let value = weights::read_json(&dir.join("config.json"))?;
+        let t = &config.text_config;
+        if let Some(ecg) = ecg::from_checkpoint(&value, dir, Family::Qwen3Vl, t.hidden_size, t.vocab_size)? {
+            model.time_series_embedding = Some(TimeSeriesEmbedding::new(&model.vs.root(), &ecg, t.hidden_size));
+            model.tokens.set_time_series(ecg.token_id);
+        }
         let mut unused = weights::load_into(&model.vs.variables(), dir, &|name| name.to_string())?;
         // A tied head has no weight of its own; a stray copy in the file is not kept.
         unused.retain(|n| !(config.tie_word_embeddings && n == "lm_head.weight"));
@@ -90,7 +100,7 @@ impl Qwen3VL {
         let mut tensors: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
         tensors.extend(self.extra.tensors());
         weights::save(&tensors, dir, max_shard_bytes)?;
-        weights::write_json(&dir.join("config.json"), &self.config.to_json())
+        Policy::save_config(self, dir)
     }
 }
 
@@ -116,6 +126,9 @@ impl Policy for Qwen3VL {
     }
 
     fn module_group(&self, name: &str) -> ModuleGroup {
+        if let Some(group) = ecg::module_group(name) {
+            return group;
+        }
         match name.strip_prefix("model.visual.") {
             Some(rest) if rest.starts_with("merger.") || rest.starts_with("deepstack_merger_list.") => {
                 ModuleGroup::Merger
@@ -131,6 +144,25 @@ impl Policy for Qwen3VL {
 
     fn vision_tower(&self) -> &dyn VisionTower {
         &self.visual
+    }
+
+    fn ecg(&self) -> Option<&TimeSeriesEmbedding> {
+        self.time_series_embedding.as_ref()
+    }
+
+    fn add_ecg(&mut self, init: &EcgInit, sizes: Option<EcgEncoderConfig>) -> Result<(), PolicyError> {
+        let t = &self.config.text_config;
+        let (hidden, vocab) = (t.hidden_size, t.vocab_size);
+        ecg::attach(
+            &mut self.time_series_embedding,
+            &mut self.tokens,
+            &self.vs,
+            Family::Qwen3Vl,
+            init,
+            sizes,
+            hidden,
+            vocab,
+        )
     }
 
     fn embed_with(&self, inputs: &Inputs<'_>, tower: &mut VisionFn<'_>) -> Result<Embedded, PolicyError> {
@@ -150,9 +182,7 @@ impl Policy for Qwen3VL {
             embeds = scatter(&embeds, &positions, &merged, what)?;
             injections.push((positions, deepstack));
         }
-        for (token, values) in &inputs.extra_embeddings {
-            embeds = scatter(&embeds, &ids.eq(*token), &values.to_device(device), "extra modality")?;
-        }
+        embeds = TimeSeriesEmbedding::scatter_into(self.ecg(), &ids, embeds, inputs.ecg_signals)?;
         // Multimodal rope positions from the ids, pads excluded.
         let (id_rows, mask_rows) = id_rows(&ids, &mask)?;
         let merge = c.vision_config.spatial_merge_size;
@@ -182,7 +212,11 @@ impl Policy for Qwen3VL {
     }
 
     fn save_config(&self, dir: &Path) -> Result<(), PolicyError> {
-        weights::write_json(&dir.join("config.json"), &self.config.to_json())
+        let mut config = self.config.to_json();
+        if let Some(ts) = &self.time_series_embedding {
+            ts.config().write_json(&mut config);
+        }
+        weights::write_json(&dir.join("config.json"), &config)
     }
 
     fn extra_tensors(&self) -> Vec<(String, Tensor)> {

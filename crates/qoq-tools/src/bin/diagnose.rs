@@ -1,20 +1,26 @@
-//! Ask a checkpoint (Qwen3-VL or Qwen2.5-VL, by its config.json) about one image, the way
-//! the trainer prompts it.
+//! Ask a checkpoint (Qwen3-VL or Qwen2.5-VL, by its config.json) about one image and / or
+//! one ECG, the way the trainer prompts it.
 //!
-//!     cargo run --release --bin diagnose -- --model DIR --image PATH --prompt TEXT \
-//!         [--max-new-tokens N] [--greedy | --temperature T --top-p P --seed S] [--dump OUT.safetensors]
+//!     cargo run --release --bin diagnose -- --model DIR [--image PATH] [--ecg SIGNAL.npy [--ecg-rate HZ]] \
+//!         --prompt TEXT [--max-new-tokens N] [--greedy | --temperature T --top-p P --seed S] [--dump OUT.safetensors]
 //!
-//! Builds one user turn (the image, then the prompt) with the generation prompt, generates,
-//! prints the response. Boxes in the response's ```json block (pixels of the resized image)
-//! are drawn on the original image, written next to `--dump` (or `./diagnose-boxes.png`).
-//! `--dump` also writes input_ids [L], pixel_values [N, 3 * 2 * patch²], image_grid_thw [1, 3],
-//! prefill_logits [L, vocab] and gen_tokens [generated].
+//! Builds one user turn (the ECG placeholder, the image, then the prompt) with the
+//! generation prompt, generates, prints the response. An ECG needs a checkpoint with an ECG
+//! path (`time_series_embedding.*`); it is a `.npy` array [leads, samples] (float32 or
+//! float64, 8 or 12 leads, `--ecg-rate` Hz, default 250), preprocessed as the trainer does
+//! (8 leads, 250 Hz, 2,500 samples, per-lead z-score). Boxes in the response's ```json block
+//! (pixels of the resized image) are drawn on the original image, written next to `--dump`
+//! (or `./diagnose-boxes.png`). `--dump` also writes input_ids [L], pixel_values
+//! [N, 3 * 2 * patch²] and image_grid_thw [1, 3] (with an image), ecg_embeddings
+//! [n_ecg, hidden] (with an ECG: the projection's output), prefill_logits [L, vocab] and
+//! gen_tokens [generated].
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use qoq_data::preprocess::ImageProcessor;
+use qoq_data::preprocess::{preprocess_ecg, ImageProcessor, ECG_LEADS, ECG_SAMPLES};
+use qoq_data::Signal;
 use qoq_policy::chat::{encode_conversation, merged_tokens, Content, Message, RenderOptions, Tokenizer};
 use qoq_policy::{load_policy, EngineConfig, Inputs, OnePrompt, RolloutEngine, SamplingConfig};
 use tch::{Device, Kind, Tensor};
@@ -25,8 +31,14 @@ struct Args {
     /// Hugging Face checkpoint folder: config.json, weights, tokenizer.json, preprocessor_config.json.
     #[arg(long)]
     model: PathBuf,
+    #[arg(long, required_unless_present = "ecg")]
+    image: Option<PathBuf>,
+    /// An ECG: a `.npy` array [leads, samples], float32 or float64, 8 or 12 leads.
     #[arg(long)]
-    image: PathBuf,
+    ecg: Option<PathBuf>,
+    /// The ECG's sampling rate in Hz.
+    #[arg(long, default_value_t = 250.0, requires = "ecg")]
+    ecg_rate: f32,
     #[arg(long)]
     prompt: String,
     #[arg(long, default_value_t = 512)]
@@ -51,27 +63,51 @@ fn main() -> Result<()> {
     let args = Args::parse();
     let dir = &args.model;
     let model = load_policy(dir, Device::Cpu).with_context(|| format!("loading the checkpoint {}", dir.display()))?;
-    let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
+    let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
         .with_context(|| format!("{}: the checkpoint's tokenizer", dir.display()))?;
     let processor_config = model.family().processor_config(dir)?;
     let merge = processor_config.merge_size;
     let processor = ImageProcessor::new(processor_config)?;
-    let image =
-        image::open(&args.image).with_context(|| format!("cannot read the image {}", args.image.display()))?.to_rgb8();
-    let vision = processor.preprocess_image(&image)?;
+    let image = match &args.image {
+        Some(path) => {
+            Some(image::open(path).with_context(|| format!("cannot read the image {}", path.display()))?.to_rgb8())
+        }
+        None => None,
+    };
+    let vision = image.as_ref().map(|img| processor.preprocess_image(img)).transpose()?;
+    let signals = match &args.ecg {
+        Some(path) => {
+            let Some(ts) = model.ecg() else {
+                bail!(
+                    "{}: this checkpoint has no ECG path (no time_series_embedding.* weights / time_series_token_id); \
+                     train one with model.ecg_encoder (configs/stage1.toml)",
+                    dir.display()
+                );
+            };
+            tokenizer = tokenizer.with_time_series_token(ts.token_id())?;
+            Some(read_ecg(path, args.ecg_rate)?)
+        }
+        None => None,
+    };
 
-    let messages = [Message::user(vec![Content::Image, Content::text(args.prompt.clone())])];
+    let mut content = Vec::new();
+    content.extend(signals.iter().map(|_| Content::TimeSeries));
+    content.extend(vision.iter().map(|_| Content::Image));
+    content.push(Content::text(args.prompt.clone()));
+    let messages = [Message::user(content)];
     let options =
         RenderOptions { add_generation_prompt: true, template: model.prompt_format().template, ..Default::default() };
-    let ids = encode_conversation(&tokenizer, &messages, &options, &[merged_tokens(vision.grid_thw, merge)], &[])?;
+    let image_tokens: Vec<usize> = vision.iter().map(|v| merged_tokens(v.grid_thw, merge)).collect();
+    let ids = encode_conversation(&tokenizer, &messages, &options, &image_tokens, &[])?;
     let ids: Vec<i64> = ids.into_iter().map(i64::from).collect();
     let input_ids = Tensor::from_slice(&ids).view([1, -1]);
-    let grid = vision.grid_thw.map(i64::from);
-    let pixels = Tensor::from_slice(&vision.pixel_values).view([vision.rows() as i64, -1]);
+    let grid = vision.as_ref().map(|v| v.grid_thw.map(i64::from));
+    let pixels = vision.as_ref().map(|v| Tensor::from_slice(&v.pixel_values).view([v.rows() as i64, -1]));
     let inputs = Inputs {
         input_ids: Some(&input_ids),
-        pixel_values: Some(&pixels),
-        image_grids: vec![grid],
+        pixel_values: pixels.as_ref(),
+        image_grids: grid.into_iter().collect(),
+        ecg_signals: signals.as_ref(),
         ..Default::default()
     };
 
@@ -101,24 +137,44 @@ fn main() -> Result<()> {
         Some(dump) => dump.with_extension("boxes.png"),
         None => PathBuf::from("diagnose-boxes.png"),
     };
-    draw_boxes(&response, &image, vision.resized_size, &boxes_path)?;
+    if let (Some(image), Some(vision)) = (&image, &vision) {
+        draw_boxes(&response, image, vision.resized_size, &boxes_path)?;
+    }
 
     if let Some(dump) = &args.dump {
-        let logits = {
-            let _guard = tch::no_grad_guard();
-            model.prefill(&inputs)?.0.squeeze_dim(0).to_kind(Kind::Float)
-        };
-        let tensors = [
-            ("input_ids", input_ids.squeeze_dim(0)),
-            ("pixel_values", pixels.shallow_clone()),
-            ("image_grid_thw", Tensor::from_slice(&grid).view([1, 3])),
-            ("prefill_logits", logits),
-            ("gen_tokens", Tensor::from_slice(tokens)),
-        ];
+        let _guard = tch::no_grad_guard();
+        let logits = model.prefill(&inputs)?.0.squeeze_dim(0).to_kind(Kind::Float);
+        let mut tensors = vec![("input_ids", input_ids.squeeze_dim(0))];
+        if let (Some(pixels), Some(grid)) = (&pixels, grid) {
+            tensors.push(("pixel_values", pixels.shallow_clone()));
+            tensors.push(("image_grid_thw", Tensor::from_slice(&grid).view([1, 3])));
+        }
+        if let (Some(signals), Some(ts)) = (&signals, model.ecg()) {
+            tensors.push(("ecg_embeddings", ts.forward(signals)?.to_kind(Kind::Float)));
+        }
+        tensors.push(("prefill_logits", logits));
+        tensors.push(("gen_tokens", Tensor::from_slice(tokens)));
         Tensor::write_safetensors(&tensors, dump).with_context(|| format!("writing {}", dump.display()))?;
         eprintln!("wrote {}", dump.display());
     }
     Ok(())
+}
+
+/// The ECG at `path` (`.npy`, [leads, samples]), preprocessed for the encoder: [1, 8, 2500].
+fn read_ecg(path: &Path, rate_hz: f32) -> Result<Tensor> {
+    let array =
+        Tensor::read_npy(path).with_context(|| format!("cannot read the ECG {} (a .npy array)", path.display()))?;
+    let size = array.size();
+    let &[leads, samples] = size.as_slice() else {
+        bail!("{}: the ECG has shape {size:?}; save it as [leads, samples] (8 or 12 leads)", path.display());
+    };
+    if !matches!(array.kind(), Kind::Float | Kind::Double) {
+        bail!("{}: the ECG is {:?}; save it as float32 or float64", path.display(), array.kind());
+    }
+    let values = Vec::<f32>::try_from(array.to_kind(Kind::Float).flatten(0, -1))?;
+    let signal = Signal { leads: leads as u32, samples: samples as u32, sampling_rate_hz: rate_hz, values };
+    let ready = preprocess_ecg(&signal).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok(Tensor::from_slice(&ready).view([1, ECG_LEADS as i64, ECG_SAMPLES as i64]))
 }
 
 /// Draw the response's boxes (resized-image pixels) on the original image, if it has any.

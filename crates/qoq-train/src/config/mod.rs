@@ -121,6 +121,14 @@ impl TrainConfig {
         if model.dtype == Dtype::Float32 && model.grad_dtype == GradDtype::Bfloat16 {
             return Err("model.grad_dtype = \"bfloat16\" needs model.dtype = \"bfloat16\"".into());
         }
+        if let Some(sizes) = &model.ecg_encoder_sizes {
+            if model.ecg_encoder.as_deref() != Some("random") {
+                return Err("model.ecg_encoder_sizes sets the sizes of a random ECG encoder: it needs \
+                            model.ecg_encoder = \"random\" (a checkpoint's encoder has its own)"
+                    .into());
+            }
+            sizes.validate().map_err(|e| format!("model.ecg_encoder_sizes: {e}"))?;
+        }
         let d = &self.distributed;
         if d.sharded_optimizer && !matches!(d.sharding, Sharding::None | Sharding::Optimizer) {
             return Err(format!(

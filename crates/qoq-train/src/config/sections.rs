@@ -151,6 +151,15 @@ pub struct ModelSection {
     /// "ecg_projection" (an unknown name fails when the config is read, listing these).
     #[serde(default)]
     pub freeze: Vec<ModuleGroup>,
+    /// Gives a model without an ECG path one (stage 1): "random" (ECG-JEPA's random start,
+    /// seeded by run.seed) or the path of an ECG-JEPA release checkpoint (`epochN.pth`).
+    /// The projection starts fresh. Unset: the model's own ECG path, if it has one.
+    #[serde(default)]
+    pub ecg_encoder: Option<String>,
+    /// The sizes of a "random" encoder (default ECG-JEPA's: embed_dim 768, depth 12,
+    /// num_heads 16, mlp_dim 3072; leads 8, samples 2500, patch_size 50).
+    #[serde(default)]
+    pub ecg_encoder_sizes: Option<qoq_policy::EcgEncoderConfig>,
 }
 
 /// `model.dtype`.

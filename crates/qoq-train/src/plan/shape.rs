@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use qoq_policy::{Family, ModuleGroup, Qwen25VLConfig, Qwen3VLConfig};
+use qoq_policy::{EcgEncoderConfig, Family, ModuleGroup, Qwen25VLConfig, Qwen3VLConfig};
 
 use crate::TrainError;
 
@@ -73,6 +73,8 @@ pub struct ModelShape {
     pub family: Family,
     pub text: TextShape,
     pub vision: VisionShape,
+    /// The ECG encoder's sizes, when the model has (or the run gives it) an ECG path.
+    pub ecg: Option<EcgEncoderConfig>,
 }
 
 /// Parameter counts (elements) per module group.
@@ -81,11 +83,13 @@ pub struct Counts {
     pub vision_tower: i64,
     pub merger: i64,
     pub llm: i64,
+    pub ecg_encoder: i64,
+    pub ecg_projection: i64,
 }
 
 impl Counts {
     pub fn total(&self) -> i64 {
-        self.vision_tower + self.merger + self.llm
+        self.vision_tower + self.merger + self.llm + self.ecg_encoder + self.ecg_projection
     }
 
     /// Elements of the groups `freeze` does not name.
@@ -94,6 +98,8 @@ impl Counts {
         keep(ModuleGroup::VisionTower, self.vision_tower)
             + keep(ModuleGroup::Merger, self.merger)
             + keep(ModuleGroup::Llm, self.llm)
+            + keep(ModuleGroup::EcgEncoder, self.ecg_encoder)
+            + keep(ModuleGroup::EcgProjection, self.ecg_projection)
     }
 }
 
@@ -125,10 +131,21 @@ impl ModelShape {
                 }
             }
         }
-        Ok(match family {
+        let mut shape = match family {
             Family::Qwen3Vl => Self::qwen3_vl(&Qwen3VLConfig::from_json(value)?),
             Family::Qwen25Vl => Self::qwen2_5_vl(&Qwen25VLConfig::from_json(value)?),
-        })
+        };
+        // An ECG path: its sizes as config.json writes them, else ECG-JEPA's (the plan reads
+        // no weights; QoQ-Med's checkpoints carry ECG-JEPA's ViT-B).
+        if value.get(qoq_policy::ecg::TOKEN_ID_KEY).is_some() {
+            shape.ecg = Some(match value.get(qoq_policy::ecg::ENCODER_KEY) {
+                Some(v) => {
+                    serde_json::from_value(v.clone()).map_err(|e| format!("`{}`: {e}", qoq_policy::ecg::ENCODER_KEY))?
+                }
+                None => EcgEncoderConfig::default(),
+            });
+        }
+        Ok(shape)
     }
 
     pub fn qwen3_vl(c: &Qwen3VLConfig) -> Self {
@@ -152,6 +169,7 @@ impl ModelShape {
                 window_patches: 0,
                 full_blocks: v.depth,
             },
+            ecg: None,
         }
     }
 
@@ -177,6 +195,7 @@ impl ModelShape {
                 window_patches: window * window,
                 full_blocks: v.fullatt_block_indexes.len() as i64,
             },
+            ecg: None,
         }
     }
 
@@ -217,7 +236,10 @@ impl ModelShape {
         };
         let embed = t.vocab * t.hidden;
         let llm = embed + t.layers * self.layer_params() + t.hidden + if t.tied { 0 } else { embed };
-        Counts { vision_tower, merger, llm }
+        // ecg/encoder.rs and the projection Linear(E -> hidden) with bias.
+        let (ecg_encoder, ecg_projection) =
+            self.ecg.map_or((0, 0), |e| (e.num_parameters(), linear(e.embed_dim, t.hidden)));
+        Counts { vision_tower, merger, llm, ecg_encoder, ecg_projection }
     }
 
     /// Elements of the largest trainable tensor (the optimizer's temporaries scale with it).
@@ -235,6 +257,14 @@ impl ModelShape {
         if !freeze.contains(&ModuleGroup::VisionTower) {
             largest = largest.max(v.hidden * v.intermediate).max(3 * v.hidden * v.hidden).max(v.positions * v.hidden);
         }
+        if let Some(e) = &self.ecg {
+            if !freeze.contains(&ModuleGroup::EcgEncoder) {
+                largest = largest.max(e.embed_dim * e.mlp_dim).max(3 * e.embed_dim * e.embed_dim);
+            }
+            if !freeze.contains(&ModuleGroup::EcgProjection) {
+                largest = largest.max(e.embed_dim * t.hidden);
+            }
+        }
         largest
     }
 
@@ -250,7 +280,9 @@ impl ModelShape {
         let embed = t.vocab * t.hidden;
         let input = if llm { embed } else { 0 }
             + keep(ModuleGroup::VisionTower, c.vision_tower)
-            + keep(ModuleGroup::Merger, c.merger);
+            + keep(ModuleGroup::Merger, c.merger)
+            + keep(ModuleGroup::EcgEncoder, c.ecg_encoder)
+            + keep(ModuleGroup::EcgProjection, c.ecg_projection);
         let head = if llm { t.hidden + if t.tied { 0 } else { embed } } else { 0 };
         let layer = if llm { self.layer_params() } else { 0 };
         layer.max(input).max(if t.tied { head + input } else { head })
@@ -272,7 +304,9 @@ mod tests {
             match model.module_group(&name) {
                 ModuleGroup::VisionTower => c.vision_tower += n,
                 ModuleGroup::Merger => c.merger += n,
-                _ => c.llm += n,
+                ModuleGroup::EcgEncoder => c.ecg_encoder += n,
+                ModuleGroup::EcgProjection => c.ecg_projection += n,
+                ModuleGroup::Llm => c.llm += n,
             }
         }
         c
@@ -287,6 +321,23 @@ mod tests {
             let model = Qwen3VL::new(&config, Device::Cpu).unwrap();
             assert_eq!(ModelShape::qwen3_vl(&config).counts(), counted(&model), "tied {tied}, bias {bias}");
         }
+    }
+
+    #[test]
+    fn counts_include_an_ecg_path_as_add_ecg_creates_it() {
+        let sizes = EcgEncoderConfig { embed_dim: 16, depth: 2, num_heads: 4, mlp_dim: 24, ..Default::default() };
+        let config = Qwen3VLConfig::tiny();
+        let mut model = Qwen3VL::new(&config, Device::Cpu).unwrap();
+        model.add_ecg(&qoq_policy::EcgInit::Random { seed: 0 }, Some(sizes)).unwrap();
+        let mut shape = ModelShape::qwen3_vl(&config);
+        shape.ecg = Some(sizes);
+        assert_eq!(shape.counts(), counted(&model));
+        // From config.json: the key with ECG-JEPA's sizes by default.
+        let mut json = config.to_json();
+        json["time_series_token_id"] = serde_json::json!(151_669);
+        let from_json = ModelShape::from_json(&json).unwrap();
+        let (c, hidden) = (from_json.counts(), from_json.text.hidden);
+        assert_eq!((c.ecg_encoder, c.ecg_projection), (85_374_720, 768 * hidden + hidden));
     }
 
     #[test]
