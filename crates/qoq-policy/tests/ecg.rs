@@ -204,3 +204,34 @@ fn a_full_vocabulary_model_is_given_an_encoder_from_an_ecg_jepa_release() {
     let d = max_diff(&reloaded.ecg().unwrap().forward(&cases["signals"]).unwrap(), &embedded);
     assert_eq!(d, 0.0);
 }
+
+#[test]
+fn the_placeholder_joins_each_family_tokenizer_at_its_id_and_renders_first_and_bare() {
+    use qoq_policy::chat::{render_with, Content, Message, RenderOptions, Template, Tokenizer};
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    for (dir, id, template) in
+        [(".qwen-tokenizer", 151_669, Template::Instruct), (".qwen2.5-tokenizer", 151_665, Template::Qwen2Vl)]
+    {
+        let path = root.join(dir).join("tokenizer.json");
+        assert!(path.is_file(), "run `bash tools/setup.sh` first ({dir})");
+        let plain = Tokenizer::from_file(&path).unwrap();
+        assert_eq!(plain.token_id("<|time_series_pad|>"), None, "{dir} lacks it, as released");
+        // A wrong id is refused with the fix; the family's id is where the token lands.
+        let err = Tokenizer::from_file(&path).unwrap().with_time_series_token(id + 1).unwrap_err().to_string();
+        assert!(err.contains(&format!("at id {id}")) && err.contains("time_series_token_id"), "{err}");
+        let tok = Tokenizer::from_file(&path).unwrap().with_time_series_token(id).unwrap();
+        assert_eq!(tok.token_id("<|time_series_pad|>"), Some(id as u32));
+        let messages = [Message::user(vec![Content::TimeSeries, Content::Image, Content::text("Rhythm?")])];
+        let options = RenderOptions { add_generation_prompt: true, template, ..Default::default() };
+        let text = render_with(&messages, &options).unwrap();
+        assert!(text.contains("user\n<|time_series_pad|><|vision_start|><|image_pad|><|vision_end|>Rhythm?"), "{text}");
+        let ids = tok.encode(&text).unwrap();
+        assert_eq!(ids.iter().filter(|&&t| t == id as u32).count(), 1, "one bare placeholder token");
+        // Qwen3-VL's template drops media outside user turns: an ECG there is refused, as
+        // images are (the Qwen2-VL template renders media in any turn).
+        if template == Template::Instruct {
+            let bad = [Message::new("system", vec![Content::TimeSeries]), Message::user(vec![Content::text("q")])];
+            assert!(render_with(&bad, &options).unwrap_err().to_string().contains("an ECG"));
+        }
+    }
+}
