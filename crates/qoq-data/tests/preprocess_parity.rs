@@ -1,10 +1,13 @@
 //! Parity with transformers' Qwen3-VL image processor on committed fixtures
-//! (tools/make_preprocess_fixtures.py): grid_thw equal, pixel_values within 1e-6.
+//! (tools/make_preprocess_fixtures.py): grid_thw equal, pixel_values within 1e-6; and of
+//! the ECG preprocessing with ECG-JEPA's convention computed by scipy / numpy
+//! (tools/make_ecg_preprocess_fixtures.py): within 2e-5.
 
 use std::io::Read;
 use std::path::PathBuf;
 
-use qoq_data::preprocess::{decode_rgb, ImageProcessor, ImageProcessorConfig};
+use qoq_data::preprocess::{decode_rgb, preprocess_ecg, ImageProcessor, ImageProcessorConfig};
+use qoq_data::Signal;
 
 fn read_f32_gz(path: PathBuf) -> Vec<f32> {
     let mut raw = Vec::new();
@@ -129,4 +132,24 @@ fn qwen2_5_vl_config_reads_over_its_defaults() {
     assert_eq!((c.patch_size, c.merge_size, c.min_pixels, c.max_pixels), (14, 2, 3136, 50176));
     assert_eq!(c.image_mean, ImageProcessorConfig::qwen2_5_vl().image_mean);
     assert_eq!(c.patch_dim(), 1176);
+}
+
+#[test]
+fn ecg_preprocessing_matches_scipy_resample_and_the_unbiased_z_score() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/ecg_preprocess");
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
+    for case in meta["cases"].as_array().unwrap() {
+        let values = read_f32_gz(dir.join(case["input"].as_str().unwrap()));
+        let signal = Signal {
+            leads: case["leads"].as_u64().unwrap() as u32,
+            samples: case["samples"].as_u64().unwrap() as u32,
+            sampling_rate_hz: case["rate_hz"].as_f64().unwrap() as f32,
+            values,
+        };
+        let got = preprocess_ecg(&signal).unwrap();
+        let want = read_f32_gz(dir.join(case["expected"].as_str().unwrap()));
+        let (d, at) = max_abs_diff(&got, &want);
+        assert!(d < 2e-5, "{}: differs by {d:e} at lead {}, sample {}", case["what"], at / 2500, at % 2500);
+    }
 }

@@ -7,19 +7,12 @@
 //! 1. **Leads.** A 12-lead record (I, II, III, aVR, aVL, aVF, V1-V6) keeps
 //!    [`ECG_LEADS_OF_12`]; an 8-lead record is taken as already I, II, V1-V6; any other
 //!    lead count is an error.
-//! 2. **Resampling** to 250 Hz when the rate differs (an exact copy at 250 Hz): a
-//!    band-limited windowed-sinc interpolator, cut-off at the lower of the two Nyquist
-//!    frequencies, Kaiser window (beta 12) over 48 zero crossings of the sinc on each
-//!    side, weights normalised to sum 1 (constants stay constant). The record is extended
-//!    past its ends by point reflection (`x[-k] = 2 x[0] - x[k]`), which keeps value and
-//!    slope continuous. Output sample `k` lies at `k / 250` s, as with
-//!    `scipy.signal.resample`, and there are `round(n * 250 / rate)` of them. scipy's FFT
-//!    method treats the record as periodic, so the two differ by a small amount: on a
-//!    5 Hz sine of whole periods (where the FFT method is exact to 1e-13) resampled
-//!    500 -> 250 Hz, by 3e-9 of the amplitude inside the record and up to 6e-5 in the
-//!    first and last 35 output samples (0.14 s); 100 -> 250 Hz, by 5e-7 inside (test
-//!    `resamples_500_to_250_close_to_the_analytic_sine`). On a record that is not
-//!    periodic the FFT method rings at the ends instead.
+//! 2. **Resampling** to 250 Hz when the rate differs (an exact copy at 250 Hz): the
+//!    whole record to `round(n * 250 / rate)` samples by Fourier resampling, exactly as
+//!    `scipy.signal.resample` (ECG-JEPA's 500 -> 250 Hz step) computes it
+//!    ([`super::fourier`]; checked against scipy to 1e-9 in `tests/preprocess_parity.rs`).
+//!    Output sample `k` lies at `k / 250` s. The method treats the record as periodic, so a
+//!    record whose ends do not meet rings near them, as it does in ECG-JEPA's data.
 //! 3. **Duration.** Records shorter than 5 s are an error ("too short").
 //! 4. **Window** of 2,500 samples: a longer record is centre-cropped (the first dropped
 //!    sample count is `(len - 2500) / 2`, rounded down).
@@ -55,10 +48,6 @@ pub const ECG_MIN_SAMPLES: usize = ECG_SAMPLES / 2;
 
 /// Names of the 12 standard leads, for messages.
 const LEAD_NAMES_12: [&str; 12] = ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"];
-/// Sinc zero crossings on each side of the resampling kernel.
-const ZERO_CROSSINGS: f64 = 48.0;
-/// Kaiser window shape (about 90 dB side-lobe attenuation).
-const KAISER_BETA: f64 = 12.0;
 
 /// The encoder input of `signal`: [`ECG_LEADS`] x [`ECG_SAMPLES`] values, lead-major
 /// (`out[lead * 2500 + t]`), following the policy in the module documentation.
@@ -151,71 +140,16 @@ fn z_score(x: &[f64]) -> Vec<f64> {
 }
 
 /// Output samples `range` (at `k / to` s) of every series of `leads` (all the same
-/// length, sampled at `from` Hz), with the windowed-sinc interpolator described in the
-/// module documentation.
+/// length, sampled at `from` Hz), resampled to `round(n * to / from)` samples as
+/// `scipy.signal.resample` does ([`super::fourier::resample`]).
 fn resample(leads: &[Vec<f64>], from: f64, to: f64, range: std::ops::Range<usize>) -> Vec<Vec<f64>> {
-    let step = from / to; // input samples per output sample
-    let cutoff = 0.5 * (to / from).min(1.0); // cycles per input sample
-    let half = ZERO_CROSSINGS / (2.0 * cutoff); // kernel half-width in input samples
-    let norm = bessel_i0(KAISER_BETA);
-    let mut out = vec![Vec::with_capacity(range.len()); leads.len()];
-    let mut weights = Vec::new();
-    for k in range {
-        let x = k as f64 * step;
-        let (first, last) = ((x - half).ceil() as i64, (x + half).floor() as i64);
-        weights.clear();
-        for j in first..=last {
-            let d = x - j as f64;
-            let r = d / half;
-            let window = bessel_i0(KAISER_BETA * (1.0 - r * r).max(0.0).sqrt()) / norm;
-            weights.push((j, 2.0 * cutoff * sinc(2.0 * cutoff * d) * window));
-        }
-        let total: f64 = weights.iter().map(|(_, w)| w).sum();
-        for (series, dst) in leads.iter().zip(out.iter_mut()) {
-            let acc: f64 = weights.iter().map(|&(j, w)| w * extended(series, j)).sum();
-            dst.push(acc / total);
-        }
-    }
-    out
-}
-
-/// `x[j]` with `x` extended past both ends by point reflection; indices further out than
-/// one reflection reaches hold the end value.
-fn extended(x: &[f64], j: i64) -> f64 {
-    let last = x.len() as i64 - 1;
-    let at = |i: i64| x[i.clamp(0, last) as usize];
-    if j < 0 {
-        2.0 * x[0] - at(-j)
-    } else if j > last {
-        2.0 * x[last as usize] - at(2 * last - j)
-    } else {
-        x[j as usize]
-    }
-}
-
-/// sin(pi x) / (pi x), 1 at 0.
-fn sinc(x: f64) -> f64 {
-    if x.abs() < 1e-12 {
-        1.0
-    } else {
-        let px = std::f64::consts::PI * x;
-        px.sin() / px
-    }
-}
-
-/// The modified Bessel function of the first kind, order 0 (power series; the argument
-/// here is at most [`KAISER_BETA`], where 40 terms reach f64 precision).
-fn bessel_i0(x: f64) -> f64 {
-    let q = x * x / 4.0;
-    let (mut term, mut sum) = (1.0, 1.0);
-    for k in 1..40 {
-        term *= q / (k * k) as f64;
-        sum += term;
-        if term < sum * 1e-17 {
-            break;
-        }
-    }
-    sum
+    leads
+        .iter()
+        .map(|x| {
+            let num = (x.len() as f64 * to / from).round() as usize;
+            super::fourier::resample(x, num)[range.clone()].to_vec()
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -282,7 +216,7 @@ mod tests {
         let all = err.iter().cloned().fold(0.0, f64::max);
         let edge = err[..1250].iter().rposition(|&e| e >= 1e-7).map_or(0, |i| i + 1);
         println!(
-            "max |windowed sinc - analytic| = {interior:.2e} inside, {all:.2e} overall; < 1e-7 from sample {edge} on"
+            "max |Fourier resample - analytic| = {interior:.2e} inside, {all:.2e} overall; < 1e-7 from sample {edge} on"
         );
         assert!(interior < 1e-8, "interior error {interior}");
         assert!(all < 1e-4, "edge error {all}");

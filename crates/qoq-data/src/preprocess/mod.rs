@@ -15,6 +15,7 @@
 //! ```
 
 mod ecg;
+mod fourier;
 mod resize;
 mod rgb;
 mod smart_resize;
