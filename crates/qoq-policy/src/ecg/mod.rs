@@ -188,8 +188,9 @@ pub(crate) fn build(
 }
 
 /// The ECG path a checkpoint folder describes: `config.json`'s `time_series_token_id` with
-/// the weights' `time_series_embedding.*` shapes. Weights without the key (a config
-/// rewritten by a tool that does not know it) take the family's default id, with a note.
+/// the weights' `time_series_embedding.*` shapes. Weights of QoQ-Med's encoder without the
+/// key (a config rewritten by a tool that does not know it) take the family's default id,
+/// with a note.
 pub(crate) fn from_checkpoint(
     config: &serde_json::Value,
     dir: &Path,
@@ -199,7 +200,10 @@ pub(crate) fn from_checkpoint(
 ) -> Result<Option<EcgConfig>, PolicyError> {
     let shapes = crate::weights::tensor_shapes(dir)?;
     let mut config = config.clone();
-    if config.get(TOKEN_ID_KEY).is_none() && shapes.keys().any(|k| k.starts_with(config::PREFIX)) {
+    // The encoder's patch embedding marks QoQ-Med's layout (other `time_series_embedding.*`
+    // tensors, from another model's design, stay unused extras).
+    let marker = format!("{}encoder.W_P.weight", config::PREFIX);
+    if config.get(TOKEN_ID_KEY).is_none() && shapes.contains_key(&marker) {
         let id = family.default_time_series_token_id();
         eprintln!(
             "note: {}: the weights carry time_series_embedding.* but config.json has no `{TOKEN_ID_KEY}`; using {id}",
