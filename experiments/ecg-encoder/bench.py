@@ -16,7 +16,7 @@
         parameter trainable, gradients zeroed in place between iterations, outside the
         timing), VmRSS after building and loading the model, and per batch size the peak RSS
         (VmHWM, reset through /proc/self/clear_refs before each batch size; ru_maxrss, which
-        is never reset, is reported beside it), growth = peak - RSS after building, and the
+        reads the same high-water mark and so follows the reset, is reported beside it), growth = peak - RSS after building, and the
         max |difference| from the `embeddings` in IN.
 """
 import argparse
