@@ -88,9 +88,11 @@ pub fn preprocess_ecg(signal: &Signal) -> Result<Vec<f32>, String> {
         ));
     }
     let seconds = samples as f64 / rate;
-    if seconds < 5.0 {
+    // The loader's check (`validate::check_ecg_for_encoder`) uses the same bound.
+    let least = ECG_MIN_SAMPLES as f64 / f64::from(ECG_RATE_HZ);
+    if seconds < least {
         return Err(format!(
-            "ECG is too short: {samples} samples at {rate} Hz are {seconds:.3} s; at least 5 s are needed"
+            "ECG is too short: {samples} samples at {rate} Hz are {seconds:.3} s; at least {least} s are needed"
         ));
     }
 

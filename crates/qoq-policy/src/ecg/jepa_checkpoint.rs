@@ -11,10 +11,10 @@ use super::config::{EcgEncoderConfig, PREFIX};
 use crate::PolicyError;
 
 /// Tensors by name: (shape, values).
-type Named = BTreeMap<String, (Vec<i64>, Vec<f32>)>;
+pub(crate) type Named = BTreeMap<String, (Vec<i64>, Vec<f32>)>;
 
 /// The encoder's tensors in `path`, under our names (`time_series_embedding.encoder.*`).
-fn read(path: &Path) -> Result<Named, PolicyError> {
+pub(crate) fn read(path: &Path) -> Result<Named, PolicyError> {
     let tensors = qoq_data::torch_file::read_tensors(path).map_err(|e| PolicyError::Checkpoint(e.to_string()))?;
     let mut out = BTreeMap::new();
     for (name, t) in tensors {
@@ -32,9 +32,9 @@ fn read(path: &Path) -> Result<Named, PolicyError> {
     Ok(out)
 }
 
-/// The encoder sizes an ECG-JEPA checkpoint's shapes imply.
-pub(crate) fn config_of(path: &Path) -> Result<EcgEncoderConfig, PolicyError> {
-    let shapes = read(path)?.into_iter().map(|(k, (s, _))| (k, s)).collect();
+/// The encoder sizes the shapes of `file` (read from `path`) imply.
+pub(crate) fn config_of(file: &Named, path: &Path) -> Result<EcgEncoderConfig, PolicyError> {
+    let shapes = file.iter().map(|(k, (s, _))| (k.clone(), s.clone())).collect();
     EcgEncoderConfig::infer(&shapes).map_err(|e| PolicyError::Checkpoint(format!("{}: {e}", path.display())))
 }
 
@@ -43,7 +43,11 @@ pub(crate) fn config_of(path: &Path) -> Result<EcgEncoderConfig, PolicyError> {
 /// variable must be in the file with its shape; the file's other entries (the
 /// pretraining's mask token, say) are skipped and listed on stderr.
 pub fn load_jepa_checkpoint(vars: &HashMap<String, Tensor>, path: &Path) -> Result<(), PolicyError> {
-    let mut file = read(path)?;
+    copy_into(vars, read(path)?, path)
+}
+
+/// [`load_jepa_checkpoint`] of an already read `file` (from `path`, for messages).
+pub(crate) fn copy_into(vars: &HashMap<String, Tensor>, mut file: Named, path: &Path) -> Result<(), PolicyError> {
     let _guard = tch::no_grad_guard();
     let wanted = format!("{PREFIX}encoder.");
     let mut names: Vec<&String> = vars.keys().filter(|k| k.starts_with(&wanted)).collect();

@@ -163,10 +163,15 @@ pub(crate) fn build(
     hidden: i64,
     vocab: i64,
 ) -> Result<TimeSeriesEmbedding, PolicyError> {
-    let encoder = match init {
-        EcgInit::Random { .. } => sizes.unwrap_or_default(),
-        EcgInit::JepaCheckpoint { path, .. } => {
-            let found = jepa_checkpoint::config_of(path)?;
+    // An ECG-JEPA release is read once: its shapes size the encoder, its values fill it.
+    let file = match init {
+        EcgInit::JepaCheckpoint { path, .. } => Some((jepa_checkpoint::read(path)?, path)),
+        EcgInit::Random { .. } => None,
+    };
+    let encoder = match &file {
+        None => sizes.unwrap_or_default(),
+        Some((file, path)) => {
+            let found = jepa_checkpoint::config_of(file, path)?;
             if let Some(sizes) = sizes.filter(|s| *s != found) {
                 return Err(PolicyError::Checkpoint(format!(
                     "{}: the checkpoint's encoder has sizes {found:?}, model.ecg_encoder_sizes asks for {sizes:?}",
@@ -181,17 +186,35 @@ pub(crate) fn build(
     config.check_token(vocab).map_err(PolicyError::Checkpoint)?;
     tch::manual_seed(init.seed() as i64);
     let ts = TimeSeriesEmbedding::new(&vs.root(), &config, hidden);
-    if let EcgInit::JepaCheckpoint { path, .. } = init {
-        load_jepa_checkpoint(&vs.variables(), path)?;
+    if let Some((file, path)) = file {
+        jepa_checkpoint::copy_into(&vs.variables(), file, path)?;
     }
     Ok(ts)
+}
+
+/// The ECG path of a checkpoint folder being loaded, built into `vs` (its weights are
+/// then read with the rest) with its placeholder banned in `tokens`; `None` when
+/// [`config_of_checkpoint`] finds none.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn for_checkpoint(
+    vs: &nn::VarStore,
+    tokens: &mut crate::SpecialTokens,
+    config: &serde_json::Value,
+    dir: &Path,
+    family: crate::Family,
+    hidden: i64,
+    vocab: i64,
+) -> Result<Option<TimeSeriesEmbedding>, PolicyError> {
+    let Some(ecg) = config_of_checkpoint(config, dir, family, hidden, vocab)? else { return Ok(None) };
+    tokens.set_time_series(ecg.token_id);
+    Ok(Some(TimeSeriesEmbedding::new(&vs.root(), &ecg, hidden)))
 }
 
 /// The ECG path a checkpoint folder describes: `config.json`'s `time_series_token_id` with
 /// the weights' `time_series_embedding.*` shapes. Weights of QoQ-Med's encoder without the
 /// key (a config rewritten by a tool that does not know it) take the family's default id,
 /// with a note.
-pub(crate) fn from_checkpoint(
+fn config_of_checkpoint(
     config: &serde_json::Value,
     dir: &Path,
     family: crate::Family,

@@ -127,10 +127,15 @@ impl Qwen25VL {
             .map_err(|e| PolicyError::Checkpoint(format!("{}: {e}", path.display())))?;
         let mut model = Self::new(&config, device)?;
         let t = &config.text_config;
-        if let Some(ecg) = ecg::from_checkpoint(&value, dir, Family::Qwen25Vl, t.hidden_size, t.vocab_size)? {
-            model.time_series_embedding = Some(TimeSeriesEmbedding::new(&model.vs.root(), &ecg, t.hidden_size));
-            model.tokens.set_time_series(ecg.token_id);
-        }
+        model.time_series_embedding = ecg::for_checkpoint(
+            &model.vs,
+            &mut model.tokens,
+            &value,
+            dir,
+            Family::Qwen25Vl,
+            t.hidden_size,
+            t.vocab_size,
+        )?;
         // Either name set loads; the one found is the one saved back.
         let saw_in_memory = std::cell::Cell::new(false);
         let rename = |name: &str| {

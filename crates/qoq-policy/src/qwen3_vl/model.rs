@@ -78,14 +78,21 @@ impl Qwen3VL {
 
     /// Load a Hugging Face checkpoint folder (`config.json` + safetensors weights).
     pub fn from_pretrained(dir: &Path, device: Device) -> Result<Self, PolicyError> {
-        let config = Qwen3VLConfig::from_file(&dir.join("config.json"))?;
+        let path = dir.join("config.json");
+        let value = weights::read_json(&path)?;
+        let config = Qwen3VLConfig::from_json(&value)
+            .map_err(|e| PolicyError::Checkpoint(format!("{}: {e}", path.display())))?;
         let mut model = Self::new(&config, device)?;
-        let value = weights::read_json(&dir.join("config.json"))?;
         let t = &config.text_config;
-        if let Some(ecg) = ecg::from_checkpoint(&value, dir, Family::Qwen3Vl, t.hidden_size, t.vocab_size)? {
-            model.time_series_embedding = Some(TimeSeriesEmbedding::new(&model.vs.root(), &ecg, t.hidden_size));
-            model.tokens.set_time_series(ecg.token_id);
-        }
+        model.time_series_embedding = ecg::for_checkpoint(
+            &model.vs,
+            &mut model.tokens,
+            &value,
+            dir,
+            Family::Qwen3Vl,
+            t.hidden_size,
+            t.vocab_size,
+        )?;
         let mut unused = weights::load_into(&model.vs.variables(), dir, &|name| name.to_string())?;
         // A tied head has no weight of its own; a stray copy in the file is not kept.
         unused.retain(|n| !(config.tie_word_embeddings && n == "lm_head.weight"));
