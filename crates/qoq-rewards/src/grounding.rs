@@ -172,6 +172,24 @@ impl Mask {
         })
     }
 
+    /// Encode as an 8-bit grey PNG (255 in the region), which [`Self::from_image_bytes`]
+    /// reads back unchanged: how `eval` hands a sample's mask to `score`.
+    pub fn to_png(&self) -> Result<Vec<u8>, RewardError> {
+        let mut pixels = vec![0u8; self.width as usize * self.height as usize];
+        for y in 0..self.height {
+            let row = &self.runs[self.row_start[y as usize] as usize..self.row_start[y as usize + 1] as usize];
+            for &(start, end) in row {
+                let at = y as usize * self.width as usize;
+                pixels[at + start as usize..at + end as usize].fill(255);
+            }
+        }
+        let img = image::GrayImage::from_raw(self.width, self.height, pixels)
+            .ok_or_else(|| RewardError::Mask("mask buffer does not match its size".into()))?;
+        let mut out = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut out, image::ImageFormat::Png).map_err(|e| RewardError::Mask(e.to_string()))?;
+        Ok(out.into_inner())
+    }
+
     /// Read and decode a mask file.
     pub fn open(path: &Path) -> Result<Self, RewardError> {
         let bytes = std::fs::read(path).map_err(|e| RewardError::Mask(format!("{}: {e}", path.display())))?;
@@ -302,6 +320,14 @@ mod tests {
         assert_eq!(iou_reward(&[], &target, IouAggregation::Max), 0.0);
         let nothing = GroundingTarget::default();
         assert_eq!(iou_reward(&pred, &nothing, IouAggregation::Max), 0.0);
+    }
+
+    #[test]
+    fn masks_round_trip_through_png() {
+        let mask = Mask::from_fn(7, 5, |x, y| (x + y) % 3 == 0 || (x == 6 && y == 4)).unwrap();
+        let back = Mask::from_image_bytes(&mask.to_png().unwrap()).unwrap();
+        assert_eq!(back, mask);
+        assert_eq!(back.area(), mask.area());
     }
 
     #[test]

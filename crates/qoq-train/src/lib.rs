@@ -18,6 +18,7 @@ mod checkpoint_shards;
 pub mod config;
 mod data;
 mod error;
+pub mod evaluation;
 mod fsdp;
 mod kmeans;
 pub mod loss;

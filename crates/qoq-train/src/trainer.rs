@@ -208,7 +208,8 @@ impl Trainer {
                 .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", dir.display())))?;
         }
 
-        let events = if dp.is_main() {
+        // A run that trains nothing (the `eval` tool's) logs nothing.
+        let events = if dp.is_main() && config.sft.steps + config.rl.steps > 0 {
             Some(
                 EventWriter::create(&out.join("tensorboard"))
                     .map_err(|e| TrainError::io(&out.join("tensorboard"), e))?,

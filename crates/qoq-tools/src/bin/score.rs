@@ -116,7 +116,7 @@ fn run(args: &Args, scorer: &Scorer, tmp: &Path) -> Result<String> {
             sums[5] += s.overall;
             if args.metrics.is_some() {
                 let (domain, dataset) = (r.domain.as_deref().unwrap_or("all"), r.dataset.as_deref().unwrap_or("all"));
-                evaluator.add(domain, dataset, &r.response, &r.answer);
+                evaluator.add(domain, dataset, &r.response, &r.answer, Some(s));
             }
         }
         n += records.len();

@@ -58,44 +58,12 @@ struct Args {
     device_memory_gb: Option<f64>,
 }
 
-/// Keep freed memory in the process instead of returning it to the kernel after every
-/// step: glibc's defaults trim and unmap medium buffers as soon as they are freed, and the
-/// page faults of re-touching them cost more than the forward pass on small models. Buffers
-/// of 32 MB and more (the log-prob chunks) are still mapped and unmapped each time, so a
-/// freed one never pins memory; smaller ones stay in the heap (trimmed above 256 MB free,
-/// grown 64 MB at a time). A 2 GB threshold (all buffers in the heap) fragmented the heap
-/// of a bf16 run until the kernel killed it (14.5 GB RSS at step 53 of the demo).
-/// glibc reads these tunables from the environment only at start-up, so the process
-/// re-executes itself once with them set. `QOQ_KEEP_FREED_MEMORY=0` keeps glibc's defaults;
-/// a `MALLOC_MMAP_THRESHOLD_` already set is left alone.
-#[cfg(unix)]
-fn keep_freed_memory() {
-    use std::os::unix::process::CommandExt;
-    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_some()
-        || std::env::var("QOQ_KEEP_FREED_MEMORY").is_ok_and(|v| v == "0")
-    {
-        return;
-    }
-    let Ok(exe) = std::env::current_exe() else { return };
-    let err = std::process::Command::new(exe)
-        .args(std::env::args_os().skip(1))
-        .env("MALLOC_MMAP_THRESHOLD_", (32u64 << 20).to_string())
-        .env("MALLOC_TRIM_THRESHOLD_", (256u64 << 20).to_string())
-        .env("MALLOC_TOP_PAD_", (64u64 << 20).to_string())
-        .exec();
-    // Only reached when the exec failed: carry on with the default allocator settings.
-    eprintln!("note: could not re-execute with allocator settings ({err}); continuing");
-}
-
-#[cfg(not(unix))]
-fn keep_freed_memory() {}
-
 fn main() -> Result<()> {
     let args = Args::parse();
     if args.plan {
         return plan(&args);
     }
-    keep_freed_memory();
+    qoq_tools::ranks::keep_freed_memory();
     let config = TrainConfig::from_file(&args.config)?;
     if args.nproc > 1 && std::env::var_os("WORLD_SIZE").is_none() {
         return launch(&args, &config);
@@ -103,7 +71,7 @@ fn main() -> Result<()> {
     let backend = Backend::for_device(config.run.device.device(0));
     let group = ProcessGroup::from_env(backend, Duration::from_secs(config.distributed.timeout_s))
         .context("joining the other ranks")?;
-    share_cores(&config, group.world_size());
+    qoq_tools::ranks::share_cores(config.run.threads, group.world_size());
     let group = Rc::new(group);
     let result = train(&args, config, Rc::clone(&group));
     if let Err(e) = &result {
@@ -144,35 +112,7 @@ fn launch(args: &Args, config: &TrainConfig) -> Result<()> {
     }
     eprintln!("launch: {} ranks of {}", args.nproc, exe.display());
     let grace = Duration::from_secs(config.distributed.timeout_s + 30);
-    let outcome =
-        qoq_dist::launch::run_local(args.nproc, &exe, &child_args, &[], grace).context("starting the ranks")?;
-    match outcome.first_failure {
-        None => Ok(()),
-        Some(rank) => {
-            let codes: Vec<String> = outcome
-                .codes
-                .iter()
-                .enumerate()
-                .map(|(r, c)| format!("rank {r}: {}", c.map_or("killed".into(), |c| format!("exit {c}"))))
-                .collect();
-            anyhow::bail!("rank {rank} failed first ({})", codes.join(", "))
-        }
-    }
-}
-
-/// Several ranks on one machine share its cores: unless run.threads says otherwise, each
-/// takes cores / ranks-on-this-machine for libtorch and for rayon.
-fn share_cores(config: &TrainConfig, world: usize) {
-    let local: usize = std::env::var("LOCAL_WORLD_SIZE").ok().and_then(|v| v.parse().ok()).unwrap_or(world);
-    if local <= 1 || config.run.threads > 0 {
-        return;
-    }
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let each = (cores / local).max(1);
-    tch::set_num_threads(each as i32);
-    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        let _ = rayon::ThreadPoolBuilder::new().num_threads(each).build_global();
-    }
+    qoq_tools::ranks::run_local(args.nproc, &exe, &child_args, grace)
 }
 
 fn train(args: &Args, config: TrainConfig, group: Rc<ProcessGroup>) -> Result<()> {

@@ -58,6 +58,13 @@ impl TrainConfig {
     pub fn from_file(path: &Path) -> Result<Self, TrainError> {
         let config = Self::parse_file(path)?;
         config.check(true).map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))?;
+        // (`eval` builds a run that trains nothing on purpose; a training run must train.)
+        if config.sft.steps == 0 && config.rl.steps == 0 {
+            return Err(TrainError::Config(format!(
+                "{}: nothing to do: sft.steps and rl.steps are both 0",
+                path.display()
+            )));
+        }
         Ok(config)
     }
 
@@ -141,9 +148,6 @@ impl TrainConfig {
                 "memory.logits_chunk_tokens must be at least 1, got {}",
                 self.memory.logits_chunk_tokens
             ));
-        }
-        if self.sft.steps == 0 && self.rl.steps == 0 {
-            return Err("nothing to do: sft.steps and rl.steps are both 0".into());
         }
         for (key, budget) in [
             ("sft.micro_batch_tokens", self.sft.micro_batch_tokens),
