@@ -1,20 +1,49 @@
 #!/usr/bin/env bash
-# Reward ablation on the bundled demo setting (tiny policy, synthetic set): the same run
-# under five reward definitions. Each run prints its RL reward trend and final validation
-# figures; TensorBoard files are under runs/reward-ablation/<variant>/tensorboard.
-#   bash experiments/reward-ablation/run.sh [variant ...]     (default: all five)
-# Rewards are on different scales across variants: compare val/accuracy and val/f1 (the
-# paper's metrics, which do not depend on the reward weights), not reward/overall.
+# Reward ablation on the CLIMB-like demo setting (tiny policy, synthetic set with boxes and
+# masks, so every reward term is active): one shared SFT checkpoint (configs/demo.toml's 100
+# SFT steps), then its 50 DRPO steps under five reward definitions, each on SEEDS. Every run
+# is evaluated with `eval` on the set's val split (greedy, under its own reward weights), and
+# summarize.py prints mean +- std over seeds.
+#   bash experiments/reward-ablation/run.sh                    (all five; SEEDS="0 1 2")
+#   SEEDS=0 bash experiments/reward-ablation/run.sh f1-only    (one)
+# Rewards are on different scales across variants: compare accuracy and F1 (the paper's
+# metrics, which do not depend on the reward weights), not the reward.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
-bash tools/setup.sh
-[ -f data/tiny-qwen3-vl/config.json ] || cargo run --release --quiet --bin make-tiny-checkpoint -- --out data/tiny-qwen3-vl
-[ -d data/synthetic ] || cargo run --release --quiet --bin make-synthetic -- --out data/synthetic --samples 1000 --seed 0
+here=experiments/reward-ablation
+out=runs/reward-ablation
+seeds=${SEEDS:-0 1 2}
 variants=("$@")
 [ ${#variants[@]} -gt 0 ] || variants=(qoq-med paper qoq-med3 f1-only no-iou)
-cargo build --release --quiet --bin train
-for v in "${variants[@]}"; do
-    rm -rf "runs/reward-ablation/$v"
-    echo "== $v"
-    ./target/release/train "experiments/reward-ablation/$v.toml" 2>&1 | grep -E "^(RL reward|validation at|wall time)"
+bash tools/setup.sh
+cargo build --release --quiet --bin make-synthetic --bin train --bin make-tiny-checkpoint --bin eval
+[ -f data/tiny-qwen3-vl/config.json ] || ./target/release/make-tiny-checkpoint --out data/tiny-qwen3-vl
+[ -d data/synthetic ] || ./target/release/make-synthetic --out data/synthetic --samples 1000 --seed 0
+started=$(date +%s)
+sft=$out/sft/checkpoints/step_100/model
+if [ ! -f "$sft/config.json" ]; then
+    rm -rf "$out/sft"
+    ./target/release/train "$here/sft.toml" | tail -n 2
+fi
+evaluate() { # name model config
+    [ -f "$out/eval/$1/report.json" ] && return 0
+    ./target/release/eval --model "$2" --data data/synthetic --split val --max-samples 96 --batch 48 \
+        --max-new-tokens 48 --config "$3" --out "$out/eval/$1" > /dev/null
+}
+evaluate sft-seed0 "$sft" "$here/qoq-med.toml"
+for seed in $seeds; do
+    for v in "${variants[@]}"; do
+        name=$v-seed$seed
+        [ -f "$out/eval/$name/report.json" ] && continue
+        cfg=$out/$name.toml
+        printf 'base = "../../%s/%s.toml"\n[run]\nseed = %s\noutput_dir = "%s/%s"\n[data]\nseed = %s\n' \
+            "$here" "$v" "$seed" "$out" "$name" "$seed" > "$cfg"
+        rm -rf "${out:?}/$name"
+        echo "== $name"
+        ./target/release/train "$cfg" 2>&1 | grep -E "^(RL reward|wall time)"
+        last=$(ls -d "$out/$name"/checkpoints/step_* | sort -t_ -k2 -n | tail -1)
+        evaluate "$name" "$last/model" "$cfg"
+    done
 done
+echo "all runs: $(( ($(date +%s) - started) / 60 )) min"
+python3 "$here/summarize.py" --runs "$out"

@@ -29,6 +29,8 @@ mod sample;
 pub mod schema;
 mod shards;
 pub mod synthetic;
+pub mod synthetic_benchmark;
+pub mod synthetic_mimic;
 pub mod torch_file;
 mod validate;
 

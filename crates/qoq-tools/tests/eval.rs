@@ -44,6 +44,9 @@ fn score_metrics(dir: &Path, input: &Path) -> Value {
     read_json(&metrics)
 }
 
+/// domain, dataset, response, answer, ground-truth boxes.
+type Case = (&'static str, &'static str, String, &'static str, Vec<[f64; 4]>);
+
 /// Hand-made answers covering every branch of the protocol: several labels in one answer,
 /// a true label never predicted, a predicted label absent from every ground truth, no box
 /// at all, no `\boxed{}`, two datasets in a domain, and a dataset name in two domains.
@@ -55,7 +58,7 @@ fn report_of_eval_rows_equals_score_metrics_on_every_branch() {
             "<think>.</think>\n```json\n[{{\"bbox_2d\": [0, 0, 9, 9], \"label\": \"x\"}}]\n```\n\\boxed{{{labels}}}"
         )
     };
-    let cases: Vec<(&str, &str, String, &str, Vec<[f64; 4]>)> = vec![
+    let cases: Vec<Case> = vec![
         ("chest_xray", "vindr", boxed("Nodule, Mass"), "nodule, mass", vec![[0.0, 0.0, 10.0, 10.0]]),
         ("chest_xray", "vindr", boxed("Nodule"), "nodule, effusion", vec![[0.0, 0.0, 10.0, 10.0]]),
         ("chest_xray", "vindr", boxed("Cardiomegaly"), "normal", vec![]),
