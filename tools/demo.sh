@@ -16,7 +16,13 @@
 #                                  ECG rows: configs/demo-stage1.toml, runs/demo-stage1,
 #                                  2000 samples by default;
 #                                  SEED=N for another run seed (and data order):
-#                                  runs/<name>-seedN, from runs/<name>-seedN.toml)
+#                                  runs/<name>-seedN, from runs/<name>-seedN.toml;
+#                                  SET=benchmark for the skewed benchmark of
+#                                  experiments/drpo-vs-grpo (configs/benchmark.toml,
+#                                  data/benchmark, runs/benchmark), SET=mimic for CLIMB ->
+#                                  MIMIC-IV at demo size (configs/demo-mimic.toml,
+#                                  data/synthetic-mimic, runs/demo-mimic); both end with
+#                                  `eval` on the test split)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 family=${FAMILY:-qwen3_vl}
@@ -40,6 +46,17 @@ case "${STAGE:-2}" in
         config=configs/demo-stage1.toml; out=runs/demo-stage1; samples=${SAMPLES:-2000} ;;
     *) echo "demo: STAGE must be 1 or 2, not '$STAGE'" >&2; exit 1 ;;
 esac
+kind=climb
+case "${SET:-climb}" in
+    climb) ;;
+    benchmark|mimic)
+        [ "$family" = qwen3_vl ] && [ "${DTYPE:-float32}" = float32 ] && [ "${STAGE:-2}" = 2 ] \
+            || { echo "demo: SET=${SET} has a config for FAMILY=qwen3_vl, DTYPE=float32, STAGE=2 only" >&2; exit 1; }
+        kind=$SET
+        if [ "$kind" = benchmark ]; then config=configs/benchmark.toml; out=runs/benchmark; data=data/benchmark
+        else config=configs/demo-mimic.toml; out=runs/demo-mimic; data=data/synthetic-mimic; fi ;;
+    *) echo "demo: SET must be climb, benchmark or mimic, not '$SET'" >&2; exit 1 ;;
+esac
 seed=${SEED:-0}
 if [ "$seed" != 0 ]; then
     # A config of its own: the shipped one with run.seed, data.seed and output_dir replaced.
@@ -50,8 +67,18 @@ if [ "$seed" != 0 ]; then
     config="$out.toml"
 fi
 bash tools/setup.sh
-cargo build --release --quiet --bin make-synthetic --bin train --bin make-tiny-checkpoint
-./target/release/make-synthetic --out data/synthetic --samples "$samples" --seed 0 --force
+cargo build --release --quiet --bin make-synthetic --bin train --bin make-tiny-checkpoint --bin eval
+if [ "$kind" = climb ]; then
+    ./target/release/make-synthetic --out data/synthetic --samples "$samples" --seed 0 --force
+else
+    ./target/release/make-synthetic --kind "$kind" --out "$data" --seed 0 --force
+fi
 [ -f "$model/config.json" ] || ./target/release/make-tiny-checkpoint --family "$family" --out "$model"
 rm -rf "$out"
 ./target/release/train "$config" --nproc "${NPROC:-1}"
+if [ "$kind" != climb ]; then
+    # The held-out test split, greedy, the paper's table (also in $out/eval/report.md).
+    last=$(ls -d "$out"/checkpoints/step_* | sort -t_ -k2 -n | tail -1)
+    ./target/release/eval --model "$last/model" --data "$data" --split test --max-samples 510 --batch 64 \
+        --config "$config" --out "$out/eval" --nproc "${NPROC:-1}"
+fi

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::{config_text, write_config};
 use qoq_policy::ModuleGroup;
-use qoq_train::advantage::{AdvantageConfig, DomainMean, Estimator};
+use qoq_train::advantage::{AdvantageConfig, DomainMean, Estimator, KSelection};
 use qoq_train::config::{DeviceConfig, Dtype, TrainConfig};
 use qoq_train::loss::{Aggregation, LossConfig};
 
@@ -199,6 +199,7 @@ fn dtype_and_algorithm_are_read_into_their_types_with_todays_defaults() {
     let all = plain
         + "[algorithm]\nadvantage = \"grpo\"\nsort_group_rewards = false\nhistory_window = 64\nk_max = 3\nelbow_tol = 0.2\n\
            domain_mean = \"plain\"\nclusters = false\nkl_damping = true\nkl_damping_quantile = 0.5\neps = 1e-4\n\
+           kmeans_restarts = 4\nk_selection = \"fixed\"\nfixed_k = 2\n\
            clip_low = 0.1\nclip_high = 0.25\ndual_clip = 0\nkl_coef = 0.0\nloss_agg = \"seq-mean-token-mean\"\n";
     let c = load(tmp.path(), "all", &all).unwrap();
     let expected = AdvantageConfig {
@@ -212,6 +213,9 @@ fn dtype_and_algorithm_are_read_into_their_types_with_todays_defaults() {
         kl_damping: true,
         kl_damping_quantile: 0.5,
         eps: 1e-4,
+        kmeans_restarts: 4,
+        k_selection: KSelection::Fixed,
+        fixed_k: 2,
     };
     assert_eq!(c.algorithm.advantages, expected);
     assert_eq!(

@@ -14,6 +14,10 @@
 //! let out = history.advantages(&config, &groups, None);
 //! assert_eq!(out.advantages.len(), 2);
 //! assert_eq!(out.domains["ct"].questions, 1);
+//! // Every advantage follows from its group's telemetry (what a rollout row carries).
+//! let t = &out.telemetry[0];
+//! let a = t.damping[0] * t.scores[0] / (t.domain_temperature * t.cluster_temperature) / out.batch_norm;
+//! assert!((a - out.advantages[0][0]).abs() < 1e-9);
 //! ```
 
 use std::collections::{BTreeMap, VecDeque};
@@ -22,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use rayon::prelude::*;
 
-use crate::kmeans::{elbow, kmeans, WeightedPoints};
+use crate::kmeans::{clusterings, elbow, elbow_cap, elbow_k, hysteresis_k, kmeans, Clustering, WeightedPoints};
 
 /// Which advantage estimator (`advantage` in the `[algorithm]` table).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,6 +50,19 @@ pub enum DomainMean {
     Plain,
 }
 
+/// How DRPO picks the number of clusters k of a domain (`k_selection`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KSelection {
+    /// The elbow rule of docs/drpo.md step 6, afresh at every clustering (the released code).
+    Elbow,
+    /// The elbow rule with a band around its tolerance, starting from the domain's previous
+    /// k ([`crate::kmeans::hysteresis_k`]): borderline flips of k are suppressed.
+    Hysteresis,
+    /// k = min(`fixed_k`, distinct reward vectors), no elbow.
+    Fixed,
+}
+
 /// The advantage keys of the `[algorithm]` table (the rest are [`crate::loss::LossConfig`]'s).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -60,6 +77,12 @@ pub struct AdvantageConfig {
     pub history_window: Option<usize>,
     pub k_max: usize,
     pub elbow_tol: f64,
+    /// k-means++ starts per k; the lowest-inertia clustering is kept (sklearn's n_init).
+    pub kmeans_restarts: usize,
+    /// How k is chosen: the elbow (default), the elbow with hysteresis, or fixed.
+    pub k_selection: KSelection,
+    /// k with `k_selection = "fixed"` (capped by the distinct vectors).
+    pub fixed_k: usize,
     pub domain_mean: DomainMean,
     /// false = the paper's "DomainOnly" ablation (T_c = 1).
     pub clusters: bool,
@@ -79,6 +102,9 @@ impl Default for AdvantageConfig {
             history_window: None,
             k_max: 10,
             elbow_tol: 0.10,
+            kmeans_restarts: crate::kmeans::DEFAULT_RESTARTS,
+            k_selection: KSelection::Elbow,
+            fixed_k: 3,
             domain_mean: DomainMean::InverseClusterSize,
             clusters: true,
             kl_damping: false,
@@ -109,12 +135,15 @@ impl Estimator {
 
 impl AdvantageConfig {
     /// Its keys in the `[algorithm]` table.
-    pub const KEYS: [&'static str; 10] = [
+    pub const KEYS: [&'static str; 13] = [
         "advantage",
         "sort_group_rewards",
         "history_window",
         "k_max",
         "elbow_tol",
+        "kmeans_restarts",
+        "k_selection",
+        "fixed_k",
         "domain_mean",
         "clusters",
         "kl_damping",
@@ -129,6 +158,12 @@ impl AdvantageConfig {
         }
         if !(self.elbow_tol > 0.0 && self.elbow_tol < 1.0) {
             return Err(format!("algorithm.elbow_tol must be in (0, 1), got {}", self.elbow_tol));
+        }
+        if self.kmeans_restarts < 1 {
+            return Err("algorithm.kmeans_restarts must be at least 1".into());
+        }
+        if self.fixed_k < 1 {
+            return Err("algorithm.fixed_k must be at least 1".into());
         }
         if self.history_window == Some(0) {
             return Err("algorithm.history_window must be at least 1 (omit it to keep the whole history)".into());
@@ -161,10 +196,54 @@ pub struct DomainStats {
     pub mu: f64,
     /// T_d.
     pub temperature: f64,
-    /// Clusters the elbow chose.
+    /// k: the clusters used (after `k_selection`).
     pub clusters: usize,
+    /// The elbow rule's own k this step (None where it was not run: `k_selection =
+    /// "fixed"`, or `clusters = false`).
+    pub elbow_clusters: Option<usize>,
+    /// Inertia of the clustering used: sum over the history of squared distances to the
+    /// centroids.
+    pub inertia: f64,
+    /// N_c and mu_c of each cluster, numbered by ascending mu_c (the rows' `cluster`).
+    pub cluster_sizes: Vec<u64>,
+    pub cluster_means: Vec<f64>,
     /// Mean of m / (T_d T_c) over this step's responses: how much the domain was scaled.
     pub scale_mean: f64,
+}
+
+/// How one group's advantages were formed: what its rollout rows carry, so that
+/// `advantage = damping * score / (domain_temperature * cluster_temperature) / batch_norm`
+/// ([`AdvantageOutput::batch_norm`]); where `score / (T_d T_c)` is not finite, `score`
+/// replaces it (docs/drpo.md step 8).
+///
+/// With GRPO and Dr.GRPO the temperatures and damping are 1 and the domain is one cluster
+/// of this batch's questions: `cluster` 0, `cluster_size` = `domain_questions` = the
+/// domain's questions in this batch, `cluster_mean` = `domain_mean` = their mean reward.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GroupTelemetry {
+    /// The question's cluster in its domain, numbered by ascending cluster mean (0 = the
+    /// hardest).
+    pub cluster: usize,
+    /// N_c: the cluster's questions in the (windowed) history.
+    pub cluster_size: u64,
+    /// mu_c: the cluster's mean reward.
+    pub cluster_mean: f64,
+    /// N_d: the domain's questions ever seen, this step included.
+    pub domain_questions: u64,
+    /// mu_d.
+    pub domain_mean: f64,
+    /// T_d = max(sqrt(N_d) mu_d, eps).
+    pub domain_temperature: f64,
+    /// T_c = max(sqrt(N_c) mu_c, eps); 1 with `clusters = false`.
+    pub cluster_temperature: f64,
+    /// k of the domain's clustering this step.
+    pub domain_clusters: usize,
+    /// s, the group-relative score of step 2, per response.
+    #[serde(skip)]
+    pub scores: Vec<f64>,
+    /// m, the KL damping of step 11, per response (1 when off).
+    #[serde(skip)]
+    pub damping: Vec<f64>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -175,6 +254,42 @@ pub struct AdvantageOutput {
     pub domains: BTreeMap<String, DomainStats>,
     /// Groups whose rewards were all equal (their GRPO score is 0).
     pub zero_std_groups: usize,
+    /// Per group: how its advantages were formed.
+    pub telemetry: Vec<GroupTelemetry>,
+    /// Step 10's divisor: std over the global batch of the scaled scores, plus eps (DRPO);
+    /// 1 for GRPO and Dr.GRPO.
+    pub batch_norm: f64,
+}
+
+/// One rollout row's telemetry: its group's, and its response's score and damping.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ResponseTelemetry {
+    #[serde(flatten)]
+    pub group: GroupTelemetry,
+    /// s.
+    pub score: f64,
+    /// m.
+    pub kl_damping: f64,
+    /// [`AdvantageOutput::batch_norm`].
+    pub batch_norm: f64,
+    pub estimator: Estimator,
+    /// The eps of step 2's std (and of the temperatures and batch_norm).
+    pub eps: f64,
+}
+
+impl AdvantageOutput {
+    /// The telemetry of response `i` of group `group` (`estimator` and `eps`: the config's).
+    pub fn response(&self, group: usize, i: usize, config: &AdvantageConfig) -> ResponseTelemetry {
+        let g = &self.telemetry[group];
+        ResponseTelemetry {
+            group: g.clone(),
+            score: g.scores[i],
+            kl_damping: g.damping[i],
+            batch_norm: self.batch_norm,
+            estimator: config.estimator,
+            eps: config.eps,
+        }
+    }
 }
 
 /// DRPO's per-domain history of reward vectors; part of a checkpoint, so a resumed run
@@ -191,6 +306,9 @@ pub struct DomainHistory {
     pub vectors: VecDeque<Vec<f64>>,
     /// Clustering runs so far (seeds each one).
     pub runs: u64,
+    /// k of the last clustering (0: none yet); where `k_selection = "hysteresis"` starts.
+    #[serde(default)]
+    pub k: usize,
 }
 
 fn mean(x: &[f64]) -> f64 {
@@ -223,6 +341,40 @@ fn quantile(x: &[f64], q: f64) -> f64 {
     s[lo] + (s[hi] - s[lo]) * (pos - lo as f64)
 }
 
+/// Step 6 for one domain: the clustering of its history under `config` (k-means with
+/// `kmeans_restarts`, k by `k_selection`; one cluster with `clusters = false`), given the
+/// domain's previous k (0: none). Also returns the elbow's own k where it was computed.
+pub fn choose_clustering(
+    data: &WeightedPoints,
+    config: &AdvantageConfig,
+    previous_k: usize,
+    seed: u64,
+) -> (Clustering, Option<usize>) {
+    let restarts = config.kmeans_restarts;
+    if !config.clusters {
+        // DomainOnly needs no clusters: one k-means with k = 1 is the domain mean.
+        return (kmeans(data, 1, seed, restarts), None);
+    }
+    match config.k_selection {
+        KSelection::Fixed => (kmeans(data, config.fixed_k.min(data.len()), seed, restarts), None),
+        KSelection::Elbow => {
+            let c = elbow(data, config.k_max, config.elbow_tol, seed, restarts);
+            let k = c.centroids.len();
+            (c, Some(k))
+        }
+        KSelection::Hysteresis => {
+            let cap = elbow_cap(data, config.k_max);
+            if cap <= 2 {
+                return (kmeans(data, cap, seed, restarts), Some(cap));
+            }
+            let mut runs = clusterings(data, config.k_max, seed, restarts);
+            let inertia: Vec<f64> = runs.iter().map(|c| c.inertia).collect();
+            let k = hysteresis_k(&inertia, config.elbow_tol, previous_k);
+            (runs.swap_remove(k - 1), Some(elbow_k(&inertia, config.elbow_tol)))
+        }
+    }
+}
+
 impl DrpoHistory {
     /// Advantages of `groups` (the whole global batch). `kl` (per group, per response: the
     /// summed k3 KL to the reference) is needed only with `kl_damping`. DRPO appends this
@@ -251,7 +403,41 @@ impl DrpoHistory {
             .collect();
         match config.estimator {
             Estimator::Grpo | Estimator::DrGrpo => {
-                return AdvantageOutput { advantages: scores, domains: BTreeMap::new(), zero_std_groups }
+                // Telemetry: each domain of the batch is one cluster; temperatures are 1.
+                let mut per_domain: BTreeMap<&str, (u64, f64, f64)> = BTreeMap::new();
+                for g in groups {
+                    let e = per_domain.entry(g.domain.as_str()).or_default();
+                    e.0 += 1;
+                    e.1 += g.rewards.iter().sum::<f64>();
+                    e.2 += g.rewards.len() as f64;
+                }
+                let telemetry = groups
+                    .iter()
+                    .zip(&scores)
+                    .map(|(g, s)| {
+                        let (questions, sum, n) = per_domain[g.domain.as_str()];
+                        let mu = sum / n.max(1.0);
+                        GroupTelemetry {
+                            cluster: 0,
+                            cluster_size: questions,
+                            cluster_mean: mu,
+                            domain_questions: questions,
+                            domain_mean: mu,
+                            domain_temperature: 1.0,
+                            cluster_temperature: 1.0,
+                            domain_clusters: 1,
+                            scores: s.clone(),
+                            damping: vec![1.0; s.len()],
+                        }
+                    })
+                    .collect();
+                return AdvantageOutput {
+                    advantages: scores,
+                    domains: BTreeMap::new(),
+                    zero_std_groups,
+                    telemetry,
+                    batch_norm: 1.0,
+                };
             }
             Estimator::Drpo => {}
         }
@@ -291,7 +477,9 @@ impl DrpoHistory {
         // Steps 6-8: per domain, cluster the history and form the temperatures.
         struct DomainScale {
             t_d: f64,
-            /// Per history entry: T_c.
+            /// Per history entry: its cluster, numbered by ascending mu_c.
+            cluster_of: Vec<usize>,
+            /// Per cluster: T_c.
             t_c: Vec<f64>,
             stats: DomainStats,
         }
@@ -311,12 +499,7 @@ impl DrpoHistory {
                 let vectors: Vec<Vec<f64>> = h.vectors.iter().cloned().collect();
                 let data = WeightedPoints::from_points(&vectors);
                 let seed = (h.runs << 20) ^ h.seen;
-                // DomainOnly needs no clusters: one k-means with k = 1 is the domain mean.
-                let clustering = if config.clusters {
-                    elbow(&data, config.k_max, config.elbow_tol, seed)
-                } else {
-                    kmeans(&data, 1, seed)
-                };
+                let (clustering, elbow_clusters) = choose_clustering(&data, config, h.k, seed);
                 let k = clustering.centroids.len();
                 let mut size = vec![0.0; k];
                 for (i, &c) in clustering.assignment.iter().enumerate() {
@@ -337,23 +520,35 @@ impl DrpoHistory {
                     DomainMean::Plain => mean(&vectors.iter().map(|v| mean(v)).collect::<Vec<_>>()),
                 };
                 let t_d = ((h.seen as f64).sqrt() * mu_d).max(eps);
-                let t_c = data
-                    .index_of_input
+                // Number the clusters by ascending mean (ties: k-means order).
+                let mut order: Vec<usize> = (0..k).collect();
+                order.sort_by(|&a, &b| mu_c[a].total_cmp(&mu_c[b]).then(a.cmp(&b)));
+                let mut label = vec![0; k];
+                for (new, &old) in order.iter().enumerate() {
+                    label[old] = new;
+                }
+                let t_c = order
                     .iter()
-                    .map(|&d| {
-                        let c = clustering.assignment[d];
-                        if config.clusters {
-                            (size[c].sqrt() * mu_c[c]).max(eps)
-                        } else {
-                            1.0
-                        }
-                    })
+                    .map(|&c| if config.clusters { (size[c].sqrt() * mu_c[c]).max(eps) } else { 1.0 })
                     .collect();
-                let stats =
-                    DomainStats { questions: h.seen, mu: mu_d, temperature: t_d, clusters: k, ..Default::default() };
-                (domain.to_string(), DomainScale { t_d, t_c, stats })
+                let cluster_of = data.index_of_input.iter().map(|&d| label[clustering.assignment[d]]).collect();
+                let stats = DomainStats {
+                    questions: h.seen,
+                    mu: mu_d,
+                    temperature: t_d,
+                    clusters: k,
+                    elbow_clusters,
+                    inertia: clustering.inertia,
+                    cluster_sizes: order.iter().map(|&c| size[c] as u64).collect(),
+                    cluster_means: order.iter().map(|&c| mu_c[c]).collect(),
+                    ..Default::default()
+                };
+                (domain.to_string(), DomainScale { t_d, cluster_of, t_c, stats })
             })
             .collect();
+        for (domain, s) in &scales {
+            self.domains.get_mut(domain).expect("inserted above").k = s.stats.clusters;
+        }
 
         // Step 9 (and 11): s' = m * s / (T_d T_c); a non-finite result keeps s.
         let factors: Vec<f64> = groups
@@ -361,7 +556,7 @@ impl DrpoHistory {
             .zip(&position_in_history)
             .map(|(g, &pos)| {
                 let s = &scales[&g.domain];
-                1.0 / (s.t_d * s.t_c[pos])
+                1.0 / (s.t_d * s.t_c[s.cluster_of[pos]])
             })
             .collect();
         let mut scaled: Vec<Vec<f64>> = scores
@@ -391,8 +586,31 @@ impl DrpoHistory {
 
         // Step 10: divide by the std over the whole batch (no re-centring).
         let flat: Vec<f64> = scaled.iter().flatten().copied().collect();
-        let sd = std_unbiased(&flat);
-        let advantages: Vec<Vec<f64>> = scaled.iter().map(|r| r.iter().map(|s| s / (sd + eps)).collect()).collect();
+        let batch_norm = std_unbiased(&flat) + eps;
+        let advantages: Vec<Vec<f64>> = scaled.iter().map(|r| r.iter().map(|s| s / batch_norm).collect()).collect();
+
+        // Per group: how its advantages were formed.
+        let telemetry = groups
+            .iter()
+            .zip(&position_in_history)
+            .zip(scores.into_iter().zip(damping.iter().cloned()))
+            .map(|((g, &pos), (scores, damping))| {
+                let s = &scales[&g.domain];
+                let c = s.cluster_of[pos];
+                GroupTelemetry {
+                    cluster: c,
+                    cluster_size: s.stats.cluster_sizes[c],
+                    cluster_mean: s.stats.cluster_means[c],
+                    domain_questions: s.stats.questions,
+                    domain_mean: s.stats.mu,
+                    domain_temperature: s.t_d,
+                    cluster_temperature: s.t_c[c],
+                    domain_clusters: s.stats.clusters,
+                    scores,
+                    damping,
+                }
+            })
+            .collect();
 
         // Per-domain figures of this batch.
         let mut sums: BTreeMap<&str, (f64, f64, f64)> = BTreeMap::new();
@@ -410,7 +628,7 @@ impl DrpoHistory {
                 (name, stats)
             })
             .collect();
-        AdvantageOutput { advantages, domains, zero_std_groups }
+        AdvantageOutput { advantages, domains, zero_std_groups, telemetry, batch_norm }
     }
 }
 
@@ -520,6 +738,62 @@ mod tests {
         let mut expected: Vec<String> = AdvantageConfig::KEYS.iter().map(|k| k.to_string()).collect();
         expected.sort();
         assert_eq!(keys, expected);
+    }
+
+    #[test]
+    fn k_selection_keys_validate_and_old_histories_load() {
+        let c: AdvantageConfig =
+            toml::from_str("kmeans_restarts = 3\nk_selection = \"hysteresis\"\nfixed_k = 4").unwrap();
+        assert_eq!((c.kmeans_restarts, c.k_selection, c.fixed_k), (3, KSelection::Hysteresis, 4));
+        assert_eq!(AdvantageConfig::default().kmeans_restarts, 10);
+        assert_eq!(AdvantageConfig::default().k_selection, KSelection::Elbow);
+        for bad in [
+            AdvantageConfig { kmeans_restarts: 0, ..Default::default() },
+            AdvantageConfig { fixed_k: 0, ..Default::default() },
+        ] {
+            assert!(bad.validate().is_err());
+        }
+        assert!(toml::from_str::<AdvantageConfig>("k_selection = \"gap\"").is_err());
+        // A checkpoint written before `k` existed still loads (k = 0: none yet).
+        let old: DomainHistory = serde_json::from_str(r#"{"seen": 2, "vectors": [[0.0, 1.0]], "runs": 1}"#).unwrap();
+        assert_eq!(old.k, 0);
+    }
+
+    #[test]
+    fn fixed_and_hysteresis_choose_k_and_the_history_remembers_it() {
+        let mut r = qoq_data::rng::stream(9, &[2]);
+        let batch = |r: &mut rand_chacha::ChaCha8Rng| -> Vec<Group> {
+            (0..12)
+                .map(|q| {
+                    let rewards: Vec<f64> = (0..4).map(|_| (qoq_data::rng::unit(r) * 6.0).floor() / 5.0).collect();
+                    group(["a", "b"][q % 2], &rewards)
+                })
+                .collect()
+        };
+        let fixed = AdvantageConfig { k_selection: KSelection::Fixed, fixed_k: 2, ..Default::default() };
+        let hyst = AdvantageConfig { k_selection: KSelection::Hysteresis, ..Default::default() };
+        let (mut hf, mut hh) = (DrpoHistory::default(), DrpoHistory::default());
+        for _ in 0..5 {
+            let groups = batch(&mut r);
+            let out = hf.advantages(&fixed, &groups, None);
+            assert_eq!(out.domains["a"].clusters, 2);
+            assert_eq!(out.domains["a"].elbow_clusters, None);
+            assert_eq!(hf.domains["a"].k, 2);
+            let out = hh.advantages(&hyst, &groups, None);
+            for (d, s) in &out.domains {
+                assert_eq!(hh.domains[d].k, s.clusters);
+                assert!(s.elbow_clusters.is_some());
+                assert_eq!(s.cluster_sizes.len(), s.clusters);
+                assert_eq!(s.cluster_sizes.iter().sum::<u64>(), hh.domains[d].vectors.len() as u64);
+            }
+        }
+        // fixed_k above the distinct vectors is capped.
+        let out = DrpoHistory::default().advantages(
+            &AdvantageConfig { k_selection: KSelection::Fixed, fixed_k: 9, ..Default::default() },
+            &[group("a", &[0.0, 1.0]), group("a", &[1.0, 1.0])],
+            None,
+        );
+        assert_eq!(out.domains["a"].clusters, 2);
     }
 
     #[test]

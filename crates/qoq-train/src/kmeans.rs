@@ -77,18 +77,23 @@ fn dist2(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum()
 }
 
-/// Restarts per k: the best (lowest inertia) run is kept, so an unlucky initialisation
-/// does not distort the elbow.
-const RESTARTS: u64 = 3;
+/// k-means++ starts per k by default (`algorithm.kmeans_restarts`; sklearn's classic
+/// `n_init`): the best (lowest inertia) run is kept, so an unlucky initialisation does not
+/// distort the elbow.
+pub const DEFAULT_RESTARTS: usize = 10;
 const MAX_ITERATIONS: usize = 300;
 
-/// k-means of `data` into `k` clusters (`1 <= k <= data.len()`), deterministic in `seed`.
-pub fn kmeans(data: &WeightedPoints, k: usize, seed: u64) -> Clustering {
+/// k-means of `data` into `k` clusters (`1 <= k <= data.len()`), deterministic in `seed`:
+/// the lowest-inertia of `restarts` k-means++ starts (the first of equals). Restart r uses
+/// the same start whatever `restarts` is, so more restarts never give a worse clustering.
+/// With k = 1 or k = every distinct point the start cannot matter: one run is made.
+pub fn kmeans(data: &WeightedPoints, k: usize, seed: u64, restarts: usize) -> Clustering {
     let k = k.clamp(1, data.len().max(1));
-    (0..RESTARTS)
+    let restarts = if k == 1 || k == data.len() { 1 } else { restarts.max(1) };
+    (0..restarts as u64)
         .map(|r| lloyd(data, init_plus_plus(data, k, seed, r)))
         .min_by(|a, b| a.inertia.total_cmp(&b.inertia))
-        .expect("RESTARTS > 0")
+        .expect("at least one restart")
 }
 
 /// k-means++: the first centre drawn by weight, each next one by weight x D^2.
@@ -187,22 +192,77 @@ fn nearest_centroid(p: &[f64], centroids: &[Vec<f64>]) -> usize {
     best
 }
 
+/// The elbow rule's cap: K = min(k_max, distinct points), at least 1.
+pub fn elbow_cap(data: &WeightedPoints, k_max: usize) -> usize {
+    k_max.min(data.len()).max(1)
+}
+
+/// Whether k passes the elbow test at tolerance `tol` on the inertias `inertia[k - 1]` =
+/// I_k (k >= 2, k + 1 <= inertia.len()): (I_k - I_{k+1}) < tol * (I_{k-1} - I_k).
+pub fn elbow_passes(inertia: &[f64], k: usize, tol: f64) -> bool {
+    let i = |k: usize| inertia[k - 1];
+    i(k) - i(k + 1) < tol * (i(k - 1) - i(k))
+}
+
+/// The elbow's k from the inertias I_1..I_K (`inertia[k - 1]`, K = `inertia.len()`): K <= 2
+/// gives K; otherwise the smallest k >= 2 that [`elbow_passes`], else K.
+pub fn elbow_k(inertia: &[f64], tol: f64) -> usize {
+    let cap = inertia.len().max(1);
+    if cap <= 2 {
+        return cap;
+    }
+    (2..cap).find(|&k| elbow_passes(inertia, k, tol)).unwrap_or(cap)
+}
+
+/// The clusterings for k = 1..=K (K = [`elbow_cap`]), index k - 1.
+pub fn clusterings(data: &WeightedPoints, k_max: usize, seed: u64, restarts: usize) -> Vec<Clustering> {
+    (1..=elbow_cap(data, k_max)).map(|k| kmeans(data, k, seed, restarts)).collect()
+}
+
 /// The elbow rule: K = min(k_max, distinct points); K <= 2 gives K; otherwise the smallest
 /// k >= 2 with (I_k - I_{k+1}) < tol * (I_{k-1} - I_k), else K. Returns the clustering
 /// for the chosen k.
-pub fn elbow(data: &WeightedPoints, k_max: usize, tol: f64, seed: u64) -> Clustering {
-    let cap = k_max.min(data.len()).max(1);
+pub fn elbow(data: &WeightedPoints, k_max: usize, tol: f64, seed: u64, restarts: usize) -> Clustering {
+    let cap = elbow_cap(data, k_max);
     if cap <= 2 {
-        return kmeans(data, cap, seed);
+        return kmeans(data, cap, seed, restarts);
     }
-    let runs: Vec<Clustering> = (1..=cap).map(|k| kmeans(data, k, seed)).collect();
-    let inertia = |k: usize| runs[k - 1].inertia;
+    // k + 1 is clustered only when k fails the test: the same k as [`elbow_k`] on the
+    // whole curve, without the clusterings past it.
+    let mut runs = vec![kmeans(data, 1, seed, restarts), kmeans(data, 2, seed, restarts)];
     for k in 2..cap {
-        if inertia(k) - inertia(k + 1) < tol * (inertia(k - 1) - inertia(k)) {
-            return runs[k - 1].clone();
+        runs.push(kmeans(data, k + 1, seed, restarts));
+        let inertia: Vec<f64> = runs.iter().map(|c| c.inertia).collect();
+        if elbow_passes(&inertia, k, tol) {
+            return runs.swap_remove(k - 1);
         }
     }
-    runs[cap - 1].clone()
+    runs.swap_remove(cap - 1)
+}
+
+/// The hysteresis rule (`algorithm.k_selection = "hysteresis"`): the elbow test of
+/// [`elbow_k`] with a band around its tolerance, so a k that only just passes or fails it
+/// does not flip from one clustering to the next. `previous` is the domain's k at its last
+/// clustering (0: none), `inertia[k - 1]` = I_k for k = 1..=K.
+///
+/// - No usable previous k (none, or below 2), or K <= 2: the elbow's k.
+/// - A smaller k >= 2 that passes the test clearly, at tol / 2: the smallest such k.
+/// - Else the previous k (capped at K) if it is K or still passes the test at 2 tol.
+/// - Else the elbow's k.
+pub fn hysteresis_k(inertia: &[f64], tol: f64, previous: usize) -> usize {
+    let cap = inertia.len().max(1);
+    let elbow = elbow_k(inertia, tol);
+    if cap <= 2 || previous < 2 {
+        return elbow;
+    }
+    let kept = previous.min(cap);
+    if let Some(k) = (2..kept).find(|&k| elbow_passes(inertia, k, tol / 2.0)) {
+        return k;
+    }
+    if kept == cap || elbow_passes(inertia, kept, 2.0 * tol) {
+        return kept;
+    }
+    elbow
 }
 
 #[cfg(test)]
@@ -228,14 +288,14 @@ mod tests {
             }
         }
         let data = WeightedPoints::from_points(&pts);
-        let c = elbow(&data, 10, 0.1, 7);
+        let c = elbow(&data, 10, 0.1, 7, DEFAULT_RESTARTS);
         assert_eq!(c.centroids.len(), 3);
         for g in 0..3 {
             let a = c.assignment[g * 7];
             assert!((0..7).all(|j| c.assignment[g * 7 + j] == a), "group {g} split");
         }
         // Same seed, same answer.
-        let again = elbow(&data, 10, 0.1, 7);
+        let again = elbow(&data, 10, 0.1, 7, DEFAULT_RESTARTS);
         assert_eq!(again.assignment, c.assignment);
     }
 
@@ -243,11 +303,72 @@ mod tests {
     fn inertia_matches_the_weighted_definition_and_k_is_capped_by_distinct_points() {
         let pts = vec![vec![0.0], vec![0.0], vec![1.0], vec![3.0]];
         let data = WeightedPoints::from_points(&pts);
-        let one = kmeans(&data, 1, 0);
+        let one = kmeans(&data, 1, 0, DEFAULT_RESTARTS);
         // Mean 1.0: 2 * 1 + 0 + 4 = 6.
         assert!((one.inertia - 6.0).abs() < 1e-12);
-        assert_eq!(elbow(&data, 10, 0.1, 0).centroids.len(), 3, "K = distinct points when below k_max");
+        assert_eq!(
+            elbow(&data, 10, 0.1, 0, DEFAULT_RESTARTS).centroids.len(),
+            3,
+            "K = distinct points when below k_max"
+        );
         let single = WeightedPoints::from_points(&[vec![0.5, 0.5], vec![0.5, 0.5]]);
-        assert_eq!(elbow(&single, 10, 0.1, 0).centroids.len(), 1);
+        assert_eq!(elbow(&single, 10, 0.1, 0, DEFAULT_RESTARTS).centroids.len(), 1);
+    }
+
+    #[test]
+    fn more_restarts_never_give_a_worse_clustering_and_one_run_suffices_at_the_extremes() {
+        let mut r = qoq_data::rng::stream(3, &[1]);
+        let pts: Vec<Vec<f64>> =
+            (0..60).map(|_| (0..4).map(|_| (unit(&mut r) * 5.0).floor() / 4.0).collect()).collect();
+        let data = WeightedPoints::from_points(&pts);
+        for k in 1..=8 {
+            let (three, ten) = (kmeans(&data, k, 11, 3), kmeans(&data, k, 11, 10));
+            assert!(ten.inertia <= three.inertia, "k = {k}: {} > {}", ten.inertia, three.inertia);
+        }
+        // k = 1 and k = every distinct point: the same clustering whatever the restarts.
+        for k in [1, data.len()] {
+            let (one, many) = (kmeans(&data, k, 5, 1), kmeans(&data, k, 5, 10));
+            assert_eq!((one.assignment, one.inertia), (many.assignment, many.inertia));
+        }
+    }
+
+    #[test]
+    fn the_elbow_stops_early_but_picks_what_the_whole_curve_gives() {
+        let mut r = qoq_data::rng::stream(4, &[2]);
+        for n in [3, 8, 40, 200] {
+            let pts: Vec<Vec<f64>> =
+                (0..n).map(|_| (0..5).map(|_| (unit(&mut r) * 7.0).floor() / 6.0).collect()).collect();
+            let data = WeightedPoints::from_points(&pts);
+            for tol in [0.05, 0.1, 0.3] {
+                let curve: Vec<f64> = clusterings(&data, 10, 1, 3).iter().map(|c| c.inertia).collect();
+                let c = elbow(&data, 10, tol, 1, 3);
+                assert_eq!(c.centroids.len(), elbow_k(&curve, tol), "n = {n}, tol = {tol}");
+                assert_eq!(c.inertia, curve[c.centroids.len() - 1]);
+            }
+        }
+    }
+
+    #[test]
+    fn elbow_k_and_hysteresis_follow_their_rules() {
+        // Drops 100, 10, 9.5, 0.9, 0.3: the ratio at k = 2 is 0.1 (fails tol 0.1 by a hair),
+        // at k = 3 0.95, at k = 4 0.095, at k = 5 0.33.
+        let curve = [200.0, 100.0, 90.0, 80.5, 79.6, 79.3];
+        assert_eq!(elbow_k(&curve, 0.1), 4);
+        assert_eq!(elbow_k(&curve, 0.11), 2);
+        assert_eq!(elbow_k(&[5.0, 1.0], 0.1), 2, "K <= 2 gives K");
+        assert_eq!(elbow_k(&[5.0, 1.0, 0.5, 0.2], 0.01), 4, "no k passes: K");
+        // Hysteresis: no previous k -> the elbow.
+        assert_eq!(hysteresis_k(&curve, 0.1, 0), 4);
+        // Previous 2 passes at 2 tol: kept although the elbow says 4.
+        assert_eq!(hysteresis_k(&curve, 0.1, 2), 2);
+        // Previous 4, the elbow at tol 0.11 says 2, but 2 does not pass at tol / 2: keep 4,
+        // which still passes at 2 tol.
+        assert_eq!(hysteresis_k(&curve, 0.11, 4), 4);
+        // A clear smaller elbow wins: k = 2 passes at tol / 2 with tol = 0.3.
+        assert_eq!(hysteresis_k(&curve, 0.3, 4), 2);
+        // Previous 3 fails even at 2 tol (ratio 0.95): the elbow's k.
+        assert_eq!(hysteresis_k(&curve, 0.1, 3), 4);
+        // Previous beyond the cap is capped, and the cap is kept.
+        assert_eq!(hysteresis_k(&curve, 0.1, 9), 6);
     }
 }

@@ -106,14 +106,20 @@ pub(crate) fn rollout_metrics(m: &mut Metrics, all: &[Advantaged], rl: &RlSectio
     m.insert("prompt_length/min".into(), min);
 }
 
-/// The DRPO figures per domain (`drpo/<domain>/...`) and the share of groups whose
-/// rewards are all equal, out of `groups`.
+/// The DRPO figures per domain (`drpo/<domain>/...`: reward_mean, questions, temperature,
+/// clusters (the k used), elbow_clusters (the elbow's own k, where computed), inertia (of
+/// the clustering used), scale_mean) and the share of groups whose rewards are all equal,
+/// out of `groups`.
 pub(crate) fn advantage_metrics(m: &mut Metrics, adv: &AdvantageOutput, groups: usize) {
     for (name, s) in &adv.domains {
         m.insert(format!("drpo/{name}/reward_mean"), s.reward_mean);
         m.insert(format!("drpo/{name}/questions"), s.questions as f64);
         m.insert(format!("drpo/{name}/temperature"), s.temperature);
         m.insert(format!("drpo/{name}/clusters"), s.clusters as f64);
+        if let Some(k) = s.elbow_clusters {
+            m.insert(format!("drpo/{name}/elbow_clusters"), k as f64);
+        }
+        m.insert(format!("drpo/{name}/inertia"), s.inertia);
         m.insert(format!("drpo/{name}/scale_mean"), s.scale_mean);
     }
     m.insert("frac_reward_zero_std".into(), adv.zero_std_groups as f64 / groups.max(1) as f64);

@@ -103,11 +103,17 @@ impl Trainer {
             .is_some()
             .then(|| all.chunks(g).map(|rs| rs.iter().map(|r| r.kl.unwrap_or(0.0)).collect()).collect());
         let adv = self.state.drpo.advantages(&self.config.algorithm.advantages, &groups, kl.as_deref());
-        // One advantage per response, group by group (G each).
+        // One advantage per response, group by group (G each), with its telemetry.
+        let config = &self.config.algorithm.advantages;
         let all: Vec<Advantaged> = all
             .into_iter()
             .zip(adv.advantages.iter().flatten())
-            .map(|(record, &advantage)| Advantaged { record, advantage })
+            .enumerate()
+            .map(|(i, (record, &advantage))| Advantaged {
+                record,
+                advantage,
+                telemetry: adv.response(i / g, i % g, config),
+            })
             .collect();
         // Responses of one prompt are consecutive, G of them.
         let ready: Vec<Ready> = scored

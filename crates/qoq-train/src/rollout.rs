@@ -19,6 +19,7 @@ use qoq_rewards::{Scores, Target};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind};
 
+use crate::advantage::ResponseTelemetry;
 use crate::loss::k3_sum;
 use crate::micro_batches::Packing;
 use crate::prompts::{Prompt, PromptBatch};
@@ -93,12 +94,13 @@ impl RolloutRecord {
     }
 }
 
-/// After adv: a record of the global batch and its advantage (what the logs and the
-/// rollouts files show).
+/// After adv: a record of the global batch, its advantage and how the advantage was
+/// formed (what the logs and the rollouts files show).
 #[derive(Debug, Clone)]
 pub(crate) struct Advantaged {
     pub record: RolloutRecord,
     pub advantage: f64,
+    pub telemetry: ResponseTelemetry,
 }
 
 /// After adv: one of this rank's responses with everything update_actor needs.
@@ -269,14 +271,15 @@ impl Trainer {
             .collect()
     }
 
-    /// `rollouts/step_N.jsonl`: one line per response of the global batch (rank 0).
+    /// `rollouts/step_N.jsonl`: one line per response of the global batch (rank 0), with
+    /// the DRPO telemetry its advantage follows from (docs/drpo.md, "Telemetry").
     pub(crate) fn write_rollouts(&self, step: u64, all: &[Advantaged]) -> Result<(), TrainError> {
         let dir = self.out.join("rollouts");
         std::fs::create_dir_all(&dir).map_err(|e| TrainError::io(&dir, e))?;
         let path = dir.join(format!("step_{step}.jsonl"));
         let tmp = dir.join(format!(".step_{step}.jsonl.tmp"));
         let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(|e| TrainError::io(&tmp, e))?);
-        for Advantaged { record: r, advantage } in all {
+        for Advantaged { record: r, advantage, telemetry } in all {
             let mut line = serde_json::json!({
                 "step": step,
                 "prompt_id": r.sample_id,
@@ -287,6 +290,9 @@ impl Trainer {
             });
             for (name, v) in r.scores.components() {
                 line[name] = serde_json::json!(v);
+            }
+            if let serde_json::Value::Object(t) = serde_json::json!(telemetry) {
+                line.as_object_mut().expect("an object").extend(t);
             }
             writeln!(w, "{line}").map_err(|e| TrainError::io(&tmp, e))?;
         }
