@@ -15,22 +15,26 @@ out=runs/reward-ablation
 seeds=${SEEDS:-0 1 2}
 variants=("$@")
 [ ${#variants[@]} -gt 0 ] || variants=(qoq-med paper qoq-med3 f1-only no-iou)
-bash tools/setup.sh
-cargo build --release --quiet --bin make-synthetic --bin train --bin make-tiny-checkpoint --bin eval
-[ -f data/tiny-qwen3-vl/config.json ] || ./target/release/make-tiny-checkpoint --out data/tiny-qwen3-vl
-[ -d data/synthetic ] || ./target/release/make-synthetic --out data/synthetic --samples 1000 --seed 0
+# BIN: where the binaries are (default: built here); a copy keeps a long run on one build.
+bin=${BIN:-target/release}
+if [ -z "${BIN:-}" ]; then
+    bash tools/setup.sh
+    cargo build --release --quiet --bin make-synthetic --bin train --bin make-tiny-checkpoint --bin eval
+fi
+[ -f data/tiny-qwen3-vl/config.json ] || "$bin/make-tiny-checkpoint" --out data/tiny-qwen3-vl
+[ -d data/synthetic ] || "$bin/make-synthetic" --out data/synthetic --samples 1000 --seed 0
 started=$(date +%s)
 sft=$out/sft/checkpoints/step_100/model
 if [ ! -f "$sft/config.json" ]; then
     rm -rf "$out/sft"
-    ./target/release/train "$here/sft.toml" | tail -n 2
+    "$bin/train" "$here/sft.toml" | tail -n 2
 fi
 evaluate() { # name model config
     [ -f "$out/eval/$1/report.json" ] && return 0
-    ./target/release/eval --model "$2" --data data/synthetic --split val --max-samples 96 --batch 48 \
+    "$bin/eval" --model "$2" --data data/synthetic --split val --max-samples 96 --batch 48 \
         --max-new-tokens 48 --config "$3" --out "$out/eval/$1" > /dev/null
 }
-evaluate sft-seed0 "$sft" "$here/qoq-med.toml"
+[ -n "${SKIP_SFT_EVAL:-}" ] || evaluate sft-seed0 "$sft" "$here/qoq-med.toml"
 for seed in $seeds; do
     for v in "${variants[@]}"; do
         name=$v-seed$seed
@@ -40,10 +44,10 @@ for seed in $seeds; do
             "$here" "$v" "$seed" "$out" "$name" "$seed" > "$cfg"
         rm -rf "${out:?}/$name"
         echo "== $name"
-        ./target/release/train "$cfg" 2>&1 | grep -E "^(RL reward|wall time)"
+        "$bin/train" "$cfg" 2>&1 | grep -E "^(RL reward|wall time)"
         last=$(ls -d "$out/$name"/checkpoints/step_* | sort -t_ -k2 -n | tail -1)
         evaluate "$name" "$last/model" "$cfg"
     done
 done
 echo "all runs: $(( ($(date +%s) - started) / 60 )) min"
-python3 "$here/summarize.py" --runs "$out"
+[ -n "${SKIP_ANALYSIS:-}" ] || python3 "$here/summarize.py" --runs "$out"

@@ -54,10 +54,34 @@ pub fn write_synthetic(
     seed: u64,
     mut progress: impl FnMut(usize),
 ) -> Result<Vec<std::path::PathBuf>> {
-    let mut writer = ShardWriter::new(dir, "synthetic")?.rows_per_file(256).rows_per_row_group(32);
-    for start in (0..samples).step_by(64) {
-        let end = (start + 64).min(samples);
-        let chunk: Vec<Sample> = (start..end).into_par_iter().map(|i| generate(seed, i)).collect();
+    let layout = ShardLayout { prefix: "synthetic", rows_per_file: 256, rows_per_row_group: 32, chunk: 64 };
+    write_generated(dir, &layout, samples, |i| generate(seed, i), &mut progress)
+}
+
+/// How a generated set is cut into shards: file prefix, rows per file and per row group,
+/// and rows generated in parallel at a time.
+pub(crate) struct ShardLayout {
+    pub prefix: &'static str,
+    pub rows_per_file: usize,
+    pub rows_per_row_group: usize,
+    pub chunk: usize,
+}
+
+/// Writes rows `generate(0..samples)` into `dir`, generated `layout.chunk` at a time in
+/// parallel and written in index order (so the bytes do not depend on the thread count).
+pub(crate) fn write_generated(
+    dir: &std::path::Path,
+    layout: &ShardLayout,
+    samples: usize,
+    generate: impl Fn(usize) -> Sample + Sync,
+    progress: &mut dyn FnMut(usize),
+) -> Result<Vec<std::path::PathBuf>> {
+    let mut writer = ShardWriter::new(dir, layout.prefix)?
+        .rows_per_file(layout.rows_per_file)
+        .rows_per_row_group(layout.rows_per_row_group);
+    for start in (0..samples).step_by(layout.chunk) {
+        let end = (start + layout.chunk).min(samples);
+        let chunk: Vec<Sample> = (start..end).into_par_iter().map(&generate).collect();
         for s in chunk {
             writer.write(s)?;
         }

@@ -28,13 +28,12 @@
 
 use image::{ImageEncoder, RgbImage};
 use rand_chacha::ChaCha8Rng;
-use rayon::prelude::*;
 
 use crate::error::Result;
 use crate::rng;
 use crate::sample::Sample;
-use crate::shards::ShardWriter;
 pub use crate::synthetic::DIFFICULTIES;
+use crate::synthetic::{write_generated, ShardLayout};
 
 /// Rows `make-synthetic --kind benchmark` writes by default: 353 ecg samples, 105 of them test.
 pub const DEFAULT_SAMPLES: usize = 6000;
@@ -241,16 +240,8 @@ pub fn write_benchmark(
     seed: u64,
     mut progress: impl FnMut(usize),
 ) -> Result<Vec<std::path::PathBuf>> {
-    let mut writer = ShardWriter::new(dir, PREFIX)?.rows_per_file(1024).rows_per_row_group(32);
-    for start in (0..samples).step_by(256) {
-        let end = (start + 256).min(samples);
-        let chunk: Vec<Sample> = (start..end).into_par_iter().map(|i| generate(seed, i)).collect();
-        for s in chunk {
-            writer.write(s)?;
-        }
-        progress(end - start);
-    }
-    writer.finish()
+    let layout = ShardLayout { prefix: PREFIX, rows_per_file: 1024, rows_per_row_group: 32, chunk: 256 };
+    write_generated(dir, &layout, samples, |i| generate(seed, i), &mut progress)
 }
 
 /// Sample `index` of the benchmark with `seed`.

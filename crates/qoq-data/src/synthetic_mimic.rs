@@ -18,13 +18,12 @@
 //! only on (seed, i).
 
 use rand_chacha::ChaCha8Rng;
-use rayon::prelude::*;
 use serde_json::{json, Map, Value};
 
 use crate::error::Result;
 use crate::rng;
 use crate::sample::Sample;
-use crate::shards::ShardWriter;
+use crate::synthetic::{write_generated, ShardLayout};
 
 /// Rows `make-synthetic --kind mimic` writes by default (200 of them test).
 pub const DEFAULT_SAMPLES: usize = 2000;
@@ -192,16 +191,8 @@ pub fn write_mimic(
     seed: u64,
     mut progress: impl FnMut(usize),
 ) -> Result<Vec<std::path::PathBuf>> {
-    let mut writer = ShardWriter::new(dir, PREFIX)?.rows_per_file(2048).rows_per_row_group(64);
-    for start in (0..samples).step_by(512) {
-        let end = (start + 512).min(samples);
-        let chunk: Vec<Sample> = (start..end).into_par_iter().map(|i| generate(seed, i)).collect();
-        for s in chunk {
-            writer.write(s)?;
-        }
-        progress(end - start);
-    }
-    writer.finish()
+    let layout = ShardLayout { prefix: PREFIX, rows_per_file: 2048, rows_per_row_group: 64, chunk: 512 };
+    write_generated(dir, &layout, samples, |i| generate(seed, i), &mut progress)
 }
 
 fn uniform(r: &mut ChaCha8Rng, (lo, hi): (f64, f64)) -> f64 {
