@@ -165,8 +165,10 @@ fn metrics_follow_the_papers_protocol() {
     assert!(o.status.success(), "{}", stderr(&o));
     let report: Value = serde_json::from_str(&std::fs::read_to_string(&metrics).unwrap()).unwrap();
     // ct/a: label x has tp 1, fn 1 -> accuracy 0.5; ct/b: 1.0; ct = 0.75; mri = 0; overall 0.375.
-    assert_eq!(report["domains"]["ct"]["datasets"]["a"]["metrics"]["accuracy"], 0.5);
-    assert_eq!(report["domains"]["ct"]["metrics"]["accuracy"], 0.75);
+    assert_eq!(report["datasets"]["a"]["accuracy"], 0.5);
+    assert_eq!(report["datasets"]["a"]["domain"], "ct");
+    assert_eq!(report["domains"]["ct"]["accuracy"], 0.75);
+    assert_eq!(report["domains"]["ct"]["datasets"], json!(["a", "b"]));
     assert_eq!(report["overall"]["accuracy"], 0.375);
     assert_eq!(report["samples"], 4);
 }
