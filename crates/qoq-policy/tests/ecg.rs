@@ -6,10 +6,24 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use qoq_policy::ecg::{load_jepa_checkpoint, sincos_2d};
 use qoq_policy::{load_policy, EcgConfig, EcgEncoderConfig, EcgInit, Inputs, Policy, TimeSeriesEmbedding};
 use tch::{nn, Device, Kind, Tensor};
+
+/// libtorch's random generator is one per process: a test that checks that a seed gives
+/// the same initialisation takes it alone (`seeded`); the others, which draw from it
+/// while building models, share it (`drawing`).
+static GENERATOR: RwLock<()> = RwLock::new(());
+
+fn drawing() -> RwLockReadGuard<'static, ()> {
+    GENERATOR.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn seeded() -> RwLockWriteGuard<'static, ()> {
+    GENERATOR.write().unwrap_or_else(|e| e.into_inner())
+}
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/ecg")
@@ -34,6 +48,7 @@ fn tiny_config() -> EcgConfig {
 
 #[test]
 fn the_encoder_and_projection_match_the_reference() {
+    let _generator = drawing();
     let vs = nn::VarStore::new(Device::Cpu);
     let ts = TimeSeriesEmbedding::new(&vs.root(), &tiny_config(), 32);
     let weights = read(&fixtures().join("encoder/weights.safetensors"));
@@ -57,6 +72,7 @@ fn the_encoder_and_projection_match_the_reference() {
 
 #[test]
 fn a_fresh_encoder_starts_from_the_sincos_code() {
+    let _generator = drawing();
     let cases = read(&fixtures().join("encoder/cases.safetensors"));
     for dim in [64, 768] {
         let d = max_diff(&sincos_2d(dim, 8, 50), &cases[&format!("sincos_{dim}")]);
@@ -70,6 +86,7 @@ fn a_fresh_encoder_starts_from_the_sincos_code() {
 
 #[test]
 fn an_ecg_jepa_release_checkpoint_loads_into_the_encoder() {
+    let _generator = drawing();
     let vs = nn::VarStore::new(Device::Cpu);
     let ts = TimeSeriesEmbedding::new(&vs.root(), &tiny_config(), 32);
     load_jepa_checkpoint(&vs.variables(), &fixtures().join("encoder/jepa_release.pth")).unwrap();
@@ -112,11 +129,13 @@ fn check_family(folder: &str) {
 
 #[test]
 fn qwen2_5_vl_prompt_logits_match_transformers_with_the_ecg_spliced_in() {
+    let _generator = drawing();
     check_family("tiny-qwen2_5_vl");
 }
 
 #[test]
 fn qwen3_vl_prompt_logits_match_transformers_with_the_ecg_spliced_in() {
+    let _generator = drawing();
     check_family("tiny-qwen3_vl");
 }
 
@@ -139,6 +158,7 @@ fn edit_weights(dir: &Path, edit: impl FnOnce(&mut Vec<(String, Tensor)>)) {
 
 #[test]
 fn missing_or_misshapen_ecg_weights_are_named() {
+    let _generator = drawing();
     let src = fixtures().join("tiny-qwen2_5_vl");
     let missing = copy_checkpoint(&src);
     edit_weights(missing.path(), |t| t.retain(|(n, _)| n != "time_series_embedding.encoder.norm.bias"));
@@ -165,6 +185,7 @@ fn missing_or_misshapen_ecg_weights_are_named() {
 
 #[test]
 fn a_full_vocabulary_model_is_given_an_encoder_from_an_ecg_jepa_release() {
+    let _generator = seeded();
     // The diagnose fixture's tiny Qwen2.5-VL without its ECG weights and key.
     let src = fixtures().join("diagnose/model");
     let tmp = copy_checkpoint(&src);
@@ -207,6 +228,7 @@ fn a_full_vocabulary_model_is_given_an_encoder_from_an_ecg_jepa_release() {
 
 #[test]
 fn the_placeholder_joins_each_family_tokenizer_at_its_id_and_renders_first_and_bare() {
+    let _generator = drawing();
     use qoq_policy::chat::{render_with, Content, Message, RenderOptions, Template, Tokenizer};
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     for (dir, id, template) in
