@@ -2,6 +2,7 @@
 //! readings, run configuration, and the `score` tool's input handling ([`scoring`]).
 //! No library depends on this crate.
 
+pub mod files;
 pub mod ranks;
 pub mod scoring;
 

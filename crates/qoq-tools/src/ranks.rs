@@ -3,9 +3,12 @@
 
 use std::ffi::OsString;
 use std::path::Path;
+use std::rc::Rc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use qoq_dist::{Backend, ProcessGroup};
+use qoq_train::config::TrainConfig;
 
 /// Keep freed memory in the process instead of returning it to the kernel after every
 /// step: glibc's defaults trim and unmap medium buffers as soon as they are freed, and the
@@ -70,4 +73,23 @@ pub fn run_local(nproc: usize, exe: &Path, child_args: &[OsString], grace: Durat
             anyhow::bail!("rank {rank} failed first ({})", codes.join(", "))
         }
     }
+}
+
+/// Runs `work` as this process's rank: joins the other ranks (from RANK, WORLD_SIZE, ...;
+/// one rank without them) over the backend of the config's device, shares the cores, and on
+/// failure tells the other ranks (so their errors name this one) and names the rank.
+pub fn run_as_rank(config: TrainConfig, work: impl FnOnce(TrainConfig, Rc<ProcessGroup>) -> Result<()>) -> Result<()> {
+    let backend = Backend::for_device(config.run.device.device(0));
+    let group = ProcessGroup::from_env(backend, Duration::from_secs(config.distributed.timeout_s))
+        .context("joining the other ranks")?;
+    share_cores(config.run.threads, group.world_size());
+    let group = Rc::new(group);
+    let result = work(config, Rc::clone(&group));
+    if let Err(e) = &result {
+        group.report_failure(&format!("{e:#}"));
+    }
+    if group.world_size() > 1 {
+        return result.with_context(|| format!("rank {} of {}", group.rank(), group.world_size()));
+    }
+    result
 }

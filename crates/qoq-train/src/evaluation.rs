@@ -34,12 +34,15 @@ pub struct EvalSettings {
     pub samples_per_prompt: usize,
     /// Prompts per prefill, and as many x K decoding slots.
     pub batch_size: usize,
+    /// Encode each sample's mask as PNG into its rows (`eval` writes them for `score`;
+    /// validation needs none).
+    pub masks: bool,
 }
 
 impl EvalSettings {
     /// One greedy answer per sample.
     pub fn greedy(max_new_tokens: usize, batch_size: usize) -> Self {
-        Self { temperature: 0.0, max_new_tokens, samples_per_prompt: 1, batch_size }
+        Self { temperature: 0.0, max_new_tokens, samples_per_prompt: 1, batch_size, masks: false }
     }
 }
 
@@ -61,7 +64,8 @@ pub struct EvalRow {
     /// [width, height] of the image the model saw, when the sample has a mask.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_size: Option<(u32, u32)>,
-    /// The sample's segmentation mask as PNG (written by `eval` to its own file).
+    /// The sample's segmentation mask as PNG, with [`EvalSettings::masks`] (written by
+    /// `eval` to its own file).
     #[serde(default, skip_serializing)]
     pub mask_png: Option<Vec<u8>>,
     /// Response tokens, and whether it ended on a stop token.
@@ -156,11 +160,11 @@ impl Trainer {
             let p = &prompts[r.response.prompt];
             let sample = answered[r.response.prompt];
             answered[r.response.prompt] += 1;
-            let mask_png = match &p.mask {
-                Some(m) => {
+            let mask_png = match (&p.mask, settings.masks) {
+                (Some(m), true) => {
                     Some(m.to_png().map_err(|e| TrainError::Config(format!("sample {}: mask: {e}", p.sample_id)))?)
                 }
-                None => None,
+                _ => None,
             };
             mine.push((
                 r.response.prompt,

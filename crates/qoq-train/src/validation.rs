@@ -25,6 +25,7 @@ impl Trainer {
             max_new_tokens: v.max_new_tokens.unwrap_or(self.config.rl.max_new_tokens),
             samples_per_prompt: 1,
             batch_size: v.batch_size,
+            masks: false,
         };
         let ordinals: Vec<usize> = (0..samples.len()).collect();
         let rows = self.answer(&samples, &ordinals, &settings, u64::MAX - self.state.step())?;

@@ -14,15 +14,16 @@
 use std::collections::HashSet;
 use std::ffi::OsString;
 use std::fs::OpenOptions;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use qoq_dist::{Backend, ProcessGroup};
+use qoq_dist::ProcessGroup;
 use qoq_policy::ModuleGroup;
+use qoq_tools::files::write_atomic;
 use qoq_train::config::TrainConfig;
 use qoq_train::evaluation::{held_out_loader, report, EvalRow, EvalSettings};
 use qoq_train::parallel::DataParallel;
@@ -96,19 +97,7 @@ fn main() -> Result<()> {
         let grace = Duration::from_secs(config.distributed.timeout_s + 30);
         return qoq_tools::ranks::run_local(args.nproc, &exe, &child, grace);
     }
-    let backend = Backend::for_device(config.run.device.device(0));
-    let group = ProcessGroup::from_env(backend, Duration::from_secs(config.distributed.timeout_s))
-        .context("joining the other ranks")?;
-    qoq_tools::ranks::share_cores(config.run.threads, group.world_size());
-    let group = Rc::new(group);
-    let result = evaluate(&args, config, Rc::clone(&group));
-    if let Err(e) = &result {
-        group.report_failure(&format!("{e:#}"));
-    }
-    if group.world_size() > 1 {
-        return result.with_context(|| format!("rank {} of {}", group.rank(), group.world_size()));
-    }
-    result
+    qoq_tools::ranks::run_as_rank(config, |config, group| evaluate(&args, config, group))
 }
 
 /// The arguments for the ranks: these, less `--nproc N` / `--nproc=N`.
@@ -186,6 +175,7 @@ fn evaluate(args: &Args, config: TrainConfig, group: Rc<ProcessGroup>) -> Result
         max_new_tokens: identity.max_new_tokens,
         samples_per_prompt: args.samples,
         batch_size: args.batch,
+        masks: true,
     };
     let (shards, loader_config) = config.loader().map_err(anyhow::Error::msg)?;
     let mut trainer =
@@ -203,6 +193,21 @@ fn evaluate(args: &Args, config: TrainConfig, group: Rc<ProcessGroup>) -> Result
     let chunk_len = args.batch * world * 4;
     let (mut chunk, mut ordinals) = (Vec::new(), Vec::new());
     let (mut skipped, mut answered) = (0usize, 0usize);
+    // Answers the pending samples (every rank), rank 0 appends them.
+    let mut answer_pending = |chunk: &mut Vec<qoq_data::Sample>, ordinals: &mut Vec<usize>| -> Result<()> {
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        let rows = trainer.answer(chunk, ordinals, &settings, 0)?;
+        if main_rank {
+            output.append(&rows, &done)?;
+        }
+        answered += chunk.len();
+        bar.inc(chunk.len() as u64);
+        chunk.clear();
+        ordinals.clear();
+        Ok(())
+    };
     for (ordinal, sample) in loader.by_ref().take(total as usize).enumerate() {
         let sample = sample.with_context(|| format!("reading {}", shards.display()))?;
         if answered_all(&sample.id) {
@@ -213,24 +218,10 @@ fn evaluate(args: &Args, config: TrainConfig, group: Rc<ProcessGroup>) -> Result
         chunk.push(sample);
         ordinals.push(ordinal);
         if chunk.len() == chunk_len {
-            answered += chunk.len();
-            let rows = trainer.answer(&chunk, &ordinals, &settings, 0)?;
-            if main_rank {
-                output.append(&rows, &done)?;
-            }
-            bar.inc(chunk.len() as u64);
-            chunk.clear();
-            ordinals.clear();
+            answer_pending(&mut chunk, &mut ordinals)?;
         }
     }
-    if !chunk.is_empty() {
-        answered += chunk.len();
-        let rows = trainer.answer(&chunk, &ordinals, &settings, 0)?;
-        if main_rank {
-            output.append(&rows, &done)?;
-        }
-        bar.inc(chunk.len() as u64);
-    }
+    answer_pending(&mut chunk, &mut ordinals)?;
     bar.finish_and_clear();
     if !main_rank {
         return Ok(());
@@ -291,28 +282,29 @@ impl Output {
             let keep = text.rfind('\n').map_or(0, |i| i + 1);
             eprintln!("{}: dropping a torn last line (the run that wrote it was interrupted)", self.samples.display());
             write_atomic(&self.samples, &text.as_bytes()[..keep])?;
+            return Ok(self.parse_rows(&text[..keep])?.iter().map(EvalRow::key).collect());
         }
-        Ok(self.read_rows()?.iter().map(EvalRow::key).collect())
+        Ok(self.parse_rows(&text)?.iter().map(EvalRow::key).collect())
     }
 
     fn read_rows(&self) -> Result<Vec<EvalRow>> {
-        let file = match std::fs::File::open(&self.samples) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", self.samples.display())),
-        };
-        let mut rows = Vec::new();
-        for (i, line) in BufReader::new(file).lines().enumerate() {
-            let line = line.with_context(|| format!("reading {}", self.samples.display()))?;
-            if line.trim().is_empty() {
-                continue;
-            }
-            let row: EvalRow = serde_json::from_str(&line).with_context(|| {
-                format!("{} line {}: not an eval row; delete the line or the folder", self.samples.display(), i + 1)
-            })?;
-            rows.push(row);
+        match std::fs::read_to_string(&self.samples) {
+            Ok(text) => self.parse_rows(&text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(e).with_context(|| format!("reading {}", self.samples.display())),
         }
-        Ok(rows)
+    }
+
+    /// The rows of `samples.jsonl`'s text; a bad line is an error naming it.
+    fn parse_rows(&self, text: &str) -> Result<Vec<EvalRow>> {
+        let lines = text.lines().enumerate().filter(|(_, line)| !line.trim().is_empty());
+        lines
+            .map(|(i, line)| {
+                serde_json::from_str(line).with_context(|| {
+                    format!("{} line {}: not an eval row; delete the line or the folder", self.samples.display(), i + 1)
+                })
+            })
+            .collect()
     }
 
     /// Appends the rows not yet written, and their masks, flushed to disk.
@@ -349,10 +341,4 @@ fn file_safe(id: &str) -> String {
         id.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect();
     let hash = id.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3));
     format!("{clean}-{:08x}", hash as u32)
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
 }

@@ -70,7 +70,8 @@ fn main() -> Result<()> {
     if let Some(threads) = args.threads {
         rayon::ThreadPoolBuilder::new().num_threads(threads).build_global()?;
     }
-    let tmp = temporary_sibling(&args.output)?;
+    let tmp = qoq_tools::files::temporary_sibling(&args.output)
+        .with_context(|| format!("--output {}", args.output.display()))?;
     let result = run(&args, &scorer, &tmp);
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -80,14 +81,6 @@ fn main() -> Result<()> {
         .with_context(|| format!("cannot move the result to {}", args.output.display()))?;
     eprintln!("{summary}");
     Ok(())
-}
-
-fn temporary_sibling(output: &Path) -> Result<PathBuf> {
-    let name = output.file_name().with_context(|| format!("--output {} is not a file path", output.display()))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".tmp-{}", std::process::id()));
-    Ok(output.with_file_name(tmp_name))
 }
 
 /// Score everything into `tmp`; returns the summary to print.

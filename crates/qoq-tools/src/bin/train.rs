@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use qoq_dist::{Backend, ProcessGroup};
+use qoq_dist::ProcessGroup;
 use qoq_train::checkpoint::Resume;
 use qoq_train::config::TrainConfig;
 use qoq_train::parallel::DataParallel;
@@ -68,20 +68,7 @@ fn main() -> Result<()> {
     if args.nproc > 1 && std::env::var_os("WORLD_SIZE").is_none() {
         return launch(&args, &config);
     }
-    let backend = Backend::for_device(config.run.device.device(0));
-    let group = ProcessGroup::from_env(backend, Duration::from_secs(config.distributed.timeout_s))
-        .context("joining the other ranks")?;
-    qoq_tools::ranks::share_cores(config.run.threads, group.world_size());
-    let group = Rc::new(group);
-    let result = train(&args, config, Rc::clone(&group));
-    if let Err(e) = &result {
-        // Lets the other ranks name this one in their errors.
-        group.report_failure(&format!("{e:#}"));
-    }
-    if group.world_size() > 1 {
-        return result.with_context(|| format!("rank {} of {}", group.rank(), group.world_size()));
-    }
-    result
+    qoq_tools::ranks::run_as_rank(config, |config, group| train(&args, config, group))
 }
 
 /// `--plan`: prints the memory plan; fails when it exceeds `--device-memory-gb`.
