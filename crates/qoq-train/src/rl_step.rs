@@ -37,6 +37,8 @@ impl Trainer {
         let sampling = self.sampling(rl.temperature, rl.max_new_tokens, g, 0);
         let (sampled, engine) = self.rollout(&prompts, &positions, &sampling, &self.rl_engine_sizing(), step)?;
         timing.insert("gen", t.elapsed().as_secs_f64());
+        // The KV arena and the sampling buffers are gone: their pages go back (memory.rs).
+        crate::release_freed_memory();
 
         // 2. reward
         let t = Instant::now();
@@ -67,6 +69,7 @@ impl Trainer {
             None => None,
         };
         timing.insert("ref", t.elapsed().as_secs_f64());
+        crate::release_freed_memory();
         let logps: Vec<LogProbs> = match refs {
             Some(refs) => old.into_iter().zip(refs).map(|(old, r)| LogProbs { old, reference: Some(r) }).collect(),
             None => old.into_iter().map(|old| LogProbs { old, reference: None }).collect(),

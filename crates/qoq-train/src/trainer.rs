@@ -66,6 +66,9 @@ pub struct Trainer {
     pub(crate) prompts_skipped: u64,
     /// The latest validation figures (step, metrics).
     pub(crate) last_validation: Option<(u64, Metrics)>,
+    /// The validation at the end of the SFT phase, when this invocation ran it: the RL
+    /// phase's held-out effect is the last validation against this one.
+    pub(crate) sft_validation: Option<(u64, Metrics)>,
 }
 
 impl Trainer {
@@ -238,6 +241,7 @@ impl Trainer {
             tokens,
             prompts_skipped: 0,
             last_validation: None,
+            sft_validation: None,
         })
     }
 
@@ -259,6 +263,11 @@ impl Trainer {
     /// The latest validation figures: (global step, metrics).
     pub fn last_validation(&self) -> Option<&(u64, Metrics)> {
         self.last_validation.as_ref()
+    }
+
+    /// The validation at the end of the SFT phase, if this invocation ran it.
+    pub fn sft_validation(&self) -> Option<&(u64, Metrics)> {
+        self.sft_validation.as_ref()
     }
 
     /// SFT steps plus RL steps of the config.
@@ -283,6 +292,7 @@ impl Trainer {
         while self.state.step() < end {
             let in_sft = self.state.sft_steps_done < self.config.sft.steps;
             let metrics = if in_sft { self.sft_step()? } else { self.rl_step()? };
+            crate::release_freed_memory();
             let step = self.state.step();
             self.log(step, &metrics)?;
             on_step(step, &metrics);
@@ -307,6 +317,9 @@ impl Trainer {
             {
                 let m = self.validate()?;
                 self.log(step, &m)?;
+                if sft_done {
+                    self.sft_validation = Some((step, m.clone()));
+                }
                 self.last_validation = Some((step, m));
             }
             if step.is_multiple_of(self.config.run.save_every) || last {

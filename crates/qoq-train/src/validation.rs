@@ -38,6 +38,7 @@ impl Trainer {
         }
         m.extend(report(&rows, self.scorer.labels).flat());
         m.insert("timing_s/validation".into(), started.elapsed().as_secs_f64());
+        crate::release_freed_memory();
         Ok(m)
     }
 }

@@ -179,7 +179,11 @@ fn train(args: &Args, config: TrainConfig, group: Rc<ProcessGroup>) -> Result<()
             mean(&rl_rewards[n - tenth..])
         );
     }
-    if let Some((step, m)) = trainer.last_validation() {
+    // The end of SFT first (when this invocation ran it), so the RL phase's held-out effect
+    // reads off two lines.
+    let sft_step = trainer.sft_validation().map(|(step, _)| *step);
+    let last = trainer.last_validation().filter(|(step, _)| Some(*step) != sft_step);
+    for (step, m) in trainer.sft_validation().into_iter().chain(last) {
         let get = |k: &str| m.get(k).copied().unwrap_or(f64::NAN);
         println!(
             "validation at step {step}: accuracy {:.4}, F1 {:.4}, reward {:.4}",
