@@ -4,10 +4,7 @@
 //! is the whole process's.
 
 fn resident_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("reading /proc/self/status");
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS in /proc/self/status");
-    let kib: f64 = line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).expect("VmRSS value");
-    kib / 1024.0
+    qoq_train::resident_mib().expect("VmRSS in /proc/self/status")
 }
 
 #[test]
