@@ -13,8 +13,10 @@
 #                                  DTYPE=bfloat16 for the Qwen3-VL demo in bf16 with fp32
 #                                  master weights: configs/demo-bf16.toml, runs/demo-bf16;
 #                                  STAGE=1 for stage 1 at demo size, the ECG path on the
-#                                  ECG rows: configs/demo-stage1.toml, runs/demo-stage1,
-#                                  2000 samples by default;
+#                                  synthetic set's ECG rows (data/synthetic-ecg, 1000 by
+#                                  default) with a small encoder pretrained on other
+#                                  synthetic ECGs (data/tiny-ecg-encoder.safetensors):
+#                                  configs/demo-stage1.toml, runs/demo-stage1;
 #                                  SEED=N for another run seed (and data order):
 #                                  runs/<name>-seedN, from runs/<name>-seedN.toml;
 #                                  SET=benchmark for the skewed benchmark of
@@ -43,7 +45,7 @@ case "${STAGE:-2}" in
     1)
         [ "$family" = qwen3_vl ] && [ "${DTYPE:-float32}" = float32 ] \
             || { echo "demo: STAGE=1 has a config for FAMILY=qwen3_vl, DTYPE=float32 only" >&2; exit 1; }
-        config=configs/demo-stage1.toml; out=runs/demo-stage1; samples=${SAMPLES:-2000} ;;
+        config=configs/demo-stage1.toml; out=runs/demo-stage1; samples=${SAMPLES:-1000} ;;
     *) echo "demo: STAGE must be 1 or 2, not '$STAGE'" >&2; exit 1 ;;
 esac
 kind=climb
@@ -67,8 +69,14 @@ if [ "$seed" != 0 ]; then
     config="$out.toml"
 fi
 bash tools/setup.sh
-cargo build --release --quiet --bin make-synthetic --bin train --bin make-tiny-checkpoint --bin eval
-if [ "$kind" = climb ]; then
+cargo build --release --quiet --bin make-synthetic --bin train --bin make-tiny-checkpoint --bin eval \
+    --bin pretrain-ecg-encoder
+if [ "${STAGE:-2}" = 1 ]; then
+    ./target/release/make-synthetic --kind ecg --out data/synthetic-ecg --samples "$samples" --seed 0 --force
+    # The stand-in for ECG-JEPA's release (deterministic: made once, about 2 minutes).
+    [ -f data/tiny-ecg-encoder.safetensors ] \
+        || ./target/release/pretrain-ecg-encoder --out data/tiny-ecg-encoder.safetensors
+elif [ "$kind" = climb ]; then
     ./target/release/make-synthetic --out data/synthetic --samples "$samples" --seed 0 --force
 else
     ./target/release/make-synthetic --kind "$kind" --out "$data" --seed 0 --force

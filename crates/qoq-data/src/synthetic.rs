@@ -58,6 +58,22 @@ pub fn write_synthetic(
     write_generated(dir, &layout, samples, |i| generate(seed, i), &mut progress)
 }
 
+/// Shard file prefix of [`write_synthetic_ecg`].
+pub const ECG_PREFIX: &str = "ecg";
+
+/// Writes the first `samples` ECG rows of the set with `seed` ([`generate_ecg`]: the same
+/// rows, ids and splits as the whole set's ECG rows) into `dir` as `ecg-NNNNN.parquet`
+/// shards: the stage-1 demo's set, without drawing the other domains' images.
+pub fn write_synthetic_ecg(
+    dir: &std::path::Path,
+    samples: usize,
+    seed: u64,
+    mut progress: impl FnMut(usize),
+) -> Result<Vec<std::path::PathBuf>> {
+    let layout = ShardLayout { prefix: ECG_PREFIX, rows_per_file: 256, rows_per_row_group: 32, chunk: 64 };
+    write_generated(dir, &layout, samples, |n| generate_ecg(seed, n), &mut progress)
+}
+
 /// How a generated set is cut into shards: file prefix, rows per file and per row group,
 /// and rows generated in parallel at a time.
 pub(crate) struct ShardLayout {
@@ -88,6 +104,13 @@ pub(crate) fn write_generated(
         progress(end - start);
     }
     writer.finish()
+}
+
+/// The `n`-th ECG sample (in index order) of the set with `seed`: one in every 17 samples
+/// is an ECG, so this skips drawing the images of the others.
+pub fn generate_ecg(seed: u64, n: usize) -> Sample {
+    let slot = CYCLE.iter().position(|d| *d == "ecg").unwrap_or_default();
+    generate(seed, n * CYCLE.len() + slot)
 }
 
 /// Sample `index` of the set with `seed`.
@@ -486,6 +509,15 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn generate_ecg_draws_the_ecg_samples() {
+        for n in [0, 1, 5] {
+            let s = generate_ecg(3, n);
+            assert_eq!(s.domain, "ecg");
+            assert_eq!(s.id, generate(3, n * CYCLE.len() + 8).id);
         }
     }
 

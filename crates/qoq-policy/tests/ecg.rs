@@ -226,6 +226,72 @@ fn a_full_vocabulary_model_is_given_an_encoder_from_an_ecg_jepa_release() {
     assert_eq!(d, 0.0);
 }
 
+/// The ECG-JEPA release fixture's tensors as safetensors, under `prefix` (`encoder.` as in
+/// the release, none, or QoQ-Med's full one), through `edit`.
+fn release_as_safetensors(dir: &Path, prefix: &str, edit: impl FnOnce(&mut Vec<(String, Tensor)>)) -> PathBuf {
+    let release = qoq_data::torch_file::read_tensors(&fixtures().join("encoder/jepa_release.pth")).unwrap();
+    let mut tensors: Vec<(String, Tensor)> = release
+        .into_iter()
+        .filter_map(|(name, t)| {
+            let bare = name.strip_prefix("encoder.")?.to_string();
+            let shape: Vec<i64> = t.shape.iter().map(|&d| d as i64).collect();
+            Some((format!("{prefix}{bare}"), Tensor::from_slice(&t.to_f32()).view(shape.as_slice())))
+        })
+        .collect();
+    edit(&mut tensors);
+    let path = dir.join(format!("encoder-{}.safetensors", prefix.replace('.', "_")));
+    Tensor::write_safetensors(&tensors, &path).unwrap();
+    path
+}
+
+#[test]
+fn an_encoder_in_safetensors_loads_as_the_release_does_under_any_of_the_three_prefixes() {
+    let _generator = drawing();
+    let src = fixtures().join("diagnose/model");
+    let tmp = copy_checkpoint(&src);
+    edit_weights(tmp.path(), |t| t.retain(|(n, _)| !n.starts_with("time_series_embedding.")));
+    let config_path = tmp.path().join("config.json");
+    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    config.as_object_mut().unwrap().remove("time_series_token_id");
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let cases = read(&fixtures().join("encoder/cases.safetensors"));
+    let files = tempfile::tempdir().unwrap();
+    for prefix in ["", "encoder.", "time_series_embedding.encoder."] {
+        let path = release_as_safetensors(files.path(), prefix, |_| {});
+        // The memory plan reads the sizes from the header alone.
+        let sizes = qoq_policy::ecg::encoder_sizes(&path).unwrap().unwrap();
+        assert_eq!((sizes.embed_dim, sizes.num_heads), (64, 16), "{prefix:?}");
+        let mut policy = load_policy(tmp.path(), Device::Cpu).unwrap();
+        policy.add_ecg(&EcgInit::JepaCheckpoint { path, seed: 1 }, None).unwrap();
+        let ts = policy.ecg().unwrap();
+        assert_eq!(ts.config().encoder.embed_dim, 64, "sizes read from the shapes ({prefix:?})");
+        let d = tch::no_grad(|| {
+            max_diff(&ts.encoder().representation(&cases["signals"]).unwrap(), &cases["representation"])
+        });
+        assert!(d < 1e-5, "{prefix:?}: {d:e}");
+    }
+    assert_eq!(qoq_policy::ecg::encoder_sizes(&fixtures().join("encoder/jepa_release.pth")).unwrap(), None);
+    // A misshapen tensor is named with both shapes; a file without `W_P` is not an encoder.
+    let misshapen = release_as_safetensors(files.path(), "encoder.", |t| {
+        for (n, v) in t.iter_mut() {
+            if n == "encoder.encoder_blocks.blocks.0.attn.proj.weight" {
+                *v = Tensor::zeros([64, 32], (Kind::Float, Device::Cpu));
+            }
+        }
+    });
+    let mut policy = load_policy(tmp.path(), Device::Cpu).unwrap();
+    let err = policy.add_ecg(&EcgInit::JepaCheckpoint { path: misshapen, seed: 1 }, None).unwrap_err().to_string();
+    assert!(err.contains("encoder.encoder_blocks.blocks.0.attn.proj.weight") && err.contains("[64, 32]"), "{err}");
+    let headless = release_as_safetensors(files.path(), "", |t| t.retain(|(n, _)| !n.starts_with("W_P")));
+    let err = policy.add_ecg(&EcgInit::JepaCheckpoint { path: headless, seed: 1 }, None).unwrap_err().to_string();
+    assert!(err.contains("W_P.weight") && err.contains("not an ECG-JEPA checkpoint"), "{err}");
+    let garbage = files.path().join("garbage.safetensors");
+    std::fs::write(&garbage, b"not a safetensors file").unwrap();
+    let err =
+        policy.add_ecg(&EcgInit::JepaCheckpoint { path: garbage.clone(), seed: 1 }, None).unwrap_err().to_string();
+    assert!(err.contains(&garbage.display().to_string()) && err.contains("safetensors"), "{err}");
+}
+
 #[test]
 fn the_placeholder_joins_each_family_tokenizer_at_its_id_and_renders_first_and_bare() {
     let _generator = drawing();

@@ -20,8 +20,15 @@ use qoq_train::config::TrainConfig;
 /// glibc reads these tunables from the environment only at start-up, so the process
 /// re-executes itself once with them set. `QOQ_KEEP_FREED_MEMORY=0` keeps glibc's defaults;
 /// a `MALLOC_MMAP_THRESHOLD_` already set is left alone.
-#[cfg(unix)]
 pub fn keep_freed_memory() {
+    keep_freed_memory_below(32 << 20);
+}
+
+/// [`keep_freed_memory`] with buffers up to `mmap_threshold` bytes kept in the heap (and a
+/// trim threshold of 8 x that): for a tool whose few large buffers recur every step, such
+/// as `pretrain-ecg-encoder`'s 82 MB attention scores.
+#[cfg(unix)]
+pub fn keep_freed_memory_below(mmap_threshold: u64) {
     use std::os::unix::process::CommandExt;
     if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_some()
         || std::env::var("QOQ_KEEP_FREED_MEMORY").is_ok_and(|v| v == "0")
@@ -31,8 +38,8 @@ pub fn keep_freed_memory() {
     let Ok(exe) = std::env::current_exe() else { return };
     let err = std::process::Command::new(exe)
         .args(std::env::args_os().skip(1))
-        .env("MALLOC_MMAP_THRESHOLD_", (32u64 << 20).to_string())
-        .env("MALLOC_TRIM_THRESHOLD_", (256u64 << 20).to_string())
+        .env("MALLOC_MMAP_THRESHOLD_", mmap_threshold.to_string())
+        .env("MALLOC_TRIM_THRESHOLD_", (8 * mmap_threshold).to_string())
         .env("MALLOC_TOP_PAD_", (64u64 << 20).to_string())
         .exec();
     // Only reached when the exec failed: carry on with the default allocator settings.
@@ -40,7 +47,7 @@ pub fn keep_freed_memory() {
 }
 
 #[cfg(not(unix))]
-pub fn keep_freed_memory() {}
+pub fn keep_freed_memory_below(_mmap_threshold: u64) {}
 
 /// Several ranks on one machine share its cores: unless `threads` (run.threads) says otherwise, each
 /// takes cores / ranks-on-this-machine for libtorch and for rayon.

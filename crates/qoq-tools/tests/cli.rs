@@ -8,6 +8,7 @@ fn run(bin: &str, args: &[&str]) -> Output {
         "make-synthetic" => env!("CARGO_BIN_EXE_make-synthetic"),
         "inspect-data" => env!("CARGO_BIN_EXE_inspect-data"),
         "convert-data" => env!("CARGO_BIN_EXE_convert-data"),
+        "pretrain-ecg-encoder" => env!("CARGO_BIN_EXE_pretrain-ecg-encoder"),
         other => panic!("unknown binary {other}"),
     };
     Command::new(path).args(args).output().unwrap()
@@ -20,6 +21,56 @@ fn text(o: &Output) -> (String, String) {
 fn synthetic(dir: &Path, n: usize) {
     let o = run("make-synthetic", &["--out", dir.to_str().unwrap(), "--samples", &n.to_string(), "--seed", "3"]);
     assert!(o.status.success(), "{:?}", text(&o));
+}
+
+#[test]
+fn make_synthetic_kind_ecg_writes_the_climb_sets_ecg_rows_and_refuses_to_share_a_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ecg");
+    let o = run("make-synthetic", &["--kind", "ecg", "--out", dir.to_str().unwrap(), "--samples", "20", "--seed", "3"]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let set = qoq_data::ShardSet::open(&dir).unwrap();
+    assert_eq!(set.num_rows(), 20);
+    let rows = set.read_rows(0, 0, &(0..20).collect::<Vec<_>>(), &[]).unwrap();
+    for (n, row) in rows.iter().enumerate() {
+        assert_eq!(row.domain, "ecg");
+        assert!(row.ecg.is_some(), "row {n} carries its signal");
+        assert_eq!(row.id, qoq_data::synthetic::generate(3, n * 17 + 8).id, "the climb set's ECG rows, in order");
+    }
+    assert_eq!(rows.iter().filter(|r| r.split == "val").count(), 2, "1 in 10 is val");
+    // The climb set's shards beside them would be read as one set.
+    let mixed = run("make-synthetic", &["--out", dir.to_str().unwrap(), "--samples", "5"]);
+    assert!(!mixed.status.success() && text(&mixed).1.contains("--kind ecg"), "{:?}", text(&mixed));
+}
+
+#[test]
+fn pretrain_ecg_encoder_writes_a_loadable_encoder_and_its_summary() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("enc/encoder.safetensors");
+    let args =
+        ["--out", out.to_str().unwrap(), "--sizes", "32,1,64", "--steps", "3", "--train", "16", "--held-out", "8"];
+    let o = run("pretrain-ecg-encoder", &args);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let tensors: std::collections::HashMap<String, tch::Tensor> =
+        tch::Tensor::read_safetensors(&out).unwrap().into_iter().collect();
+    assert_eq!(tensors["time_series_embedding.encoder.W_P.weight"].size(), [32, 50]);
+    assert_eq!(tensors["time_series_embedding.encoder.pos_embed"].size(), [400, 32]);
+    assert!(tensors.keys().all(|k| k.starts_with("time_series_embedding.encoder.")), "the head is not kept");
+    let sizes = qoq_policy::ecg::encoder_sizes(&out).unwrap().unwrap();
+    assert_eq!((sizes.embed_dim, sizes.depth, sizes.num_heads, sizes.mlp_dim), (32, 1, 16, 64));
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("enc/encoder.safetensors.json")).unwrap())
+            .unwrap();
+    assert_eq!(summary["steps"], 3);
+    assert!(summary["held_out_accuracy"].as_f64().is_some_and(|a| (0.0..=1.0).contains(&a)));
+    // The same seed gives the same encoder.
+    let again = tmp.path().join("again.safetensors");
+    let o = run("pretrain-ecg-encoder", &[&["--out", again.to_str().unwrap()], &args[2..]].concat());
+    assert!(o.status.success(), "{:?}", text(&o));
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&again).unwrap());
+    // Sizes the encoder cannot have are refused before any work.
+    let bad = run("pretrain-ecg-encoder", &["--out", again.to_str().unwrap(), "--sizes", "30,1,64"]);
+    assert!(!bad.status.success() && text(&bad).1.contains("--sizes"), "{:?}", text(&bad));
 }
 
 #[test]

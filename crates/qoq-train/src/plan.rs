@@ -239,10 +239,14 @@ pub fn plan_file(path: &Path, world: Option<usize>) -> Result<MemoryPlan, TrainE
     }
     config.check_world(world).map_err(named)?;
     let mut model = ModelShape::from_dir(&config.model.path)?;
-    // model.ecg_encoder gives the run an ECG path: a random one at its sizes, a checkpoint
-    // (not read here) at ECG-JEPA's.
-    if config.model.ecg_encoder.is_some() && model.ecg.is_none() {
-        model.ecg = Some(config.model.ecg_encoder_sizes.unwrap_or_default());
+    // model.ecg_encoder gives the run an ECG path: a random one at its sizes, a
+    // `.safetensors` checkpoint at its header's, a `.pth` (not read here) at ECG-JEPA's.
+    if let (Some(init), None) = (&config.model.ecg_encoder, &model.ecg) {
+        let from_file = match init.as_str() {
+            "random" => None,
+            path => qoq_policy::ecg::encoder_sizes(Path::new(path)).map_err(|e| named(e.to_string()))?,
+        };
+        model.ecg = Some(from_file.or(config.model.ecg_encoder_sizes).unwrap_or_default());
     }
     let mut plan = plan(&config, &model, world);
     plan.header.insert(0, format!("memory plan for {} (model {})", path.display(), config.model.path.display()));

@@ -31,7 +31,7 @@ use tch::Tensor;
 
 pub use config::{EcgConfig, EcgEncoderConfig, ENCODER_KEY, TOKEN_ID_KEY};
 pub use encoder::{cross_pattern_mask, sincos_2d, EcgJepaEncoder};
-pub use jepa_checkpoint::load_jepa_checkpoint;
+pub use jepa_checkpoint::{encoder_sizes, load_jepa_checkpoint};
 
 use crate::layers::scatter;
 use crate::policy::ModuleGroup;

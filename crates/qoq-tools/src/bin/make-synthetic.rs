@@ -3,6 +3,9 @@
 //! - `--kind climb` (default): the CLIMB-like set of the demo, `DIR/synthetic-*.parquet`,
 //!   exactly `--samples` rows (domains chest_xray : mammography : dermoscopy : ecg =
 //!   10 : 4 : 2 : 1, findings drawn into 512 x 512 images); `--samples` is required;
+//! - `--kind ecg`: the CLIMB-like set's ECG rows only (the same rows, ids and splits: 1 in
+//!   10 is `val`), `DIR/ecg-*.parquet`, exactly `--samples` rows: the stage-1
+//!   demo's set;
 //! - `--kind benchmark`: the benchmark where RL has room, `DIR/benchmark-*.parquet`
 //!   (chest_xray : dermoscopy : fundus : ecg = 10 : 4 : 2 : 1, text cues in three
 //!   difficulty tiers, train / val / test), 6000 rows by default;
@@ -25,6 +28,8 @@ use qoq_data::{synthetic, synthetic_benchmark, synthetic_mimic};
 enum Kind {
     /// The CLIMB-like set of the demo (images with drawn findings, boxes, masks, ECGs).
     Climb,
+    /// The CLIMB-like set's ECG rows only (signal and lead-II plot): stage 1's demo set.
+    Ecg,
     /// Skewed domains, text cues in difficulty tiers, a test split for per-domain F1.
     Benchmark,
     /// MIMIC-IV-style EHR records with open-ended diagnosis answers.
@@ -32,12 +37,13 @@ enum Kind {
 }
 
 impl Kind {
-    const ALL: [Kind; 3] = [Kind::Climb, Kind::Benchmark, Kind::Mimic];
+    const ALL: [Kind; 4] = [Kind::Climb, Kind::Ecg, Kind::Benchmark, Kind::Mimic];
 
     /// Shard file prefix.
     fn prefix(self) -> &'static str {
         match self {
             Kind::Climb => "synthetic",
+            Kind::Ecg => synthetic::ECG_PREFIX,
             Kind::Benchmark => synthetic_benchmark::PREFIX,
             Kind::Mimic => synthetic_mimic::PREFIX,
         }
@@ -46,6 +52,7 @@ impl Kind {
     fn name(self) -> &'static str {
         match self {
             Kind::Climb => "climb",
+            Kind::Ecg => "ecg",
             Kind::Benchmark => "benchmark",
             Kind::Mimic => "mimic",
         }
@@ -53,7 +60,7 @@ impl Kind {
 
     fn default_samples(self) -> Option<usize> {
         match self {
-            Kind::Climb => None,
+            Kind::Climb | Kind::Ecg => None,
             Kind::Benchmark => Some(synthetic_benchmark::DEFAULT_SAMPLES),
             Kind::Mimic => Some(synthetic_mimic::DEFAULT_SAMPLES),
         }
@@ -137,6 +144,7 @@ fn main() -> Result<()> {
     let progress = |n: usize| bar.inc(n as u64);
     let files = match args.kind {
         Kind::Climb => synthetic::write_synthetic(&args.out, samples, args.seed, progress),
+        Kind::Ecg => synthetic::write_synthetic_ecg(&args.out, samples, args.seed, progress),
         Kind::Benchmark => synthetic_benchmark::write_benchmark(&args.out, samples, args.seed, progress),
         Kind::Mimic => synthetic_mimic::write_mimic(&args.out, samples, args.seed, progress),
     }
