@@ -183,10 +183,8 @@ fn missing_or_misshapen_ecg_weights_are_named() {
     assert!(err.contains("time_series_token_id") && err.contains("no `time_series_embedding.*`"), "{err}");
 }
 
-#[test]
-fn a_full_vocabulary_model_is_given_an_encoder_from_an_ecg_jepa_release() {
-    let _generator = seeded();
-    // The diagnose fixture's tiny Qwen2.5-VL without its ECG weights and key.
+/// The diagnose fixture's tiny Qwen2.5-VL (full vocabulary) without its ECG weights and key.
+fn diagnose_model_without_ecg() -> tempfile::TempDir {
     let src = fixtures().join("diagnose/model");
     let tmp = copy_checkpoint(&src);
     edit_weights(tmp.path(), |t| t.retain(|(n, _)| !n.starts_with("time_series_embedding.")));
@@ -194,6 +192,13 @@ fn a_full_vocabulary_model_is_given_an_encoder_from_an_ecg_jepa_release() {
     let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
     config.as_object_mut().unwrap().remove("time_series_token_id");
     std::fs::write(&config_path, config.to_string()).unwrap();
+    tmp
+}
+
+#[test]
+fn a_full_vocabulary_model_is_given_an_encoder_from_an_ecg_jepa_release() {
+    let _generator = seeded();
+    let tmp = diagnose_model_without_ecg();
 
     let mut policy = load_policy(tmp.path(), Device::Cpu).unwrap();
     assert!(policy.ecg().is_none());
@@ -247,13 +252,7 @@ fn release_as_safetensors(dir: &Path, prefix: &str, edit: impl FnOnce(&mut Vec<(
 #[test]
 fn an_encoder_in_safetensors_loads_as_the_release_does_under_any_of_the_three_prefixes() {
     let _generator = drawing();
-    let src = fixtures().join("diagnose/model");
-    let tmp = copy_checkpoint(&src);
-    edit_weights(tmp.path(), |t| t.retain(|(n, _)| !n.starts_with("time_series_embedding.")));
-    let config_path = tmp.path().join("config.json");
-    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
-    config.as_object_mut().unwrap().remove("time_series_token_id");
-    std::fs::write(&config_path, config.to_string()).unwrap();
+    let tmp = diagnose_model_without_ecg();
     let cases = read(&fixtures().join("encoder/cases.safetensors"));
     let files = tempfile::tempdir().unwrap();
     for prefix in ["", "encoder.", "time_series_embedding.encoder."] {
