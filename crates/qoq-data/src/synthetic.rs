@@ -45,7 +45,9 @@ pub const DIFFICULTIES: [&str; 3] = ["easy", "medium", "hard"];
 const CXR_LABELS: [&str; 4] = ["no finding", "nodule", "pleural effusion", "cardiomegaly"];
 const MAMMO_LABELS: [&str; 3] = ["normal", "benign mass", "malignant mass"];
 const DERM_LABELS: [&str; 2] = ["nevus", "melanoma"];
-const ECG_LABELS: [&str; 4] = ["normal sinus rhythm", "sinus bradycardia", "sinus tachycardia", "atrial fibrillation"];
+/// The ECG rows' rhythms (their answers), in this order.
+pub const ECG_LABELS: [&str; 4] =
+    ["normal sinus rhythm", "sinus bradycardia", "sinus tachycardia", "atrial fibrillation"];
 
 /// Writes `samples` rows into `dir` as `synthetic-NNNNN.parquet` shards.
 pub fn write_synthetic(

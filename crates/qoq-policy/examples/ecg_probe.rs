@@ -10,16 +10,15 @@
 //! spread of the embeddings across ECGs against their common part, which is what the LLM
 //! behind the projection has to tell ECGs apart by.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::Parser;
 use qoq_data::preprocess::preprocess_ecg;
 use qoq_policy::{EcgConfig, EcgEncoderConfig, TimeSeriesEmbedding};
 use tch::{nn, Device, Kind, Tensor};
 
-const RHYTHMS: [&str; 4] = ["normal sinus rhythm", "sinus bradycardia", "sinus tachycardia", "atrial fibrillation"];
+const RHYTHMS: [&str; 4] = qoq_data::synthetic::ECG_LABELS;
 
 #[derive(Parser)]
 struct Args {
@@ -57,24 +56,15 @@ fn main() -> anyhow::Result<()> {
     let n = a.n as i64;
     let signals = Tensor::from_slice(&values).view([n, 8, 2500]);
 
-    let file: Option<HashMap<String, Tensor>> = match &a.encoder {
-        Some(p) => {
-            Some(Tensor::read_safetensors(p).with_context(|| format!("reading {}", p.display()))?.into_iter().collect())
-        }
-        None => None,
-    };
-    let encoder = match (&a.encoder, &file) {
-        (Some(p), Some(_)) => qoq_policy::ecg::encoder_sizes(p)?.context("--encoder takes a .safetensors file")?,
-        _ => EcgEncoderConfig { embed_dim: a.width, depth: a.depth, mlp_dim: a.mlp, ..Default::default() },
+    let encoder = match &a.encoder {
+        Some(p) => qoq_policy::ecg::encoder_sizes(p)?.context("--encoder takes a .safetensors file")?,
+        None => EcgEncoderConfig { embed_dim: a.width, depth: a.depth, mlp_dim: a.mlp, ..Default::default() },
     };
     tch::manual_seed(a.seed);
     let vs = nn::VarStore::new(Device::Cpu);
     let ts = TimeSeriesEmbedding::new(&vs.root(), &EcgConfig { token_id: 0, encoder }, 1);
-    if let Some(file) = &file {
-        for (name, var) in vs.variables().iter().filter(|(k, _)| k.contains(".encoder.")) {
-            let Some(t) = file.get(name) else { bail!("the encoder file has no `{name}`") };
-            tch::no_grad(|| var.shallow_clone().copy_(t));
-        }
+    if let Some(p) = &a.encoder {
+        qoq_policy::ecg::load_jepa_checkpoint(&vs.variables(), p)?;
     }
     let features = tch::no_grad(|| -> anyhow::Result<Tensor> {
         let parts =

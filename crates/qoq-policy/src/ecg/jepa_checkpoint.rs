@@ -28,13 +28,7 @@ pub(crate) fn read(path: &Path) -> Result<Named, PolicyError> {
         let tensors = qoq_data::torch_file::read_tensors(path).map_err(|e| PolicyError::Checkpoint(e.to_string()))?;
         tensors.into_iter().map(|(name, t)| (name, (t.shape.iter().map(|&d| d as i64).collect(), t.to_f32()))).collect()
     };
-    let mut out = BTreeMap::new();
-    for (name, tensor) in tensors {
-        // A release nests the state dict under 'encoder'; a bare state dict is taken too.
-        let name = name.strip_prefix(PREFIX).unwrap_or(&name);
-        let key = name.strip_prefix("encoder.").unwrap_or(name);
-        out.insert(format!("{PREFIX}encoder.{key}"), tensor);
-    }
+    let out: Named = tensors.into_iter().map(|(name, tensor)| (our_name(&name), tensor)).collect();
     if !out.keys().any(|k| k.ends_with("encoder.W_P.weight")) {
         return Err(PolicyError::Checkpoint(format!(
             "{}: no `encoder.W_P.weight`: not an ECG-JEPA checkpoint (torch.save({{'encoder': state_dict, 'epoch': e}}))",
@@ -42,6 +36,14 @@ pub(crate) fn read(path: &Path) -> Result<Named, PolicyError> {
         )));
     }
     Ok(out)
+}
+
+/// A checkpoint key under our name: a release nests the state dict under `encoder.`; a bare
+/// state dict, or one already under `time_series_embedding.encoder.`, is taken too.
+fn our_name(name: &str) -> String {
+    let name = name.strip_prefix(PREFIX).unwrap_or(name);
+    let key = name.strip_prefix("encoder.").unwrap_or(name);
+    format!("{PREFIX}encoder.{key}")
 }
 
 /// A safetensors file's tensors as f32 (shape, values), in the file's order.
@@ -81,9 +83,7 @@ pub fn encoder_sizes(path: &Path) -> Result<Option<EcgEncoderConfig>, PolicyErro
     let mut shapes = BTreeMap::new();
     for (name, entry) in header.as_object().into_iter().flatten() {
         let Some(shape) = entry.get("shape").and_then(|s| s.as_array()) else { continue };
-        let name = name.strip_prefix(PREFIX).unwrap_or(name);
-        let key = name.strip_prefix("encoder.").unwrap_or(name);
-        shapes.insert(format!("{PREFIX}encoder.{key}"), shape.iter().filter_map(|d| d.as_i64()).collect());
+        shapes.insert(our_name(name), shape.iter().filter_map(|d| d.as_i64()).collect());
     }
     EcgEncoderConfig::infer(&shapes).map(Some).map_err(bad)
 }
