@@ -1,30 +1,33 @@
 #!/usr/bin/env bash
 # The main job on the bundled default: a tiny random Qwen3-VL (with the real Qwen
-# tokenizer) trained on the synthetic CLIMB-like set: a short SFT warm start, then DRPO
-# (configs/demo.toml). Prints the RL reward of the first and last 10% of steps; outputs in
-# runs/demo (TensorBoard: tensorboard --logdir runs/demo/tensorboard).
-# Idempotent: the set and the tiny model are deterministic; each run starts runs/demo afresh.
-#   bash tools/demo.sh            (SAMPLES=N to change the set size; default 1000;
+# tokenizer) on the skewed synthetic benchmark (docs/benchmark.md): 100 SFT steps, then 80
+# DRPO steps (configs/demo-benchmark.toml), validated on 200 val samples at the end of SFT
+# and after RL; then `eval` on the whole test split (1,797 samples) for the SFT checkpoint and
+# the last one: the paper's table for each, the RL phase's held-out effect. Outputs in
+# runs/demo-benchmark (TensorBoard: tensorboard --logdir runs/demo-benchmark/tensorboard).
+# Idempotent: the set and the tiny model are deterministic; each run starts its folder afresh.
+#   bash tools/demo.sh            (SEED=N for another run seed and data order:
+#                                  runs/<name>-seedN, from runs/<name>-seedN.toml;
 #                                  NPROC=N to train on N local ranks, data parallel;
-#                                  FAMILY=qwen2_5_vl for the same demo on a tiny random
-#                                  Qwen2.5-VL with the Qwen2.5 tokenizer:
-#                                  configs/demo-qwen2_5_vl.toml, data/tiny-qwen2.5-vl,
-#                                  runs/demo-qwen2_5_vl;
-#                                  DTYPE=bfloat16 for the Qwen3-VL demo in bf16 with fp32
-#                                  master weights: configs/demo-bf16.toml, runs/demo-bf16;
+#                                  SET=climb for the image demo: the synthetic CLIMB-like
+#                                  set (data/synthetic, SAMPLES=N rows, default 1000) with
+#                                  findings drawn into 512 x 512 images, boxes and masks,
+#                                  configs/demo.toml, runs/demo; its RL phase does not
+#                                  improve held-out F1 (README);
+#                                  SET=mimic for CLIMB -> MIMIC-IV at demo size
+#                                  (configs/demo-mimic.toml, data/synthetic-mimic,
+#                                  runs/demo-mimic), ending with `eval` on the test split;
+#                                  and three variants of the image demo (SET=climb):
+#                                  FAMILY=qwen2_5_vl for a tiny random Qwen2.5-VL with the
+#                                  Qwen2.5 tokenizer: configs/demo-qwen2_5_vl.toml,
+#                                  data/tiny-qwen2.5-vl, runs/demo-qwen2_5_vl;
+#                                  DTYPE=bfloat16 for bf16 with fp32 master weights:
+#                                  configs/demo-bf16.toml, runs/demo-bf16;
 #                                  STAGE=1 for stage 1 at demo size, the ECG path on the
 #                                  synthetic set's ECG rows (data/synthetic-ecg, 1000 by
 #                                  default) with a small encoder pretrained on other
 #                                  synthetic ECGs (data/tiny-ecg-encoder.safetensors):
-#                                  configs/demo-stage1.toml, runs/demo-stage1;
-#                                  SEED=N for another run seed (and data order):
-#                                  runs/<name>-seedN, from runs/<name>-seedN.toml;
-#                                  SET=benchmark for the skewed benchmark of
-#                                  experiments/drpo-vs-grpo (configs/benchmark.toml,
-#                                  data/benchmark, runs/benchmark), SET=mimic for CLIMB ->
-#                                  MIMIC-IV at demo size (configs/demo-mimic.toml,
-#                                  data/synthetic-mimic, runs/demo-mimic); both end with
-#                                  `eval` on the test split)
+#                                  configs/demo-stage1.toml, runs/demo-stage1)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 family=${FAMILY:-qwen3_vl}
@@ -48,16 +51,19 @@ case "${STAGE:-2}" in
         config=configs/demo-stage1.toml; out=runs/demo-stage1; samples=${SAMPLES:-1000} ;;
     *) echo "demo: STAGE must be 1 or 2, not '$STAGE'" >&2; exit 1 ;;
 esac
-kind=climb
-case "${SET:-climb}" in
+# The benchmark is the default; FAMILY, DTYPE and STAGE variants are the image demo's.
+if [ "$family" = qwen3_vl ] && [ "${DTYPE:-float32}" = float32 ] && [ "${STAGE:-2}" = 2 ]; then
+    kind=${SET:-benchmark}
+else
+    kind=${SET:-climb}
+    [ "$kind" = climb ] \
+        || { echo "demo: SET=$kind has a config for FAMILY=qwen3_vl, DTYPE=float32, STAGE=2 only" >&2; exit 1; }
+fi
+case "$kind" in
     climb) ;;
-    benchmark|mimic)
-        [ "$family" = qwen3_vl ] && [ "${DTYPE:-float32}" = float32 ] && [ "${STAGE:-2}" = 2 ] \
-            || { echo "demo: SET=${SET} has a config for FAMILY=qwen3_vl, DTYPE=float32, STAGE=2 only" >&2; exit 1; }
-        kind=$SET
-        if [ "$kind" = benchmark ]; then config=configs/benchmark.toml; out=runs/benchmark; data=data/benchmark
-        else config=configs/demo-mimic.toml; out=runs/demo-mimic; data=data/synthetic-mimic; fi ;;
-    *) echo "demo: SET must be climb, benchmark or mimic, not '$SET'" >&2; exit 1 ;;
+    benchmark) config=configs/demo-benchmark.toml; out=runs/demo-benchmark; data=data/benchmark ;;
+    mimic) config=configs/demo-mimic.toml; out=runs/demo-mimic; data=data/synthetic-mimic ;;
+    *) echo "demo: SET must be benchmark, climb or mimic, not '$kind'" >&2; exit 1 ;;
 esac
 seed=${SEED:-0}
 if [ "$seed" != 0 ]; then
@@ -84,7 +90,18 @@ fi
 [ -f "$model/config.json" ] || ./target/release/make-tiny-checkpoint --family "$family" --out "$model"
 rm -rf "$out"
 ./target/release/train "$config" --nproc "${NPROC:-1}"
-if [ "$kind" != climb ]; then
+if [ "$kind" = benchmark ]; then
+    # The held-out test split, greedy, the paper's table, for the SFT checkpoint and the last
+    # one (also in $out/eval-sft/report.md and $out/eval/report.md).
+    sft=$out/checkpoints/step_100
+    last=$(ls -d "$out"/checkpoints/step_* | sort -t_ -k2 -n | tail -1)
+    echo "== the SFT checkpoint ($sft), test split"
+    ./target/release/eval --model "$sft/model" --data "$data" --split test --batch 64 \
+        --config "$config" --out "$out/eval-sft" --nproc "${NPROC:-1}"
+    echo "== after RL ($last), test split"
+    ./target/release/eval --model "$last/model" --data "$data" --split test --batch 64 \
+        --config "$config" --out "$out/eval" --nproc "${NPROC:-1}"
+elif [ "$kind" = mimic ]; then
     # The held-out test split, greedy, the paper's table (also in $out/eval/report.md).
     last=$(ls -d "$out"/checkpoints/step_* | sort -t_ -k2 -n | tail -1)
     ./target/release/eval --model "$last/model" --data "$data" --split test --max-samples 510 --batch 64 \

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::{config_text, write_config};
 use qoq_policy::ModuleGroup;
+use qoq_rewards::Preset;
 use qoq_train::advantage::{AdvantageConfig, DomainMean, Estimator, KSelection};
 use qoq_train::config::{DeviceConfig, Dtype, TrainConfig};
 use qoq_train::loss::{Aggregation, LossConfig};
@@ -302,6 +303,27 @@ fn base_lays_a_file_over_another_key_by_key() {
     write_config(tmp.path(), "b.toml", "base = \"a.toml\"\n");
     let err = TrainConfig::from_file(&tmp.path().join("a.toml")).unwrap_err().to_string();
     assert!(err.contains("cycle"), "{err}");
+    // Explicit reward weights over a base's preset replace it (and the reverse); one file
+    // setting both is still refused.
+    let preset =
+        with_key(&config_text(&tmp.path().join("out"), &model, &shards, ""), "reward", "preset", "\"qoq-med3\"");
+    write_config(&bases, "preset.toml", &preset);
+    let reweighed = write_config(
+        tmp.path(),
+        "reweighed.toml",
+        "base = \"bases/preset.toml\"\n[reward]\nweights = { f1 = 0.8, format = 0.2 }\n",
+    );
+    let c = TrainConfig::from_file(&reweighed).unwrap();
+    assert_eq!((c.reward.preset, c.reward.weights.map(|w| (w.f1, w.format, w.iou))), (None, Some((0.8, 0.2, 0.0))));
+    let back = write_config(tmp.path(), "back.toml", "base = \"reweighed.toml\"\n[reward]\npreset = \"paper\"\n");
+    let c = TrainConfig::from_file(&back).unwrap();
+    assert_eq!((c.reward.preset, c.reward.weights), (Some(Preset::Paper), None));
+    let both = write_config(
+        tmp.path(),
+        "both.toml",
+        "base = \"bases/preset.toml\"\n[reward]\npreset = \"paper\"\nweights = { f1 = 1.0 }\n",
+    );
+    assert!(TrainConfig::from_file(&both).unwrap_err().to_string().contains("keep one"));
     let number = write_config(tmp.path(), "number.toml", "base = 3\n");
     assert!(TrainConfig::from_file(&number).unwrap_err().to_string().contains("base must be a path string"));
 }

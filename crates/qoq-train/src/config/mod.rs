@@ -4,7 +4,9 @@
 //!
 //! A file may start from another: `base = "stage2.toml"` (relative to the file) reads that
 //! file first and lays this one's keys over it, key by key within every table (a table in
-//! both is merged; any other value replaces the base's). Bases can chain.
+//! both is merged; any other value replaces the base's). Bases can chain. Keys that exclude
+//! each other replace each other too: `reward.weights` over a base's `reward.preset` (or the
+//! reverse) drops the base's, so a file can reweigh its base's rewards.
 //!
 //! The tables' types live in `sections.rs` and `device.rs`; this file reads a file (with
 //! its bases) and checks the whole.
@@ -288,11 +290,28 @@ fn with_base(path: &Path, mut table: toml::Table, chain: &mut Vec<PathBuf>) -> R
     Ok(merged)
 }
 
+/// Keys of one table that exclude each other ([`RewardConfig`]: a preset or explicit
+/// weights): a file setting one drops its base's other.
+const EXCLUSIVE_KEYS: [(&str, [&str; 2]); 1] = [("reward", ["preset", "weights"])];
+
 /// Lays `over` on `base` key by key: tables in both merge, anything else replaces.
 fn overlay(base: &mut toml::Table, over: toml::Table) {
+    for (table, keys) in EXCLUSIVE_KEYS {
+        if let (Some(toml::Value::Table(b)), Some(toml::Value::Table(o))) = (base.get_mut(table), over.get(table)) {
+            for (set, dropped) in [(keys[0], keys[1]), (keys[1], keys[0])] {
+                if o.contains_key(set) && !o.contains_key(dropped) {
+                    b.remove(dropped);
+                }
+            }
+        }
+    }
+    overlay_keys(base, over);
+}
+
+fn overlay_keys(base: &mut toml::Table, over: toml::Table) {
     for (key, value) in over {
         match (base.get_mut(&key), value) {
-            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => overlay(b, o),
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => overlay_keys(b, o),
             (_, value) => {
                 base.insert(key, value);
             }
