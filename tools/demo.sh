@@ -14,8 +14,9 @@
 #                                  findings drawn into 512 x 512 images, boxes and masks,
 #                                  configs/demo.toml, runs/demo; its RL phase does not
 #                                  improve held-out F1 (README);
-#                                  SET=mimic for CLIMB -> MIMIC-IV at demo size
-#                                  (configs/demo-mimic.toml, data/synthetic-mimic,
+#                                  SET=mimic for CLIMB -> MIMIC-IV at demo size: the
+#                                  default demo's last checkpoint (made first when missing)
+#                                  fine-tuned on data/synthetic-mimic (configs/demo-mimic.toml,
 #                                  runs/demo-mimic), ending with `eval` on the test split;
 #                                  and three variants of the image demo (SET=climb):
 #                                  FAMILY=qwen2_5_vl for a tiny random Qwen2.5-VL with the
@@ -88,6 +89,10 @@ else
     ./target/release/make-synthetic --kind "$kind" --out "$data" --seed 0 --force
 fi
 [ -f "$model/config.json" ] || ./target/release/make-tiny-checkpoint --family "$family" --out "$model"
+if [ "$kind" = mimic ] && [ ! -f runs/demo-benchmark/checkpoints/step_180/model/config.json ]; then
+    echo "demo: SET=mimic starts from the default demo's stage-2 checkpoint; running the default demo first"
+    SET=benchmark SEED=0 NPROC="${NPROC:-1}" bash tools/demo.sh
+fi
 rm -rf "$out"
 ./target/release/train "$config" --nproc "${NPROC:-1}"
 if [ "$kind" = benchmark ]; then

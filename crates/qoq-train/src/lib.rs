@@ -40,5 +40,5 @@ mod trainer;
 mod validation;
 
 pub use error::TrainError;
-pub use memory::{peak_rss_mib, release_freed_memory, resident_mib};
+pub use memory::{peak_rss_mib, release_freed_memory, resident_mib, set_trim_freed_memory};
 pub use trainer::{Metrics, Trainer};

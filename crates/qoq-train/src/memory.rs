@@ -23,14 +23,24 @@ fn status_mib(field: &str) -> Option<f64> {
 /// sizes vary enough that the heap fragments and the peak creeps up step by step (3.2 GB
 /// at the end of the bf16 demo against 0.9 GB live). The trainer calls this after every
 /// step and between the phases of an RL step, which caps that creep at one phase's worth,
-/// at the cost of re-faulting those pages. `QOQ_TRIM_FREED_MEMORY=0` turns it off.
+/// at the cost of re-faulting those pages. `QOQ_TRIM_FREED_MEMORY=0` or
+/// [`set_trim_freed_memory`]`(false)` (the trainer's `run.trim_freed_memory`) turns it off.
 pub fn release_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
-        static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        if *ENABLED.get_or_init(|| !std::env::var("QOQ_TRIM_FREED_MEMORY").is_ok_and(|v| v == "0")) {
+        static ENV_ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let env_enabled = *ENV_ENABLED.get_or_init(|| !std::env::var("QOQ_TRIM_FREED_MEMORY").is_ok_and(|v| v == "0"));
+        if env_enabled && !TRIM_OFF.load(std::sync::atomic::Ordering::Relaxed) {
             // SAFETY: malloc_trim only returns free memory of glibc's own arenas to the kernel.
             unsafe { libc::malloc_trim(0) };
         }
     }
+}
+
+/// Set by [`set_trim_freed_memory`]`(false)`.
+static TRIM_OFF: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Turns [`release_freed_memory`] on (the default) or off for this process.
+pub fn set_trim_freed_memory(enabled: bool) {
+    TRIM_OFF.store(!enabled, std::sync::atomic::Ordering::Relaxed);
 }

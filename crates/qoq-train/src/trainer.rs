@@ -83,6 +83,7 @@ impl Trainer {
         if config.run.threads > 0 {
             tch::set_num_threads(config.run.threads);
         }
+        crate::set_trim_freed_memory(config.run.trim_freed_memory);
         let out = config.run.output_dir.clone();
         let ckpt_root = out.join("checkpoints");
         // Checked whole before anything loads (a damaged one names the file and the newest

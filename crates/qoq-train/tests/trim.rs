@@ -20,6 +20,13 @@ fn freed_blocks_between_live_ones_leave_the_resident_set() {
             *b = None;
         }
     }
+    // Turned off (`run.trim_freed_memory = false`), it leaves them resident.
+    qoq_train::set_trim_freed_memory(false);
+    let before = resident_mib();
+    qoq_train::release_freed_memory();
+    let after = resident_mib();
+    assert!(before - after < 20.0, "trimming is off, yet resident went {before:.0} -> {after:.0} MiB");
+    qoq_train::set_trim_freed_memory(true);
     let before = resident_mib();
     qoq_train::release_freed_memory();
     let after = resident_mib();

@@ -117,6 +117,16 @@ pub struct RunSection {
     /// Log an image of a rollout with its predicted and true boxes every this many RL steps (0: never).
     #[serde(default = "ten")]
     pub image_summary_every: u64,
+    /// Hand the heap's freed pages back to the kernel after every step and phase
+    /// ([`crate::release_freed_memory`]): caps the heap's creep in bf16, at the cost of
+    /// re-faulting those pages (on the fp32 benchmark demo, a quarter of the wall time).
+    /// `QOQ_TRIM_FREED_MEMORY=0` turns it off whatever this says.
+    #[serde(default = "yes")]
+    pub trim_freed_memory: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn one() -> u64 {
