@@ -4,7 +4,7 @@
 setup:
     bash tools/setup.sh
 
-# The main job on the bundled synthetic set.
+# The main job on the bundled default (the synthetic benchmark; SET=climb for the image demo).
 demo:
     bash tools/demo.sh
 

@@ -6,6 +6,6 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 work=${WORK:-runs/bf16-demo}
 mkdir -p "$work"
-bash tools/demo.sh > "$work/fp32.out" 2>&1
+SET=climb bash tools/demo.sh > "$work/fp32.out" 2>&1
 DTYPE=bfloat16 bash tools/demo.sh > "$work/bf16.out" 2>&1
 python3 experiments/bf16-demo/compare.py "$work/fp32.out" "$work/bf16.out"
