@@ -119,7 +119,7 @@ pub struct RunSection {
     pub image_summary_every: u64,
     /// Hand the heap's freed pages back to the kernel after every step and phase
     /// ([`crate::release_freed_memory`]): caps the heap's creep in bf16, at the cost of
-    /// re-faulting those pages (on the fp32 benchmark demo, a quarter of the wall time).
+    /// re-faulting those pages (on the fp32 benchmark demo, 45% of the wall time).
     /// `QOQ_TRIM_FREED_MEMORY=0` turns it off whatever this says.
     #[serde(default = "yes")]
     pub trim_freed_memory: bool,
